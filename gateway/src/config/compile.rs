@@ -1,0 +1,882 @@
+//! Raw YAML types -> validated `Config`. Every problem is collected, each with its YAML path,
+//! so `authgate check` can report a whole file at once.
+
+use super::env::Env;
+use super::error::ConfigError;
+use super::model::*;
+use super::raw::{self, ConfigFile, LimitScope, ProviderConfig, RouteAuthConfig};
+use crate::route::path::{normalize_path, PathError};
+use base64::Engine;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Resolves relative file names and environment variables while compiling.
+pub struct Context<'a> {
+    pub base_dir: &'a Path,
+    pub env: &'a dyn Env,
+}
+
+struct Compiler<'a> {
+    ctx: &'a Context<'a>,
+    errors: Vec<ConfigError>,
+}
+
+pub fn compile(file: ConfigFile, ctx: &Context<'_>) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Compiler {
+        ctx,
+        errors: Vec::new(),
+    };
+    let redis = file.redis.as_ref().map(|r| c.redis(r));
+    let server = c.server(&file.server);
+    let admin = c.admin(&file.admin);
+    let upstreams = c.upstreams(&file.upstreams);
+    let auth = c.auth(&file.auth);
+    let rate_limits = c.rate_limits(&file.rate_limits, redis.is_some());
+    let routes = c.routes(&file.routes, &upstreams, &auth, &rate_limits);
+    if c.errors.is_empty() {
+        Ok(Config {
+            server,
+            admin,
+            redis,
+            upstreams,
+            auth,
+            rate_limits,
+            routes,
+        })
+    } else {
+        Err(c.errors)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+const NAME_RULE: &str = "names are 1 to 64 characters of A-Z a-z 0-9 - _ .";
+
+impl Compiler<'_> {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, msg));
+    }
+
+    fn file(&mut self, path: &str, name: &str) -> Option<PathBuf> {
+        let p = self.ctx.base_dir.join(name);
+        if p.is_file() {
+            Some(p)
+        } else {
+            self.err(path, format!("file {} does not exist or is not a file", p.display()));
+            None
+        }
+    }
+
+    fn read_file(&mut self, path: &str, name: &str) -> Option<Vec<u8>> {
+        let p = self.file(path, name)?;
+        match std::fs::read(&p) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.err(path, format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        }
+    }
+
+    fn env_secret(&mut self, path: &str, var: &str) -> Option<Secret> {
+        match self.ctx.env.var(var) {
+            Some(v) if !v.is_empty() => Some(Secret::new(v.into_bytes())),
+            Some(_) => {
+                self.err(path, format!("environment variable {var} is empty"));
+                None
+            }
+            None => {
+                self.err(path, format!("environment variable {var} is not set"));
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, s: &str) {
+        if s.parse::<SocketAddr>().is_err() {
+            self.err(
+                path,
+                format!("{s:?} is not an address of the form IP:PORT (e.g. 0.0.0.0:8080)"),
+            );
+        }
+    }
+
+    fn server(&mut self, s: &raw::ServerConfig) -> ServerSettings {
+        if s.listen.is_empty() {
+            self.err("server.listen", "at least one listen address is needed");
+        }
+        for (i, l) in s.listen.iter().enumerate() {
+            self.socket_addr(&format!("server.listen[{i}]"), l);
+        }
+        let tls = s.tls.as_ref().and_then(|t| {
+            self.socket_addr("server.tls.listen", &t.listen);
+            let cert = self.file("server.tls.cert_file", &t.cert_file);
+            let key = self.file("server.tls.key_file", &t.key_file);
+            Some(TlsSettings {
+                listen: t.listen.clone(),
+                cert_file: cert?,
+                key_file: key?,
+            })
+        });
+        let threads = match s.threads {
+            Some(0) => {
+                self.err("server.threads", "threads must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let mut nets = Vec::new();
+        for (i, p) in s.trusted_proxies.iter().enumerate() {
+            match parse_cidr(p) {
+                Some(n) => nets.push(n),
+                None => self.err(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{p:?} is not an IP address or CIDR block"),
+                ),
+            }
+        }
+        if s.max_request_body.0 == 0 {
+            self.err("server.max_request_body", "must be greater than 0");
+        }
+        if s.header_timeout.0.is_zero() {
+            self.err("server.header_timeout", "must be greater than 0");
+        }
+        ServerSettings {
+            listen: s.listen.clone(),
+            tls,
+            threads,
+            max_request_body: s.max_request_body.0,
+            grace_period: s.grace_period.0,
+            trusted_proxies: TrustedProxies(nets),
+            header_timeout: s.header_timeout.0,
+        }
+    }
+
+    fn admin(&mut self, a: &raw::AdminConfig) -> AdminSettings {
+        self.socket_addr("admin.listen", &a.listen);
+        let token = a
+            .token_env
+            .as_ref()
+            .and_then(|v| self.env_secret("admin.token_env", v));
+        AdminSettings {
+            listen: a.listen.clone(),
+            token,
+        }
+    }
+
+    fn redis(&mut self, r: &raw::RedisConfig) -> RedisSettings {
+        let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|s| r.url.starts_with(s));
+        if !scheme_ok {
+            self.err(
+                "redis.url",
+                "expected a redis://, rediss:// or unix:// URL",
+            );
+        }
+        if r.command_timeout.0.is_zero() {
+            self.err("redis.command_timeout", "must be greater than 0");
+        }
+        RedisSettings {
+            url: Secret::new(r.url.clone().into_bytes()),
+            key_prefix: r.key_prefix.clone(),
+            command_timeout: r.command_timeout.0,
+        }
+    }
+
+    fn upstreams(&mut self, ups: &BTreeMap<String, raw::UpstreamConfig>) -> Vec<Arc<UpstreamSpec>> {
+        if ups.is_empty() {
+            self.err("upstreams", "at least one upstream is needed");
+        }
+        let mut out = Vec::new();
+        for (index, (name, u)) in ups.iter().enumerate() {
+            let path = format!("upstreams.{name}");
+            if !valid_name(name) {
+                self.err(&path, format!("invalid upstream name {name:?}: {NAME_RULE}"));
+            }
+            if u.endpoints.is_empty() {
+                self.err(format!("{path}.endpoints"), "at least one endpoint is needed");
+            }
+            for (i, ep) in u.endpoints.iter().enumerate() {
+                if !valid_endpoint(ep) {
+                    self.err(
+                        format!("{path}.endpoints[{i}]"),
+                        format!("{ep:?} is not HOST:PORT"),
+                    );
+                }
+            }
+            let ca_file = match &u.ca_file {
+                Some(f) if !u.tls => {
+                    self.err(format!("{path}.ca_file"), "ca_file needs tls: true");
+                    self.file(&format!("{path}.ca_file"), f)
+                }
+                Some(f) => self.file(&format!("{path}.ca_file"), f),
+                None => None,
+            };
+            let health_check = u.health_check.as_ref().map(|h| {
+                if !h.path.starts_with('/') {
+                    self.err(format!("{path}.health_check.path"), "must start with /");
+                }
+                if h.interval.0.is_zero() {
+                    self.err(format!("{path}.health_check.interval"), "must be greater than 0");
+                }
+                HealthCheckSpec {
+                    path: h.path.clone(),
+                    interval: h.interval.0,
+                    timeout: h.timeout.0.max(Duration::from_millis(1)),
+                }
+            });
+            if u.connect_timeout.0.is_zero() {
+                self.err(format!("{path}.connect_timeout"), "must be greater than 0");
+            }
+            if u.read_timeout.0.is_zero() {
+                self.err(format!("{path}.read_timeout"), "must be greater than 0");
+            }
+            let sni = u.sni.clone().unwrap_or_else(|| {
+                u.endpoints
+                    .first()
+                    .and_then(|e| e.rsplit_once(':'))
+                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                    .unwrap_or_default()
+            });
+            out.push(Arc::new(UpstreamSpec {
+                index,
+                name: name.clone(),
+                endpoints: u.endpoints.clone(),
+                tls: u.tls,
+                ca_file,
+                sni,
+                connect_timeout: u.connect_timeout.0,
+                read_timeout: u.read_timeout.0,
+                health_check,
+            }));
+        }
+        out
+    }
+
+    fn auth(&mut self, a: &raw::AuthConfig) -> AuthSettings {
+        let mut providers = Vec::new();
+        for (index, (name, p)) in a.providers.iter().enumerate() {
+            let path = format!("auth.providers.{name}");
+            if !valid_name(name) || name == "none" {
+                self.err(
+                    &path,
+                    format!("invalid provider name {name:?}: {NAME_RULE} (and not \"none\")"),
+                );
+            }
+            let kind = match p {
+                ProviderConfig::Jwt(j) => ProviderKind::Jwt(self.jwt(&path, j)),
+                ProviderConfig::Introspection(i) => {
+                    ProviderKind::Introspection(self.introspection(&path, i))
+                }
+                ProviderConfig::ApiKey(k) => ProviderKind::ApiKey(self.api_key(&path, k)),
+            };
+            providers.push(Arc::new(ProviderSpec {
+                index,
+                name: name.clone(),
+                kind,
+            }));
+        }
+        for (field, v) in [
+            ("refresh_endpoint", &a.refresh_endpoint),
+            ("login_endpoint", &a.login_endpoint),
+        ] {
+            if let Some(v) = v {
+                if !v.starts_with('/') && !v.starts_with("https://") && !v.starts_with("http://") {
+                    self.err(format!("auth.{field}"), "must be a path starting with / or a URL");
+                }
+            }
+        }
+        if a.realm.contains('"') || a.realm.contains('\\') {
+            self.err("auth.realm", "must not contain quotes or backslashes");
+        }
+        if a.cache.max_entries == 0 {
+            self.err("auth.cache.max_entries", "must be at least 1");
+        }
+        AuthSettings {
+            realm: a.realm.clone(),
+            refresh_endpoint: a.refresh_endpoint.clone(),
+            login_endpoint: a.login_endpoint.clone(),
+            providers,
+            cache: TokenCacheSettings {
+                max_entries: a.cache.max_entries,
+                max_ttl: a.cache.max_ttl.0,
+                negative_ttl: a.cache.negative_ttl.0,
+            },
+        }
+    }
+
+    fn jwt(&mut self, path: &str, j: &raw::JwtProviderConfig) -> JwtSpec {
+        use jsonwebtoken::Algorithm;
+        let mut algorithms = Vec::new();
+        if j.algorithms.is_empty() {
+            self.err(format!("{path}.algorithms"), "list at least one algorithm");
+        }
+        for (i, a) in j.algorithms.iter().enumerate() {
+            if a.eq_ignore_ascii_case("none") {
+                self.err(
+                    format!("{path}.algorithms[{i}]"),
+                    "\"none\" is never accepted: unsigned tokens prove nothing",
+                );
+                continue;
+            }
+            match a.parse::<Algorithm>() {
+                Ok(alg) => algorithms.push(alg),
+                Err(_) => self.err(
+                    format!("{path}.algorithms[{i}]"),
+                    format!(
+                        "unknown algorithm {a:?}: expected HS256/384/512, RS256/384/512, \
+                         PS256/384/512, ES256/384 or EdDSA"
+                    ),
+                ),
+            }
+        }
+        let family = |alg: &Algorithm| KeyFamily::of(*alg);
+        let families: HashSet<KeyFamily> = algorithms.iter().map(family).collect();
+        let mut keys = Vec::new();
+        for (i, k) in j.keys.iter().enumerate() {
+            let kpath = format!("{path}.keys[{i}]");
+            if let Some(key) = self.static_key(&kpath, k, &families) {
+                keys.push(key);
+            }
+        }
+        if j.keys.is_empty() && j.jwks_url.is_none() {
+            self.err(path, "needs static keys, a jwks_url, or both");
+        }
+        if let Some(url) = &j.jwks_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                self.err(format!("{path}.jwks_url"), "must be an http:// or https:// URL");
+            }
+            if j.jwks_refresh.0 < Duration::from_secs(1) {
+                self.err(format!("{path}.jwks_refresh"), "must be at least 1s");
+            }
+            if families.contains(&KeyFamily::Hmac) && families.len() == 1 {
+                self.err(
+                    format!("{path}.jwks_url"),
+                    "a JWKS holds public keys; HMAC-only algorithms cannot use it",
+                );
+            }
+        }
+        let claim = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_string());
+        JwtSpec {
+            algorithms,
+            keys,
+            jwks_url: j.jwks_url.clone(),
+            jwks_refresh: j.jwks_refresh.0,
+            issuer: j.issuer.clone(),
+            audience: j.audience.clone().map(|a| a.0).unwrap_or_default(),
+            leeway: j.leeway.map_or(Duration::ZERO, |d| d.0),
+            subject_claim: claim(&j.subject_claim, "sub"),
+            scopes_claim: claim(&j.scopes_claim, "scope"),
+        }
+    }
+
+    fn static_key(
+        &mut self,
+        path: &str,
+        k: &raw::JwtKeyConfig,
+        families: &HashSet<KeyFamily>,
+    ) -> Option<StaticKey> {
+        let sources = [
+            k.secret_env.is_some(),
+            k.secret_base64_env.is_some(),
+            k.secret_file.is_some(),
+            k.public_key_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            self.err(
+                path,
+                "give exactly one of secret_env, secret_base64_env, secret_file, public_key_file",
+            );
+            return None;
+        }
+        let material = if let Some(var) = &k.secret_env {
+            KeyMaterial::Hmac(self.env_secret(&format!("{path}.secret_env"), var)?)
+        } else if let Some(var) = &k.secret_base64_env {
+            let p = format!("{path}.secret_base64_env");
+            let s = self.env_secret(&p, var)?;
+            match base64::engine::general_purpose::STANDARD.decode(s.expose()) {
+                Ok(b) if !b.is_empty() => KeyMaterial::Hmac(Secret::new(b)),
+                _ => {
+                    self.err(p, format!("environment variable {var} is not valid base64"));
+                    return None;
+                }
+            }
+        } else if let Some(f) = &k.secret_file {
+            let mut bytes = self.read_file(&format!("{path}.secret_file"), f)?;
+            // A trailing newline from `echo > file` is not part of the secret.
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            KeyMaterial::Hmac(Secret::new(bytes))
+        } else {
+            let p = format!("{path}.public_key_file");
+            let f = k.public_key_file.as_deref().unwrap_or_default();
+            let pem = self.read_file(&p, f)?;
+            match classify_public_pem(&pem) {
+                Some(m) => m,
+                None => {
+                    self.err(
+                        p,
+                        "not a PEM RSA, EC (P-256/P-384) or Ed25519 public key",
+                    );
+                    return None;
+                }
+            }
+        };
+        let fam = KeyFamily::of_material(&material);
+        if !families.contains(&fam) {
+            self.err(
+                path,
+                format!(
+                    "this is {} key but no algorithm in the provider's list uses one",
+                    fam.describe()
+                ),
+            );
+            return None;
+        }
+        Some(StaticKey {
+            kid: k.kid.clone(),
+            material,
+        })
+    }
+
+    fn introspection(&mut self, path: &str, i: &raw::IntrospectionConfig) -> IntrospectionSpec {
+        if !(i.url.starts_with("http://") || i.url.starts_with("https://")) {
+            self.err(format!("{path}.url"), "must be an http:// or https:// URL");
+        }
+        let secret = match (&i.client_secret_env, &i.client_secret_file) {
+            (Some(var), None) => self.env_secret(&format!("{path}.client_secret_env"), var),
+            (None, Some(f)) => self
+                .read_file(&format!("{path}.client_secret_file"), f)
+                .map(|b| Secret::new(trim_newline(b))),
+            _ => {
+                self.err(path, "give exactly one of client_secret_env, client_secret_file");
+                None
+            }
+        };
+        if i.timeout.0.is_zero() {
+            self.err(format!("{path}.timeout"), "must be greater than 0");
+        }
+        IntrospectionSpec {
+            url: i.url.clone(),
+            client_id: i.client_id.clone(),
+            client_secret: secret.unwrap_or_else(|| Secret::new(Vec::new())),
+            timeout: i.timeout.0,
+        }
+    }
+
+    fn api_key(&mut self, path: &str, k: &raw::ApiKeyProviderConfig) -> ApiKeySpec {
+        let source = match (&k.scheme, &k.header) {
+            (Some(s), None) if !s.is_empty() && !s.contains(' ') => ApiKeySource::Scheme(s.clone()),
+            (None, Some(h)) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => ApiKeySource::Header(name),
+                Err(_) => {
+                    self.err(format!("{path}.header"), format!("{h:?} is not a header name"));
+                    ApiKeySource::Scheme("Api-Key".into())
+                }
+            },
+            (None, None) => ApiKeySource::Scheme("Api-Key".into()),
+            _ => {
+                self.err(path, "give either scheme (one word) or header, not both");
+                ApiKeySource::Scheme("Api-Key".into())
+            }
+        };
+        let mut keys = Vec::new();
+        let mut ids = HashSet::new();
+        for (i, e) in k.keys.iter().enumerate() {
+            let p = format!("{path}.keys[{i}]");
+            if !ids.insert(e.id.clone()) {
+                self.err(format!("{p}.id"), format!("duplicate key id {:?}", e.id));
+            }
+            let digest = hex::decode(e.sha256.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+            let Some(sha256) = digest else {
+                self.err(
+                    format!("{p}.sha256"),
+                    "must be the 64-character hex SHA-256 digest of the key",
+                );
+                continue;
+            };
+            if e.subject.is_empty() {
+                self.err(format!("{p}.subject"), "must not be empty");
+            }
+            keys.push(ApiKeyEntrySpec {
+                id: e.id.clone(),
+                sha256,
+                subject: e.subject.clone(),
+                scopes: e.scopes.clone(),
+            });
+        }
+        if k.keys.is_empty() {
+            self.err(format!("{path}.keys"), "list at least one key");
+        }
+        ApiKeySpec { source, keys }
+    }
+
+    fn rate_limits(
+        &mut self,
+        limits: &BTreeMap<String, raw::RateLimitConfig>,
+        have_redis: bool,
+    ) -> Vec<Arc<RatePolicy>> {
+        let mut out = Vec::new();
+        for (index, (name, l)) in limits.iter().enumerate() {
+            let path = format!("rate_limits.{name}");
+            if !valid_name(name) {
+                self.err(&path, format!("invalid policy name {name:?}: {NAME_RULE}"));
+            }
+            if l.burst == 0 {
+                self.err(format!("{path}.burst"), "must be at least 1");
+            }
+            let key = match l.key.as_str() {
+                "client_ip" => LimitKey::ClientIp,
+                "subject" => LimitKey::Subject,
+                "api_key" => LimitKey::ApiKey,
+                other => match other.strip_prefix("header:") {
+                    Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                        Ok(name) => LimitKey::Header(name),
+                        Err(_) => {
+                            self.err(format!("{path}.key"), format!("{h:?} is not a header name"));
+                            LimitKey::ClientIp
+                        }
+                    },
+                    None => {
+                        self.err(
+                            format!("{path}.key"),
+                            format!(
+                                "unknown key {other:?}: expected client_ip, subject, api_key \
+                                 or header:NAME"
+                            ),
+                        );
+                        LimitKey::ClientIp
+                    }
+                },
+            };
+            let scope = match l.scope {
+                Some(LimitScope::Shared) if !have_redis => {
+                    self.err(format!("{path}.scope"), "scope shared needs a redis section");
+                    LimitScope::Local
+                }
+                Some(s) => s,
+                None if have_redis => LimitScope::Shared,
+                None => LimitScope::Local,
+            };
+            out.push(Arc::new(RatePolicy {
+                index,
+                name: name.clone(),
+                rate: l.rate,
+                burst: l.burst,
+                key,
+                scope,
+            }));
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        routes: &[raw::RouteConfig],
+        upstreams: &[Arc<UpstreamSpec>],
+        auth: &AuthSettings,
+        limits: &[Arc<RatePolicy>],
+    ) -> Vec<Arc<RouteSpec>> {
+        if routes.is_empty() {
+            self.err("routes", "at least one route is needed");
+        }
+        let upstream_idx: HashMap<&str, usize> =
+            upstreams.iter().map(|u| (u.name.as_str(), u.index)).collect();
+        let provider_idx: HashMap<&str, usize> =
+            auth.providers.iter().map(|p| (p.name.as_str(), p.index)).collect();
+        let limit_idx: HashMap<&str, usize> =
+            limits.iter().map(|l| (l.name.as_str(), l.index)).collect();
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (index, r) in routes.iter().enumerate() {
+            let path = format!("routes[{index}]");
+            if !valid_name(&r.name) || r.name == "unmatched" {
+                self.err(
+                    format!("{path}.name"),
+                    format!("invalid route name {:?}: {NAME_RULE} (and not \"unmatched\")", r.name),
+                );
+            } else if !names.insert(r.name.clone()) {
+                self.err(format!("{path}.name"), format!("duplicate route name {:?}", r.name));
+            }
+            let path_match = match (&r.path, &r.path_prefix) {
+                (Some(p), None) => self.route_path(&format!("{path}.path"), p).map(PathMatch::Exact),
+                (None, Some(p)) => self
+                    .route_path(&format!("{path}.path_prefix"), p)
+                    .map(PathMatch::Prefix),
+                _ => {
+                    self.err(&path, "give exactly one of path and path_prefix");
+                    None
+                }
+            };
+            let methods = r.methods.as_ref().map(|ms| {
+                if ms.is_empty() {
+                    self.err(format!("{path}.methods"), "omit methods to allow any; an empty list allows none");
+                }
+                ms.iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                        Ok(m) => Some(m),
+                        Err(_) => {
+                            self.err(format!("{path}.methods[{i}]"), format!("{m:?} is not an HTTP method"));
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let host = r.host.as_ref().and_then(|h| {
+                let h = h.to_ascii_lowercase();
+                let ok = |s: &str| {
+                    !s.is_empty()
+                        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+                };
+                match h.strip_prefix("*.") {
+                    Some(rest) if ok(rest) => Some(HostMatch::Suffix(format!(".{rest}"))),
+                    None if ok(&h) => Some(HostMatch::Exact(h)),
+                    _ => {
+                        self.err(
+                            format!("{path}.host"),
+                            "expected a host name such as api.example.com or *.example.com",
+                        );
+                        None
+                    }
+                }
+            });
+            let resolve_providers = |c: &mut Self, list: &Option<Vec<String>>| -> Vec<usize> {
+                match list {
+                    None => auth.providers.iter().map(|p| p.index).collect(),
+                    Some(names) => names
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, n)| {
+                            let idx = provider_idx.get(n.as_str()).copied();
+                            if idx.is_none() {
+                                c.err(
+                                    format!("{path}.auth.providers[{i}]"),
+                                    format!("unknown provider {n:?}"),
+                                );
+                            }
+                            idx
+                        })
+                        .collect(),
+                }
+            };
+            let route_auth = match &r.auth {
+                RouteAuthConfig::None => RouteAuth::None,
+                RouteAuthConfig::Optional => RouteAuth::Optional {
+                    providers: resolve_providers(self, &None),
+                },
+                RouteAuthConfig::Required { providers, scopes } => RouteAuth::Required {
+                    providers: resolve_providers(self, providers),
+                    scopes: scopes.clone(),
+                },
+            };
+            match &route_auth {
+                RouteAuth::Optional { providers } | RouteAuth::Required { providers, .. }
+                    if providers.is_empty() && auth.providers.is_empty() =>
+                {
+                    self.err(
+                        format!("{path}.auth"),
+                        "the route needs authentication but auth.providers is empty \
+                         (say auth: none for a public route)",
+                    );
+                }
+                RouteAuth::Required { providers, .. } if providers.is_empty() => {
+                    self.err(format!("{path}.auth.providers"), "list at least one provider");
+                }
+                _ => {}
+            }
+            let rate_limits = r
+                .rate_limit
+                .as_ref()
+                .map(|names| {
+                    names
+                        .0
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, n)| {
+                            let idx = limit_idx.get(n.as_str()).copied();
+                            if idx.is_none() {
+                                let p = if names.0.len() == 1 {
+                                    format!("{path}.rate_limit")
+                                } else {
+                                    format!("{path}.rate_limit[{i}]")
+                                };
+                                self.err(p, format!("unknown rate-limit policy {n:?}"));
+                            }
+                            idx
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if r.deadline.is_some_and(|d| d.0.is_zero()) {
+                self.err(format!("{path}.deadline"), "must be greater than 0");
+            }
+            let cache = r.cache.as_ref().map(|c| {
+                if c.ttl.0.is_zero() {
+                    self.err(format!("{path}.cache.ttl"), "must be greater than 0");
+                }
+                for (i, v) in c.vary.iter().enumerate() {
+                    let ok = v == "subject"
+                        || v == "scopes"
+                        || http::HeaderName::from_bytes(v.as_bytes()).is_ok();
+                    if !ok {
+                        self.err(
+                            format!("{path}.cache.vary[{i}]"),
+                            "expected subject, scopes or a request header name",
+                        );
+                    }
+                }
+                RouteCacheSpec {
+                    ttl: c.ttl.0,
+                    vary: c.vary.iter().map(|v| v.to_ascii_lowercase()).collect(),
+                    stale_while_revalidate: c.stale_while_revalidate.map(|d| d.0),
+                    stale_if_error: c.stale_if_error.map(|d| d.0),
+                }
+            });
+            if r.revokes_token && route_auth == RouteAuth::None {
+                self.err(format!("{path}.revokes_token"), "needs a route with auth");
+            }
+            let upstream = match upstream_idx.get(r.upstream.as_str()) {
+                Some(i) => *i,
+                None => {
+                    self.err(format!("{path}.upstream"), format!("unknown upstream {:?}", r.upstream));
+                    0
+                }
+            };
+            let Some(path_match) = path_match else { continue };
+            out.push(Arc::new(RouteSpec {
+                index,
+                name: r.name.clone(),
+                matcher: RouteMatcher {
+                    host,
+                    path: path_match,
+                    methods,
+                },
+                auth: route_auth,
+                rate_limits,
+                deadline: r.deadline.map(|d| d.0),
+                cache,
+                max_query_length: r.max_query_length,
+                max_page_size: r.max_page_size,
+                revokes_token: r.revokes_token,
+                forward_authorization: r.forward_authorization,
+                upstream,
+            }));
+        }
+        out
+    }
+
+    /// A route path must already be in the normal form requests are matched in; otherwise it
+    /// could never match and the mistake would be silent.
+    fn route_path(&mut self, path: &str, p: &str) -> Option<String> {
+        if !p.starts_with('/') {
+            self.err(path, "must start with /");
+            return None;
+        }
+        match normalize_path(p.as_bytes()) {
+            Ok(n) if n == p => Some(p.to_string()),
+            Ok(n) => {
+                self.err(
+                    path,
+                    format!("{p:?} is not in normal form and would never match; write {n:?}"),
+                );
+                None
+            }
+            Err(PathError::EncodedSlash) | Err(PathError::BadEscape) | Err(PathError::NotAbsolute) => {
+                self.err(path, format!("{p:?} is not a valid path"));
+                None
+            }
+        }
+    }
+}
+
+fn trim_newline(mut b: Vec<u8>) -> Vec<u8> {
+    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+        b.pop();
+    }
+    b
+}
+
+fn valid_endpoint(ep: &str) -> bool {
+    let Some((host, port)) = ep.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    port.parse::<u16>().is_ok_and(|p| p > 0)
+        && !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+}
+
+fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// Which kind of key an algorithm needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyFamily {
+    Hmac,
+    Rsa,
+    Ec,
+    Ed,
+}
+
+impl KeyFamily {
+    pub fn of(alg: jsonwebtoken::Algorithm) -> Self {
+        use jsonwebtoken::Algorithm::*;
+        match alg {
+            HS256 | HS384 | HS512 => KeyFamily::Hmac,
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => KeyFamily::Rsa,
+            ES256 | ES384 => KeyFamily::Ec,
+            EdDSA => KeyFamily::Ed,
+        }
+    }
+
+    pub fn of_material(m: &KeyMaterial) -> Self {
+        match m {
+            KeyMaterial::Hmac(_) => KeyFamily::Hmac,
+            KeyMaterial::RsaPem(_) => KeyFamily::Rsa,
+            KeyMaterial::EcPem(_) => KeyFamily::Ec,
+            KeyMaterial::EdPem(_) => KeyFamily::Ed,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            KeyFamily::Hmac => "an HMAC secret",
+            KeyFamily::Rsa => "an RSA",
+            KeyFamily::Ec => "an EC",
+            KeyFamily::Ed => "an Ed25519",
+        }
+    }
+}
+
+/// Tells a PEM public key's family by trying jsonwebtoken's own parsers.
+fn classify_public_pem(pem: &[u8]) -> Option<KeyMaterial> {
+    use jsonwebtoken::DecodingKey;
+    let bytes: Arc<[u8]> = pem.into();
+    if DecodingKey::from_rsa_pem(pem).is_ok() {
+        Some(KeyMaterial::RsaPem(bytes))
+    } else if DecodingKey::from_ec_pem(pem).is_ok() {
+        Some(KeyMaterial::EcPem(bytes))
+    } else if DecodingKey::from_ed_pem(pem).is_ok() {
+        Some(KeyMaterial::EdPem(bytes))
+    } else {
+        None
+    }
+}

@@ -1,0 +1,294 @@
+//! Validated configuration. Built only by `compile`, immutable afterwards, and swapped whole
+//! on reload. Names are resolved into indices so the hot path never looks strings up.
+
+use super::raw::LimitScope;
+use super::units::Rate;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Secret bytes (HMAC keys, client secrets, admin token) that never print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub redis: Option<RedisSettings>,
+    pub upstreams: Vec<Arc<UpstreamSpec>>,
+    pub auth: AuthSettings,
+    pub rate_limits: Vec<Arc<RatePolicy>>,
+    pub routes: Vec<Arc<RouteSpec>>,
+}
+
+impl Config {
+    /// The one-line summary `authgate check` prints.
+    pub fn summary(&self) -> String {
+        format!(
+            "config ok: {} routes, {} upstreams, {} auth providers, {} rate-limit policies, redis {}",
+            self.routes.len(),
+            self.upstreams.len(),
+            self.auth.providers.len(),
+            self.rate_limits.len(),
+            if self.redis.is_some() { "on" } else { "off" },
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub listen: Vec<String>,
+    pub tls: Option<TlsSettings>,
+    pub threads: usize,
+    pub max_request_body: u64,
+    pub grace_period: Duration,
+    pub trusted_proxies: TrustedProxies,
+    pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub listen: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Peers whose `X-Forwarded-For` is believed.
+#[derive(Debug, Default, Clone)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct AdminSettings {
+    pub listen: String,
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug)]
+pub struct RedisSettings {
+    /// May hold a password, so it is kept as a secret.
+    pub url: Secret,
+    pub key_prefix: String,
+    pub command_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct UpstreamSpec {
+    pub index: usize,
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub sni: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct AuthSettings {
+    pub realm: String,
+    pub refresh_endpoint: Option<String>,
+    pub login_endpoint: Option<String>,
+    pub providers: Vec<Arc<ProviderSpec>>,
+    pub cache: TokenCacheSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenCacheSettings {
+    pub max_entries: u64,
+    pub max_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+#[derive(Debug)]
+pub struct ProviderSpec {
+    pub index: usize,
+    pub name: String,
+    pub kind: ProviderKind,
+}
+
+#[derive(Debug)]
+pub enum ProviderKind {
+    Jwt(JwtSpec),
+    Introspection(IntrospectionSpec),
+    ApiKey(ApiKeySpec),
+}
+
+impl ProviderKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ProviderKind::Jwt(_) => "jwt",
+            ProviderKind::Introspection(_) => "introspection",
+            ProviderKind::ApiKey(_) => "api_key",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct JwtSpec {
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub keys: Vec<StaticKey>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Duration,
+    pub issuer: Option<String>,
+    pub audience: Vec<String>,
+    pub leeway: Duration,
+    pub subject_claim: String,
+    pub scopes_claim: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticKey {
+    pub kid: Option<String>,
+    pub material: KeyMaterial,
+}
+
+/// Key bytes as loaded. A key's family decides which algorithms it may ever be used with, so an
+/// RSA or EC public key can never be fed to HMAC verification (algorithm confusion).
+#[derive(Debug, Clone)]
+pub enum KeyMaterial {
+    Hmac(Secret),
+    RsaPem(Arc<[u8]>),
+    EcPem(Arc<[u8]>),
+    EdPem(Arc<[u8]>),
+}
+
+#[derive(Debug)]
+pub struct IntrospectionSpec {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct ApiKeySpec {
+    pub source: ApiKeySource,
+    pub keys: Vec<ApiKeyEntrySpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeySource {
+    /// `Authorization: <scheme> <key>`; the scheme is compared case-insensitively.
+    Scheme(String),
+    /// A dedicated header, lowercase.
+    Header(http::HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyEntrySpec {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub subject: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct RatePolicy {
+    pub index: usize,
+    pub name: String,
+    pub rate: Rate,
+    pub burst: u32,
+    pub key: LimitKey,
+    pub scope: LimitScope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientIp,
+    Subject,
+    ApiKey,
+    Header(http::HeaderName),
+}
+
+#[derive(Debug)]
+pub struct RouteSpec {
+    pub index: usize,
+    pub name: String,
+    pub matcher: RouteMatcher,
+    pub auth: RouteAuth,
+    pub rate_limits: Vec<usize>,
+    pub deadline: Option<Duration>,
+    pub cache: Option<RouteCacheSpec>,
+    pub max_query_length: Option<usize>,
+    pub max_page_size: Option<u64>,
+    pub revokes_token: bool,
+    pub forward_authorization: bool,
+    pub upstream: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteMatcher {
+    pub host: Option<HostMatch>,
+    pub path: PathMatch,
+    /// `None` = any method.
+    pub methods: Option<Vec<http::Method>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Lowercase host without port.
+    Exact(String),
+    /// `*.example.com`: the stored suffix is `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuth {
+    None,
+    /// Identity attached when a valid credential is present; absence is anonymous.
+    Optional { providers: Vec<usize> },
+    Required {
+        providers: Vec<usize>,
+        scopes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteCacheSpec {
+    pub ttl: Duration,
+    pub vary: Vec<String>,
+    pub stale_while_revalidate: Option<Duration>,
+    pub stale_if_error: Option<Duration>,
+}

@@ -1,0 +1,437 @@
+//! The YAML schema as written by users: plain serde types, unknown keys rejected.
+//!
+//! Nothing here is trusted yet; `compile` turns these into validated types.
+
+use super::units::{ByteSize, Dur, OneOrMany, Rate};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default = "default_max_body")]
+    pub max_request_body: ByteSize,
+    #[serde(default = "default_grace")]
+    pub grace_period: Dur,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Dur,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".into()]
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_grace() -> Dur {
+    Dur::secs(10)
+}
+fn default_header_timeout() -> Dur {
+    Dur::secs(30)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            tls: None,
+            threads: None,
+            max_request_body: default_max_body(),
+            grace_period: default_grace(),
+            trusted_proxies: Vec::new(),
+            header_timeout: default_header_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token_env: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: Dur,
+}
+
+fn default_key_prefix() -> String {
+    "authgate:".into()
+}
+fn default_command_timeout() -> Dur {
+    Dur::millis(50)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Name sent as SNI and checked against the certificate (default: the endpoint's host).
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Longest wait for any single read from the upstream (response header or a body chunk).
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur::secs(1)
+}
+fn default_read_timeout() -> Dur {
+    Dur::secs(60)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(default = "default_hc_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_hc_interval() -> Dur {
+    Dur::secs(5)
+}
+fn default_hc_timeout() -> Dur {
+    Dur::secs(1)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    #[serde(default)]
+    pub refresh_endpoint: Option<String>,
+    #[serde(default)]
+    pub login_endpoint: Option<String>,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub cache: TokenCacheConfig,
+}
+
+fn default_realm() -> String {
+    "authgate".into()
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            realm: default_realm(),
+            refresh_endpoint: None,
+            login_endpoint: None,
+            providers: BTreeMap::new(),
+            cache: TokenCacheConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProviderConfig {
+    Jwt(JwtProviderConfig),
+    Introspection(IntrospectionConfig),
+    ApiKey(ApiKeyProviderConfig),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderConfig {
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<JwtKeyConfig>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Dur,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<OneOrMany<String>>,
+    #[serde(default)]
+    pub leeway: Option<Dur>,
+    #[serde(default)]
+    pub subject_claim: Option<String>,
+    #[serde(default)]
+    pub scopes_claim: Option<String>,
+}
+
+fn default_jwks_refresh() -> Dur {
+    Dur::secs(300)
+}
+
+/// One static key. Exactly one of the sources must be given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    #[serde(default)]
+    pub kid: Option<String>,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_base64_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    #[serde(default)]
+    pub public_key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    pub url: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<String>,
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_introspection_timeout() -> Dur {
+    Dur::millis(500)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyProviderConfig {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub header: Option<String>,
+    pub keys: Vec<ApiKeyEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    pub id: String,
+    pub sha256: String,
+    pub subject: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+    #[serde(default = "default_cache_ttl")]
+    pub max_ttl: Dur,
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: Dur,
+}
+
+fn default_cache_entries() -> u64 {
+    100_000
+}
+fn default_cache_ttl() -> Dur {
+    Dur::secs(300)
+}
+fn default_negative_ttl() -> Dur {
+    Dur::secs(5)
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        TokenCacheConfig {
+            max_entries: default_cache_entries(),
+            max_ttl: default_cache_ttl(),
+            negative_ttl: default_negative_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub rate: Rate,
+    pub burst: u32,
+    pub key: String,
+    #[serde(default)]
+    pub scope: Option<LimitScope>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    Local,
+    Shared,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub auth: RouteAuthConfig,
+    #[serde(default)]
+    pub rate_limit: Option<OneOrMany<String>>,
+    #[serde(default)]
+    pub deadline: Option<Dur>,
+    #[serde(default)]
+    pub cache: Option<RouteCacheConfig>,
+    #[serde(default)]
+    pub max_query_length: Option<usize>,
+    #[serde(default)]
+    pub max_page_size: Option<u64>,
+    #[serde(default)]
+    pub revokes_token: bool,
+    #[serde(default = "default_true")]
+    pub forward_authorization: bool,
+    pub upstream: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    pub ttl: Dur,
+    #[serde(default)]
+    pub vary: Vec<String>,
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Dur>,
+    #[serde(default)]
+    pub stale_if_error: Option<Dur>,
+}
+
+/// Route `auth`: `none`, `optional`, `required`, or `{providers: [...], scopes: [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuthConfig {
+    None,
+    Optional,
+    /// Any provider (`required`) or, with a list, only those providers, with scopes.
+    Required {
+        providers: Option<Vec<String>>,
+        scopes: Vec<String>,
+    },
+}
+
+impl Default for RouteAuthConfig {
+    /// A route that says nothing about auth requires it: the gateway fails closed.
+    fn default() -> Self {
+        RouteAuthConfig::Required {
+            providers: None,
+            scopes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteAuthSpec {
+    #[serde(default)]
+    providers: Option<Vec<String>>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for RouteAuthConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RouteAuthConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("none, optional, required, or {providers: [..], scopes: [..]}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "none" => Ok(RouteAuthConfig::None),
+                    "optional" => Ok(RouteAuthConfig::Optional),
+                    "required" => Ok(RouteAuthConfig::default()),
+                    other => Err(E::custom(format!(
+                        "unknown auth mode {other:?}: expected none, optional, required or a map"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let spec = RouteAuthSpec::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RouteAuthConfig::Required {
+                    providers: spec.providers,
+                    scopes: spec.scopes,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

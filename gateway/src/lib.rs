@@ -1,0 +1,18 @@
+//! authgate: an edge authentication gateway on pingora.
+//!
+//! A request's journey: `route` picks the route from the normalised path, `auth` decides who
+//! the caller is, limits and deadlines apply, and `proxy` forwards it with identity headers.
+//! `config` compiles the YAML once into immutable types that `reload` swaps whole.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod observe;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod runtime;
+pub mod upstream;

@@ -1,0 +1,73 @@
+//! Per-request state carried between the proxy phases.
+
+use super::respond::Rejection;
+use super::Snapshot;
+use crate::auth::Identity;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct RequestCtx {
+    pub started: Instant,
+    /// The configuration version this request is judged by, loaded once.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Index into `snapshot.routes` once a route matched.
+    pub route: Option<usize>,
+    pub request_id: String,
+    pub peer_ip: Option<IpAddr>,
+    pub client_ip: Option<IpAddr>,
+    /// The normalised path, when it differs from what the client sent.
+    pub rewritten_path: Option<String>,
+    /// Set only by admission; forwarding requires it, so nothing reaches an upstream unjudged.
+    pub admitted: Option<Admitted>,
+    /// An answer decided in a later phase, rendered by `fail_to_proxy`.
+    pub rejection: Option<Rejection>,
+    pub request_body_bytes: u64,
+    pub upstream_started: Option<Instant>,
+    pub upstream_elapsed: Option<std::time::Duration>,
+    pub upstream_addr: Option<std::net::SocketAddr>,
+    _in_flight: InFlight,
+}
+
+/// Proof that routing, authentication and limits accepted the request.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub identity: Identity,
+}
+
+impl RequestCtx {
+    pub fn new(in_flight: Arc<AtomicUsize>) -> Self {
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        RequestCtx {
+            started: Instant::now(),
+            snapshot: None,
+            route: None,
+            request_id: String::new(),
+            peer_ip: None,
+            client_ip: None,
+            rewritten_path: None,
+            admitted: None,
+            rejection: None,
+            request_body_bytes: 0,
+            upstream_started: None,
+            upstream_elapsed: None,
+            upstream_addr: None,
+            _in_flight: InFlight(in_flight),
+        }
+    }
+
+    pub fn route(&self) -> Option<&super::RouteRuntime> {
+        let snap = self.snapshot.as_ref()?;
+        snap.routes.get(self.route?)
+    }
+}
+
+/// Counts the request as in flight for as long as its context lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,316 @@
+//! The pingora `ProxyHttp` implementation. Each phase is a few calls to named steps, so the
+//! file reads as a request's journey: route -> authenticate -> limit -> forward -> log.
+
+use super::ctx::{Admitted, RequestCtx};
+use super::headers;
+use super::respond::Rejection;
+use super::{Shared, Snapshot};
+use crate::route::path::normalize_path;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderValue, Uri};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Gateway { shared }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.shared.in_flight.clone())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = self.shared.snapshot();
+        identify(session, ctx, &snapshot);
+        let verdict = self.admit(session, ctx, &snapshot).await;
+        ctx.snapshot = Some(snapshot);
+        match verdict {
+            Ok(admitted) => {
+                ctx.admitted = Some(admitted);
+                Ok(false)
+            }
+            Err(rejection) => {
+                send_rejection(session, ctx, &rejection).await?;
+                ctx.rejection = Some(rejection);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Content-Length was checked at admission; this catches chunked bodies as they stream.
+        if let (Some(chunk), Some(snap)) = (body.as_ref(), ctx.snapshot.as_ref()) {
+            ctx.request_body_bytes += chunk.len() as u64;
+            let limit = snap.config.server.max_request_body;
+            if ctx.request_body_bytes > limit {
+                ctx.rejection = Some(Rejection::PayloadTooLarge { limit });
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_request_body");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // Fail closed: without admission nothing is forwarded, whatever a bug upstream did.
+        if ctx.admitted.is_none() {
+            ctx.rejection = Some(Rejection::Internal);
+            return Error::e_explain(ErrorType::InternalError, "request reached forwarding unadmitted");
+        }
+        let Some(route) = ctx.route() else {
+            ctx.rejection = Some(Rejection::Internal);
+            return Error::e_explain(ErrorType::InternalError, "admitted request without a route");
+        };
+        let pool = route.upstream.clone();
+        let peer = pool.select().and_then(|b| pool.peer(&b));
+        match peer {
+            Some(peer) => {
+                ctx.upstream_addr = peer._address.as_inet().copied();
+                ctx.upstream_started = Some(Instant::now());
+                Ok(Box::new(peer))
+            }
+            None => {
+                ctx.rejection = Some(Rejection::UpstreamUnavailable);
+                Error::e_explain(ErrorType::HTTPStatus(502), "no healthy endpoint")
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        prepare_upstream_request(session, req, ctx)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            resp.insert_header("x-request-id", v)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let rejection = ctx.rejection.take().or_else(|| rejection_for(e));
+        let code = match &rejection {
+            Some(r) if session.response_written().is_none() => {
+                if send_rejection(session, ctx, r).await.is_err() {
+                    0
+                } else {
+                    r.status()
+                }
+            }
+            Some(r) => r.status(),
+            None => 0,
+        };
+        let can_reuse = rejection.as_ref().is_some_and(|r| r.render_keepalive());
+        ctx.rejection = rejection;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: can_reuse,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // Answers the gateway chose to give (413, 502 with no endpoint) are not errors of ours.
+        ctx.rejection.is_some()
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        crate::observe::record(session, ctx);
+    }
+}
+
+impl Gateway {
+    /// Route -> hygiene -> authenticate -> limit. Only an `Ok` here lets a request reach an
+    /// upstream.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: &Snapshot,
+    ) -> std::result::Result<Admitted, Rejection> {
+        let req = session.req_header();
+        let path = normalize_path(req.uri.path().as_bytes()).map_err(|e| Rejection::BadRequest(e.message()))?;
+        let host = host_of(req);
+        let spec = snapshot
+            .router
+            .find(&req.method, host, &path)
+            .ok_or(Rejection::NotFound)?;
+        ctx.route = Some(spec.index);
+        if let Cow::Owned(p) = path {
+            ctx.rewritten_path = Some(p);
+        }
+        check_hygiene(req, spec, snapshot)?;
+        let identity = self.shared.auth.authenticate(&spec.auth, &req.headers).await?;
+        Ok(Admitted { identity })
+    }
+}
+
+/// Request id and client address, needed by every answer including rejections.
+fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
+    let req = session.req_header();
+    ctx.request_id = headers::request_id(&req.headers);
+    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    ctx.peer_ip = peer;
+    ctx.client_ip = peer.map(|p| headers::client_ip(p, &req.headers, &snapshot.config.server.trusted_proxies));
+}
+
+fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+fn check_hygiene(
+    req: &RequestHeader,
+    spec: &crate::config::model::RouteSpec,
+    snapshot: &Snapshot,
+) -> std::result::Result<(), Rejection> {
+    let limit = snapshot.config.server.max_request_body;
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Rejection::PayloadTooLarge { limit });
+    }
+    if let (Some(max), Some(q)) = (spec.max_query_length, req.uri.query()) {
+        if q.len() > max {
+            return Err(Rejection::BadRequest("the query string is longer than this route allows (max_query_length)"));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a gateway-made answer; the connection is kept only when the rejection allows it.
+async fn send_rejection(session: &mut Session, ctx: &RequestCtx, rejection: &Rejection) -> Result<()> {
+    let texts = ctx.snapshot.as_ref().map(|s| Cow::Borrowed(&s.auth_texts)).unwrap_or_default();
+    let rendered = rejection.render(&ctx.request_id, &texts);
+    if !rendered.keepalive {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(rendered.header), false).await?;
+    session.write_response_body(Some(rendered.body), true).await?;
+    Ok(())
+}
+
+impl Rejection {
+    fn render_keepalive(&self) -> bool {
+        self.render("", &Default::default()).keepalive
+    }
+}
+
+/// pingora's errors that the gateway answers itself; others (a client that went away) get none.
+fn rejection_for(e: &Error) -> Option<Rejection> {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(413), _) => Some(Rejection::PayloadTooLarge { limit: 0 }),
+        (HTTPStatus(code), _) if *code >= 500 => Some(Rejection::UpstreamUnavailable),
+        (_, ErrorSource::Upstream) => Some(Rejection::UpstreamUnavailable),
+        (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
+        (_, ErrorSource::Downstream) => Some(Rejection::BadRequest("the request could not be read")),
+        _ => Some(Rejection::Internal),
+    }
+}
+
+/// Builds the copy of the request the upstream receives.
+fn prepare_upstream_request(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    // The upstream must see the exact path that was routed.
+    if let Some(path) = &ctx.rewritten_path {
+        let pq = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let uri: Uri = pq
+            .parse()
+            .map_err(|e| Error::because(ErrorType::InternalError, "rewriting normalised path", e))?;
+        req.set_uri(uri);
+    }
+
+    // Identity headers come only from the gateway: drop any the client sent.
+    let forged: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-auth-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        req.remove_header(&name);
+    }
+
+    req.insert_header("x-request-id", ctx.request_id.as_str())?;
+    let downstream = session.req_header();
+    let trusted_peer = match (ctx.peer_ip, ctx.snapshot.as_ref()) {
+        (Some(ip), Some(s)) => s.config.server.trusted_proxies.contains(&ip),
+        _ => false,
+    };
+    if let Some(peer) = ctx.peer_ip {
+        req.insert_header("x-forwarded-for", headers::forwarded_for(&downstream.headers, peer))?;
+    }
+    if !(trusted_peer && downstream.headers.contains_key("x-forwarded-proto")) {
+        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) { "https" } else { "http" };
+        req.insert_header("x-forwarded-proto", proto)?;
+    }
+    if !(trusted_peer && downstream.headers.contains_key("x-forwarded-host")) {
+        match host_of(downstream).map(str::to_owned) {
+            Some(host) => req.insert_header("x-forwarded-host", host)?,
+            None => {
+                req.remove_header("x-forwarded-host");
+            }
+        }
+    }
+
+    let route = ctx.route().map(|r| r.spec.clone());
+    if let (Some(admitted), Some(route)) = (&ctx.admitted, route) {
+        if let Some(p) = admitted.identity.principal() {
+            req.insert_header("x-auth-subject", p.subject.as_str())?;
+            req.insert_header("x-auth-scopes", p.scopes.join(" "))?;
+            req.insert_header("x-auth-provider", &*p.provider)?;
+        }
+        if !route.forward_authorization {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The request path: shared state, the per-request context, and the pingora `ProxyHttp`
+//! implementation that walks each request through route -> authenticate -> limit -> forward.
+
+pub mod ctx;
+pub mod gateway;
+pub mod headers;
+pub mod respond;
+
+use crate::auth::Authenticator;
+use crate::config::model::RouteSpec;
+use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::route::Router;
+use crate::upstream::UpstreamPool;
+use arc_swap::ArcSwap;
+use respond::AuthTexts;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One configuration version with everything built from it. Requests load it once and use it
+/// to the end, so a reload never mixes two versions within one request.
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub routes: Vec<RouteRuntime>,
+    pub upstreams: Vec<Arc<UpstreamPool>>,
+    pub auth_texts: AuthTexts,
+    /// Metrics for requests no route accepted (404, malformed paths).
+    pub unmatched: RouteMetrics,
+}
+
+/// A route with its resolved parts.
+pub struct RouteRuntime {
+    pub spec: Arc<RouteSpec>,
+    pub upstream: Arc<UpstreamPool>,
+    pub metrics: RouteMetrics,
+}
+
+impl Snapshot {
+    pub fn build(config: Config, generation: u64, metrics: &Metrics) -> Result<Self, String> {
+        let config = Arc::new(config);
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for spec in &config.upstreams {
+            let gauge = metrics.gauge_for(&spec.name);
+            upstreams.push(Arc::new(UpstreamPool::build(spec.clone(), gauge)?));
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|spec| RouteRuntime {
+                spec: spec.clone(),
+                upstream: upstreams[spec.upstream].clone(),
+                metrics: metrics.route(&spec.name),
+            })
+            .collect();
+        let auth_texts = AuthTexts {
+            realm: config.auth.realm.clone(),
+            refresh_endpoint: config.auth.refresh_endpoint.clone(),
+            login_endpoint: config.auth.login_endpoint.clone(),
+        };
+        Ok(Snapshot {
+            generation,
+            router: Router::new(config.routes.clone()),
+            routes,
+            upstreams,
+            auth_texts,
+            unmatched: metrics.route("unmatched"),
+            config,
+        })
+    }
+
+    /// Ready when every upstream has a healthy endpoint.
+    pub fn unready_upstreams(&self) -> Vec<&str> {
+        self.upstreams
+            .iter()
+            .filter(|u| !u.is_ready())
+            .map(|u| u.spec.name.as_str())
+            .collect()
+    }
+}
+
+/// State shared by every worker thread and the admin listener.
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    pub auth: Authenticator,
+    /// Requests between header read and logging; lets shutdown end as soon as they finish.
+    pub in_flight: Arc<AtomicUsize>,
+    /// New pools whose health checks must start.
+    health_tx: UnboundedSender<std::sync::Weak<UpstreamPool>>,
+}
+
+impl Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        health_tx: UnboundedSender<std::sync::Weak<UpstreamPool>>,
+    ) -> Self {
+        let shared = Shared {
+            generation: AtomicU64::new(snapshot.generation),
+            current: ArcSwap::from_pointee(snapshot),
+            metrics,
+            auth: Authenticator,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            health_tx,
+        };
+        shared.start_health_checks(&shared.snapshot());
+        shared
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Swaps in a new configuration version; requests already running finish on the old one.
+    pub fn install(&self, snapshot: Snapshot) {
+        let snapshot = Arc::new(snapshot);
+        self.start_health_checks(&snapshot);
+        self.current.store(snapshot);
+    }
+
+    fn start_health_checks(&self, snapshot: &Snapshot) {
+        for pool in &snapshot.upstreams {
+            if pool.spec.health_check.is_some() {
+                // The receiver lives as long as the server; if it is gone we are shutting down.
+                let _ = self.health_tx.send(Arc::downgrade(pool));
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The one place where gateway-made answers are shaped: each `Rejection` becomes the contract's
+//! status, JSON body and headers, and decides whether the client connection may be kept.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use pingora_http::ResponseHeader;
+use serde_json::{json, Map, Value};
+use std::time::{Duration, SystemTime};
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    BadRequest(&'static str),
+    NotFound,
+    PayloadTooLarge { limit: u64 },
+    MissingToken,
+    TokenExpired { expired_at: SystemTime },
+    InvalidToken { reason: &'static str },
+    InsufficientScope { required: Vec<String> },
+    RateLimited(RateLimitInfo),
+    UpstreamUnavailable,
+    AuthUnavailable { retry_after: Duration },
+    UpstreamTimeout { deadline_ms: u64 },
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    pub policy: String,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_s: u64,
+    pub retry_after_s: u64,
+}
+
+/// Texts from `auth` that appear in 401 answers.
+#[derive(Debug, Clone, Default)]
+pub struct AuthTexts {
+    pub realm: String,
+    pub refresh_endpoint: Option<String>,
+    pub login_endpoint: Option<String>,
+}
+
+/// A rendered answer, ready to write.
+pub struct Rendered {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    /// Whether the client connection may carry another request afterwards.
+    pub keepalive: bool,
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::BadRequest(_) => 400,
+            Rejection::MissingToken | Rejection::TokenExpired { .. } | Rejection::InvalidToken { .. } => 401,
+            Rejection::InsufficientScope { .. } => 403,
+            Rejection::NotFound => 404,
+            Rejection::PayloadTooLarge { .. } => 413,
+            Rejection::RateLimited(_) => 429,
+            Rejection::Internal => 500,
+            Rejection::UpstreamUnavailable => 502,
+            Rejection::AuthUnavailable { .. } => 503,
+            Rejection::UpstreamTimeout { .. } => 504,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::BadRequest(_) => "bad_request",
+            Rejection::NotFound => "not_found",
+            Rejection::PayloadTooLarge { .. } => "payload_too_large",
+            Rejection::MissingToken => "missing_token",
+            Rejection::TokenExpired { .. } => "token_expired",
+            Rejection::InvalidToken { .. } => "invalid_token",
+            Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::RateLimited(_) => "rate_limited",
+            Rejection::UpstreamUnavailable => "upstream_unavailable",
+            Rejection::AuthUnavailable { .. } => "auth_unavailable",
+            Rejection::UpstreamTimeout { .. } => "upstream_timeout",
+            Rejection::Internal => "internal_error",
+        }
+    }
+
+    /// What the client should read; never echoes request data.
+    fn message(&self) -> String {
+        match self {
+            Rejection::BadRequest(why) => (*why).to_string(),
+            Rejection::NotFound => "No route matches this request.".into(),
+            Rejection::PayloadTooLarge { limit } => {
+                format!("The request body is larger than the {limit} bytes this gateway accepts.")
+            }
+            Rejection::MissingToken => {
+                "Authentication credentials were not provided. Send an Authorization header.".into()
+            }
+            Rejection::TokenExpired { .. } => {
+                "The access token has expired. Obtain a new one from the refresh endpoint.".into()
+            }
+            Rejection::InvalidToken { reason } => {
+                format!("The access token is not valid ({reason}). Log in again to get a new one.")
+            }
+            Rejection::InsufficientScope { .. } => {
+                "The access token does not grant the scopes this resource requires.".into()
+            }
+            Rejection::RateLimited(i) => {
+                format!("Rate limit exceeded. Retry in {} seconds.", i.retry_after_s)
+            }
+            Rejection::UpstreamUnavailable => "The upstream service is unavailable.".into(),
+            Rejection::AuthUnavailable { .. } => {
+                "Credentials cannot be checked right now because the identity provider is \
+                 unavailable. Retry shortly."
+                    .into()
+            }
+            Rejection::UpstreamTimeout { deadline_ms } => {
+                format!("The upstream service did not answer within {deadline_ms} ms.")
+            }
+            Rejection::Internal => "The gateway failed to handle this request.".into(),
+        }
+    }
+
+    /// Whether the connection can carry another request. Answers given before the body was
+    /// read (413) or after an upstream failure close it, so no half-read body or broken state
+    /// leaks into the next request.
+    fn keepalive(&self) -> bool {
+        !matches!(
+            self,
+            Rejection::PayloadTooLarge { .. }
+                | Rejection::UpstreamUnavailable
+                | Rejection::UpstreamTimeout { .. }
+                | Rejection::Internal
+        )
+    }
+
+    pub fn render(&self, request_id: &str, texts: &AuthTexts) -> Rendered {
+        let mut body = Map::new();
+        body.insert("error".into(), json!(self.code()));
+        body.insert("message".into(), json!(self.message()));
+        body.insert("request_id".into(), json!(request_id));
+        let mut headers: Vec<(HeaderName, String)> = Vec::new();
+        let www = HeaderName::from_static("www-authenticate");
+        match self {
+            Rejection::MissingToken => {
+                headers.push((www, format!("Bearer realm=\"{}\"", texts.realm)));
+            }
+            Rejection::TokenExpired { expired_at } => {
+                headers.push((
+                    www,
+                    format!(
+                        "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"The access token expired\"",
+                        texts.realm
+                    ),
+                ));
+                body.insert("action".into(), json!("refresh"));
+                body.insert("refresh_endpoint".into(), json!(texts.refresh_endpoint));
+                body.insert("expired_at".into(), json!(rfc3339(*expired_at)));
+            }
+            Rejection::InvalidToken { reason } => {
+                headers.push((
+                    www,
+                    format!(
+                        "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{reason}\"",
+                        texts.realm
+                    ),
+                ));
+                body.insert("action".into(), json!("login"));
+                body.insert("login_endpoint".into(), json!(texts.login_endpoint));
+            }
+            Rejection::InsufficientScope { required } => {
+                headers.push((
+                    www,
+                    format!(
+                        "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{}\"",
+                        texts.realm,
+                        required.join(" ")
+                    ),
+                ));
+                body.insert("required_scopes".into(), json!(required));
+            }
+            Rejection::RateLimited(i) => {
+                headers.push((HeaderName::from_static("retry-after"), i.retry_after_s.to_string()));
+                headers.push((HeaderName::from_static("ratelimit-limit"), i.limit.to_string()));
+                headers.push((HeaderName::from_static("ratelimit-remaining"), i.remaining.to_string()));
+                headers.push((HeaderName::from_static("ratelimit-reset"), i.reset_s.to_string()));
+                body.insert("retry_after_s".into(), json!(i.retry_after_s));
+                body.insert("policy".into(), json!(i.policy));
+            }
+            Rejection::AuthUnavailable { retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                headers.push((HeaderName::from_static("retry-after"), secs.to_string()));
+            }
+            Rejection::UpstreamTimeout { deadline_ms } => {
+                body.insert("deadline_ms".into(), json!(deadline_ms));
+            }
+            _ => {}
+        }
+        let body = Bytes::from(Value::Object(body).to_string());
+        let header = build_header(self.status(), request_id, body.len(), &headers);
+        Rendered {
+            header,
+            body,
+            keepalive: self.keepalive(),
+        }
+    }
+}
+
+#[allow(clippy::expect_used)]
+fn build_header(
+    status: u16,
+    request_id: &str,
+    len: usize,
+    extra: &[(HeaderName, String)],
+) -> ResponseHeader {
+    // Every value here is built from config-validated text or numbers; a failure is a bug, and
+    // it is better caught loudly by the unit tests than turned into an unauthenticated pass.
+    let mut h = ResponseHeader::build(status, Some(4 + extra.len())).expect("valid status");
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")
+        .expect("static header");
+    h.insert_header(http::header::CONTENT_LENGTH, len.to_string())
+        .expect("number");
+    h.insert_header(http::header::CACHE_CONTROL, "no-store").expect("static header");
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert_header("x-request-id", v).expect("valid value");
+    }
+    for (name, value) in extra {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.append_header(name.clone(), v).expect("valid header");
+        }
+    }
+    h
+}
+
+/// RFC 3339 UTC with milliseconds, for log lines.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    let s = rfc3339(t);
+    format!("{}.{ms:03}Z", &s[..s.len() - 1])
+}
+
+/// RFC 3339 UTC, second precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts() -> AuthTexts {
+        AuthTexts {
+            realm: "lms-api".into(),
+            refresh_endpoint: Some("/api/token/refresh/".into()),
+            login_endpoint: Some("/api/token/".into()),
+        }
+    }
+
+    fn body(r: &Rendered) -> Value {
+        serde_json::from_slice(&r.body).expect("json body")
+    }
+
+    fn header<'a>(r: &'a Rendered, name: &str) -> Option<&'a str> {
+        r.header.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn every_rejection_has_the_common_shape() {
+        let all = [
+            Rejection::BadRequest("x"),
+            Rejection::NotFound,
+            Rejection::PayloadTooLarge { limit: 10 },
+            Rejection::MissingToken,
+            Rejection::TokenExpired { expired_at: SystemTime::UNIX_EPOCH },
+            Rejection::InvalidToken { reason: "bad signature" },
+            Rejection::InsufficientScope { required: vec!["a".into()] },
+            Rejection::UpstreamUnavailable,
+            Rejection::AuthUnavailable { retry_after: Duration::from_millis(1500) },
+            Rejection::UpstreamTimeout { deadline_ms: 300 },
+            Rejection::Internal,
+        ];
+        for r in all {
+            let out = r.render("req-1", &texts());
+            let b = body(&out);
+            assert_eq!(out.header.status.as_u16(), r.status());
+            assert_eq!(b["error"], r.code());
+            assert_eq!(b["request_id"], "req-1");
+            assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert_eq!(header(&out, "content-type"), Some("application/json"));
+            assert_eq!(header(&out, "x-request-id"), Some("req-1"));
+            assert_eq!(header(&out, "content-length"), Some(out.body.len().to_string().as_str()));
+        }
+    }
+
+    #[test]
+    fn auth_answers_carry_rfc6750_challenges_and_actions() {
+        let t = texts();
+        let missing = Rejection::MissingToken.render("r", &t);
+        assert_eq!(header(&missing, "www-authenticate"), Some("Bearer realm=\"lms-api\""));
+
+        let expired = Rejection::TokenExpired {
+            expired_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+        .render("r", &t);
+        let b = body(&expired);
+        assert_eq!(b["action"], "refresh");
+        assert_eq!(b["refresh_endpoint"], "/api/token/refresh/");
+        assert_eq!(b["expired_at"], "2023-11-14T22:13:20Z");
+        assert!(header(&expired, "www-authenticate").is_some_and(|h| h.contains("error=\"invalid_token\"")));
+
+        let invalid = Rejection::InvalidToken { reason: "bad signature" }.render("r", &t);
+        assert_eq!(body(&invalid)["action"], "login");
+        assert_eq!(body(&invalid)["login_endpoint"], "/api/token/");
+
+        let scope = Rejection::InsufficientScope { required: vec!["read".into(), "write".into()] }.render("r", &t);
+        assert_eq!(body(&scope)["required_scopes"], json!(["read", "write"]));
+        assert!(header(&scope, "www-authenticate").is_some_and(|h| h.contains("scope=\"read write\"")));
+    }
+
+    #[test]
+    fn extras() {
+        let t = texts();
+        let rl = Rejection::RateLimited(RateLimitInfo {
+            policy: "user".into(),
+            limit: 5,
+            remaining: 0,
+            reset_s: 3,
+            retry_after_s: 1,
+        })
+        .render("r", &t);
+        assert_eq!(header(&rl, "retry-after"), Some("1"));
+        assert_eq!(header(&rl, "ratelimit-limit"), Some("5"));
+        assert_eq!(body(&rl)["policy"], "user");
+        let to = Rejection::UpstreamTimeout { deadline_ms: 300 }.render("r", &t);
+        assert_eq!(body(&to)["deadline_ms"], 300);
+        assert!(!to.keepalive);
+        let au = Rejection::AuthUnavailable { retry_after: Duration::from_millis(1500) }.render("r", &t);
+        assert_eq!(header(&au, "retry-after"), Some("2"));
+        assert!(Rejection::NotFound.render("r", &t).keepalive);
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00Z");
+    }
+}
