@@ -1,0 +1,5 @@
+//! Black-box tests: real authgate, upstream-mock and redis-server processes on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod foundation;

@@ -1,0 +1,422 @@
+//! Test support: real processes on loopback (authgate, upstream-mock, redis-server), each
+//! killed when its handle drops (also when a test panics), and clients with bounded waits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use serde_json::{json, Value};
+
+/// Default bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A binary of this workspace, built by `cargo build --workspace` next to the test binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/e2e-xxxx -> target/debug/NAME
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace first (`cargo build --workspace`, which scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn wait_port(addr: SocketAddr, timeout: Duration) {
+    wait_until(&format!("{addr} to accept"), timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    });
+}
+
+/// A scratch directory removed on drop.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "authgate-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TestDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process, SIGKILLed on drop unless it already exited.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let out = self.output();
+            let tail: String = out.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            eprintln!("---- last lines of {} ----\n{tail}\n----", self.name);
+        }
+    }
+}
+
+/// upstream-mock on a free port.
+pub struct Mock {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    _dir: TestDir,
+}
+
+pub const MOCK_JWT_SECRET: &str = "e2e-jwt-secret";
+pub const MOCK_INTROSPECTION: (&str, &str) = ("authgate", "e2e-introspection-secret");
+
+impl Mock {
+    pub fn start(name: &str) -> Mock {
+        Self::start_on(name, free_port(), &[])
+    }
+
+    pub fn start_on(name: &str, port: u16, extra: &[&str]) -> Mock {
+        let dir = TestDir::new("mock");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut cmd = Command::new(bin("upstream-mock"));
+        cmd.args(["--listen", &addr.to_string(), "--name", name, "--jwt-secret", MOCK_JWT_SECRET])
+            .args([
+                "--introspection-client",
+                &format!("{}:{}", MOCK_INTROSPECTION.0, MOCK_INTROSPECTION.1),
+            ])
+            .args(extra);
+        let proc = Proc::spawn(&format!("upstream-mock {name}"), &mut cmd, dir.path("mock.log"));
+        wait_port(addr, WAIT);
+        Mock { proc, addr, _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn stats(&self) -> Value {
+        client().get(self.url("/__mock/stats")).send().expect("stats").json().expect("json")
+    }
+
+    /// Requests the mock received for one route pattern, e.g. `"GET /echo"`.
+    pub fn count(&self, route: &str) -> u64 {
+        self.stats()["by_route"][route].as_u64().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.stats()["total"].as_u64().unwrap_or(0)
+    }
+
+    pub fn reset(&self) {
+        client().post(self.url("/__mock/reset")).send().expect("reset");
+    }
+}
+
+/// authgate on free ports. The YAML uses `${AG_LISTEN}` and `${AG_ADMIN}` for its addresses
+/// (expanded by authgate itself), plus whatever variables the test passes.
+pub struct Gateway {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub dir: TestDir,
+}
+
+impl Gateway {
+    pub fn start(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::try_start(yaml, env).expect("gateway starts")
+    }
+
+    /// Starts and waits for the admin listener; `Err` with the log if the process exits.
+    pub fn try_start(yaml: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
+        let dir = TestDir::new("gw");
+        let config = dir.path("authgate.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(bin("authgate"));
+        cmd.arg("--config")
+            .arg(&config)
+            .env("AG_LISTEN", addr.to_string())
+            .env("AG_ADMIN", admin.to_string())
+            .env("RUST_LOG", "info")
+            .env_remove("AUTHGATE_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn("authgate", &mut cmd, dir.path("authgate.log"));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if !proc.is_running() {
+                return Err(proc.output());
+            }
+            let up = |a: SocketAddr| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok();
+            if up(addr) && up(admin) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("authgate did not listen within {WAIT:?}\n{}", proc.output()));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(Gateway { proc, addr, admin, config, dir })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn metrics(&self) -> String {
+        client().get(self.admin_url("/metrics")).send().expect("metrics").text().expect("text")
+    }
+
+    pub fn wait_ready(&self) {
+        wait_until("authgate /readyz to answer 200", WAIT, || {
+            client()
+                .get(self.admin_url("/readyz"))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+        });
+    }
+
+    /// Parsed JSON log lines written so far.
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.proc
+            .output()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// A redis-server owned by the test, on a free port, without persistence.
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+    _dir: TestDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Redis {
+        let dir = TestDir::new("redis");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir.0);
+        let proc = Proc::spawn("redis-server", &mut cmd, dir.path("redis.log"));
+        wait_port(format!("127.0.0.1:{port}").parse().expect("addr"), WAIT);
+        Redis { proc, port, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+/// An HTTP client that never uses a proxy and never waits long.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Sends bytes exactly as given (for paths and headers an HTTP library would tidy up) and
+/// reads one response. The request should say `Connection: close`.
+pub fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    s.write_all(request).expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_response(&buf).unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&buf)))
+}
+
+/// A GET with a raw target and `Connection: close`.
+pub fn raw_get(addr: SocketAddr, target: &str, extra_headers: &str) -> RawResponse {
+    raw(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn parse_response(buf: &[u8]) -> Option<RawResponse> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body)?;
+    }
+    Some(RawResponse { status, headers, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// The value of one metric series in a Prometheus text exposition (0 when absent).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (n, lbls) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let ok = labels.iter().all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        if ok {
+            return value.parse().unwrap_or(0.0);
+        }
+    }
+    0.0
+}
