@@ -23,9 +23,8 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
         .as_ref()
         .and_then(|a| a.identity.principal())
         .map(|p| p.subject.as_str());
-    let auth = match (&ctx.rejection, &ctx.admitted) {
-        (Some(r), _) => r.code(),
-        (None, Some(a)) if a.identity.principal().is_some() => "ok",
+    let auth = match (ctx.auth_outcome, &ctx.admitted) {
+        (Some(o), _) => o.as_str(),
         (None, Some(_)) => "anonymous",
         (None, None) => "-",
     };

@@ -54,8 +54,11 @@ impl Reloader {
             tracing::warn!(setting = warning, "changed setting takes effect only after a restart");
         }
         let generation = self.shared.next_generation();
-        match Snapshot::build(config, generation, &self.shared.metrics) {
+        match Snapshot::build(config, generation, &self.shared.metrics, &self.shared.key_stores) {
             Ok(snapshot) => {
+                if let Err(reason) = crate::runtime::load_new_key_sets(&snapshot) {
+                    return ReloadOutcome::Rejected { reason };
+                }
                 self.shared.install(snapshot);
                 ReloadOutcome::Applied { generation }
             }

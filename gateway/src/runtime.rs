@@ -1,19 +1,21 @@
 //! Process wiring: the pingora server, its services, signals and graceful shutdown.
 
 use crate::admin::Admin;
+use crate::auth::jwks::run_refresh;
+use crate::config::model::ProviderKind;
 use crate::config::{env::ProcessEnv, Source};
 use crate::metrics::Metrics;
 use crate::proxy::gateway::Gateway;
-use crate::proxy::{Shared, Snapshot};
+use crate::proxy::{Background, Shared, Snapshot};
 use crate::reload::Reloader;
-use crate::upstream::{run_health_checks, UpstreamPool};
+use crate::upstream::run_health_checks;
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -24,8 +26,7 @@ pub fn run(source: Source) -> Result<(), String> {
         format!("invalid configuration {}: {e}", source.describe())
     })?;
     let metrics = Arc::new(Metrics::new());
-    let snapshot = Snapshot::build(config, 1, &metrics)?;
-    let server_settings = &snapshot.config.server;
+    let server_settings = &config.server;
     let conf = ServerConf {
         threads: server_settings.threads,
         // One single-threaded runtime per worker: no cross-thread task stealing on the hot
@@ -37,11 +38,19 @@ pub fn run(source: Source) -> Result<(), String> {
         ..ServerConf::default()
     };
     let listen = server_settings.listen.clone();
-    let admin_listen = snapshot.config.admin.listen.clone();
+    let admin_listen = config.admin.listen.clone();
     let grace = server_settings.grace_period;
 
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
-    let shared = Arc::new(Shared::new(snapshot, metrics, health_tx));
+    let shared = Arc::new(Shared::new(
+        |metrics, stores| {
+            let snapshot = Snapshot::build(config, 1, metrics, stores)?;
+            load_new_key_sets(&snapshot)?;
+            Ok(snapshot)
+        },
+        metrics,
+        health_tx,
+    )?);
     let reloader = Arc::new(Reloader::new(source, shared.clone()));
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -77,9 +86,36 @@ pub fn run(source: Source) -> Result<(), String> {
     std::process::exit(0)
 }
 
+/// Fetches the key sets of JWKS stores this version created. A provider with no static key
+/// cannot work without them, so failing to fetch is an error (start-up or reload refused);
+/// one with static keys starts anyway and `/readyz` reports it until its keys arrive.
+pub fn load_new_key_sets(snapshot: &Snapshot) -> Result<(), String> {
+    if snapshot.auth.new_stores.is_empty() {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime for JWKS fetches: {e}"))?;
+    for store in &snapshot.auth.new_stores {
+        if let Err(e) = rt.block_on(store.fetch()) {
+            let has_static = snapshot.config.auth.providers.iter().any(|p| {
+                p.name == *store.provider && matches!(&p.kind, ProviderKind::Jwt(j) if !j.keys.is_empty())
+            });
+            if !has_static {
+                return Err(format!(
+                    "auth.providers.{}: cannot fetch the JWKS from {} ({e}) and the provider has no static key",
+                    store.provider, store.url
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Background work: starts health checks for new upstream pools and reloads on SIGHUP.
 struct Supervisor {
-    health_rx: Mutex<Option<UnboundedReceiver<Weak<UpstreamPool>>>>,
+    health_rx: Mutex<Option<UnboundedReceiver<Background>>>,
     reloader: Arc<Reloader>,
 }
 
@@ -97,8 +133,9 @@ impl BackgroundService for Supervisor {
         };
         loop {
             tokio::select! {
-                pool = rx.recv() => match pool {
-                    Some(pool) => { tokio::spawn(run_health_checks(pool, shutdown.clone())); }
+                task = rx.recv() => match task {
+                    Some(Background::HealthChecks(pool)) => { tokio::spawn(run_health_checks(pool, shutdown.clone())); }
+                    Some(Background::JwksRefresh(store)) => { tokio::spawn(run_refresh(store, shutdown.clone())); }
                     None => return,
                 },
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {

@@ -420,3 +420,36 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     }
     0.0
 }
+
+/// Signs test tokens with the committed test keys of upstream-mock (`upstream-mock/keys`).
+pub mod tokens {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::Value;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+    }
+
+    pub fn key_file(kid: &str, kind: &str) -> std::path::PathBuf {
+        super::repo().join("upstream-mock/keys").join(format!("{kid}.{kind}.pem"))
+    }
+
+    /// A token signed with the private key `kid` (or the HMAC `secret` for HS*), carrying
+    /// `header_kid` in its header.
+    pub fn sign(alg: Algorithm, key: &str, header_kid: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = header_kid.map(str::to_owned);
+        let enc = match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(key.as_bytes()),
+            Algorithm::ES256 | Algorithm::ES384 => {
+                EncodingKey::from_ec_pem(&std::fs::read(key_file(key, "key")).expect("key")).expect("ec key")
+            }
+            Algorithm::EdDSA => {
+                EncodingKey::from_ed_pem(&std::fs::read(key_file(key, "key")).expect("key")).expect("ed key")
+            }
+            _ => EncodingKey::from_rsa_pem(&std::fs::read(key_file(key, "key")).expect("key")).expect("rsa key"),
+        };
+        encode(&header, claims, &enc).expect("sign")
+    }
+}

@@ -34,13 +34,17 @@ impl Admin {
 
     fn readyz(&self) -> Response<Vec<u8>> {
         let snap = self.shared.snapshot();
-        let unready = snap.unready_upstreams();
-        if unready.is_empty() {
+        let not_ready = snap.not_ready();
+        if not_ready.is_ready() {
             json_response(StatusCode::OK, json!({"status": "ready", "generation": snap.generation}))
         } else {
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"status": "not_ready", "upstreams_without_healthy_endpoint": unready}),
+                json!({
+                    "status": "not_ready",
+                    "upstreams_without_healthy_endpoint": not_ready.upstreams,
+                    "jwks_providers_without_keys": not_ready.jwks_providers,
+                }),
             )
         }
     }

@@ -1,0 +1,236 @@
+use super::*;
+use std::collections::HashMap;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([
+        ("JWT_SECRET".to_string(), "s3cret".to_string()),
+        ("INTROSPECTION_SECRET".to_string(), "introspect".to_string()),
+        ("AUTHGATE_ADMIN_TOKEN".to_string(), "admin".to_string()),
+        ("REDIS_URL".to_string(), "redis://127.0.0.1:6379/0".to_string()),
+    ])
+}
+
+fn load(text: &str) -> Result<Config, Vec<ConfigError>> {
+    load_str(text, Path::new("."), &env())
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match load(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+const MINIMAL: &str = "
+upstreams:
+  lms: { endpoints: ['127.0.0.1:8000'] }
+routes:
+  - { name: all, path_prefix: /, auth: none, upstream: lms }
+";
+
+#[test]
+fn every_example_in_config_dir_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let base = path.parent().expect("dir");
+        if let Err(e) = load_str(&text, base, &env()) {
+            panic!("{} failed to load: {}", path.display(), ConfigErrors(e));
+        }
+        n += 1;
+    }
+    assert!(n >= 1, "no examples found in {}", dir.display());
+}
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let c = load(MINIMAL).expect("loads");
+    assert_eq!(c.server.listen, vec!["0.0.0.0:8080".to_string()]);
+    assert_eq!(c.server.max_request_body, 10 << 20);
+    assert_eq!(c.server.grace_period, std::time::Duration::from_secs(10));
+    assert_eq!(c.admin.listen, "127.0.0.1:9090");
+    assert!(c.redis.is_none());
+    assert_eq!(c.routes[0].auth, model::RouteAuth::None);
+    assert!(c.routes[0].forward_authorization);
+}
+
+#[test]
+fn route_without_auth_requires_it() {
+    let text = "
+upstreams: { lms: { endpoints: ['127.0.0.1:8000'] } }
+auth:
+  providers:
+    k: { type: api_key, keys: [{ id: a, sha256: '0000000000000000000000000000000000000000000000000000000000000000', subject: s }] }
+routes:
+  - { name: api, path_prefix: /api/, upstream: lms }
+";
+    let c = load(text).expect("loads");
+    assert!(matches!(c.routes[0].auth, model::RouteAuth::Required { .. }));
+}
+
+#[test]
+fn unknown_key_names_path_and_position() {
+    let errs = errors(
+        "
+upstreams:
+  lms:
+    endpoints: ['127.0.0.1:8000']
+    conect_timeout: 1s
+routes:
+  - { name: all, path_prefix: /, auth: none, upstream: lms }
+",
+    );
+    assert_eq!(errs[0].path, "upstreams.lms.conect_timeout");
+    assert!(errs[0].message.contains("unknown field `conect_timeout`"), "{}", errs[0]);
+    assert_eq!(errs[0].location.map(|l| l.0), Some(5));
+}
+
+#[test]
+fn bad_values_name_their_paths() {
+    let errs = errors(
+        "
+server: { grace_period: 10 sec }
+upstreams:
+  lms: { endpoints: ['127.0.0.1:8000'] }
+rate_limits:
+  a: { rate: 10/week, burst: 1, key: client_ip }
+routes:
+  - { name: all, path_prefix: /, auth: none, upstream: lms }
+",
+    );
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"server.grace_period"), "{paths:?}");
+    assert!(paths.contains(&"rate_limits.a.rate"), "{paths:?}");
+    assert!(errs.iter().any(|e| e.message.contains("invalid duration")));
+    assert!(errs.iter().any(|e| e.message.contains("invalid rate")));
+    let size = errors(
+        "
+server: { max_request_body: 10 parsecs }
+upstreams: { lms: { endpoints: ['127.0.0.1:8000'] } }
+routes: [{ name: all, path_prefix: /, auth: none, upstream: lms }]
+",
+    );
+    assert_eq!(size[0].path, "server.max_request_body");
+}
+
+#[test]
+fn semantic_errors_are_all_reported() {
+    let errs = errors(
+        "
+upstreams:
+  lms: { endpoints: [] }
+  other: { endpoints: ['nohost'] }
+rate_limits:
+  user: { rate: 10/s, burst: 0, key: subject }
+routes:
+  - { name: a, path_prefix: /a/, auth: none, upstream: nope }
+  - { name: b, path_prefix: /b/, auth: { providers: [ghost] }, upstream: lms }
+  - { name: c, path_prefix: /c/, auth: none, rate_limit: [user, ghost], upstream: lms }
+  - { name: c, path: /d//x, auth: none, upstream: lms }
+  - { name: e, path: /e, path_prefix: /e, auth: none, upstream: lms }
+",
+    );
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "upstreams.lms.endpoints",
+        "upstreams.other.endpoints[0]",
+        "rate_limits.user.burst",
+        "routes[0].upstream",
+        "routes[1].auth.providers[0]",
+        "routes[2].rate_limit[1]",
+        "routes[3].name",
+        "routes[3].path",
+        "routes[4]",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+}
+
+#[test]
+fn several_structural_errors_are_reported_together() {
+    let errs = errors(
+        "
+upstreams:
+  lms: { endpoints: ['127.0.0.1:8000'], bogus: 1 }
+routes:
+  - { name: a, path_prefix: /a/, auth: none, upstream: lms, colour: red }
+  - { name: b, path_prefix: /b/, auth: sometimes, upstream: lms }
+",
+    );
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"upstreams.lms.bogus"), "{paths:?}");
+    assert!(paths.contains(&"routes[0].colour"), "{paths:?}");
+    assert!(paths.iter().any(|p| p.starts_with("routes[1]")), "{paths:?}");
+}
+
+#[test]
+fn secrets_and_algorithms() {
+    let errs = errors(
+        "
+upstreams: { lms: { endpoints: ['127.0.0.1:8000'] } }
+auth:
+  providers:
+    j:
+      type: jwt
+      algorithms: [none, HS256, XX999]
+      keys: [{ secret_env: NOT_SET_ANYWHERE }]
+    k:
+      type: jwt
+      algorithms: [RS256]
+      keys: [{ secret_env: JWT_SECRET }]
+routes: [{ name: a, path_prefix: /, upstream: lms }]
+",
+    );
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+    assert!(has("auth.providers.j.algorithms[0]: \"none\" is never accepted"), "{text:?}");
+    assert!(has("auth.providers.j.algorithms[2]: unknown algorithm"), "{text:?}");
+    assert!(has("auth.providers.j.keys[0].secret_env: environment variable NOT_SET_ANYWHERE is not set"), "{text:?}");
+    assert!(has("auth.providers.k.keys[0]: this is an HMAC secret key but no algorithm"), "{text:?}");
+    // The secret's value never appears in an error.
+    assert!(!text.iter().any(|t| t.contains("s3cret")));
+}
+
+#[test]
+fn env_expansion_applies_before_parsing() {
+    let text = "
+upstreams: { lms: { endpoints: ['${UPSTREAM:-127.0.0.1:8000}'] } }
+redis: { url: '${REDIS_URL}' }
+routes: [{ name: a, path_prefix: /, auth: none, upstream: lms }]
+";
+    let c = load(text).expect("loads");
+    assert_eq!(c.upstreams[0].endpoints, vec!["127.0.0.1:8000".to_string()]);
+    assert_eq!(c.redis.as_ref().map(|r| r.url.expose().to_vec()), Some(b"redis://127.0.0.1:6379/0".to_vec()));
+    let errs = errors("upstreams: { lms: { endpoints: ['${NOPE}'] } }\nroutes: []\n");
+    assert!(errs[0].message.contains("NOPE"));
+    assert_eq!(errs[0].location, Some((1, 34)));
+}
+
+#[test]
+fn shared_scope_needs_redis_and_defaults_follow_redis() {
+    let base = "
+upstreams: { lms: { endpoints: ['127.0.0.1:8000'] } }
+rate_limits: { a: { rate: 1/s, burst: 1, key: client_ip } }
+routes: [{ name: a, path_prefix: /, auth: none, rate_limit: a, upstream: lms }]
+";
+    let c = load(base).expect("loads");
+    assert_eq!(c.rate_limits[0].scope, raw::LimitScope::Local);
+    let with_redis = format!("{base}redis: {{ url: 'redis://127.0.0.1:1/0' }}\n");
+    let c = load(&with_redis).expect("loads");
+    assert_eq!(c.rate_limits[0].scope, raw::LimitScope::Shared);
+    let errs = errors(&base.replace("key: client_ip", "key: client_ip, scope: shared"));
+    assert_eq!(errs[0].path, "rate_limits.a.scope");
+}
+
+#[test]
+fn missing_required_sections() {
+    let errs = errors("server: { threads: 1 }\n");
+    assert!(errs[0].message.contains("missing field"), "{}", errs[0]);
+    assert!(errors("upstreams: {}\nroutes: []\n").len() >= 2);
+    assert!(errors("not: [valid").first().is_some());
+}

@@ -2,7 +2,7 @@
 
 use super::respond::Rejection;
 use super::Snapshot;
-use crate::auth::Identity;
+use crate::auth::{Identity, Outcome};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,8 @@ pub struct RequestCtx {
     pub rewritten_path: Option<String>,
     /// Set only by admission; forwarding requires it, so nothing reaches an upstream unjudged.
     pub admitted: Option<Admitted>,
+    /// What authentication decided, when the route has auth.
+    pub auth_outcome: Option<Outcome>,
     /// An answer decided in a later phase, rendered by `fail_to_proxy`.
     pub rejection: Option<Rejection>,
     pub request_body_bytes: u64,
@@ -48,6 +50,7 @@ impl RequestCtx {
             client_ip: None,
             rewritten_path: None,
             admitted: None,
+            auth_outcome: None,
             rejection: None,
             request_body_bytes: 0,
             upstream_started: None,

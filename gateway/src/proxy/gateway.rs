@@ -180,7 +180,9 @@ impl Gateway {
             ctx.rewritten_path = Some(p);
         }
         check_hygiene(req, spec, snapshot)?;
-        let identity = self.shared.auth.authenticate(&spec.auth, &req.headers).await?;
+        let decision = snapshot.auth.authenticate(&spec.auth, &req.headers).await;
+        ctx.auth_outcome = decision.outcome;
+        let identity = decision.result?;
         Ok(Admitted { identity })
     }
 }

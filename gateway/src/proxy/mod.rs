@@ -6,7 +6,8 @@ pub mod gateway;
 pub mod headers;
 pub mod respond;
 
-use crate::auth::Authenticator;
+use crate::auth::jwks::JwksStore;
+use crate::auth::{Authenticator, KeyStores};
 use crate::config::model::RouteSpec;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -27,8 +28,26 @@ pub struct Snapshot {
     pub routes: Vec<RouteRuntime>,
     pub upstreams: Vec<Arc<UpstreamPool>>,
     pub auth_texts: AuthTexts,
+    pub auth: Authenticator,
     /// Metrics for requests no route accepted (404, malformed paths).
     pub unmatched: RouteMetrics,
+}
+
+pub struct NotReady<'a> {
+    pub upstreams: Vec<&'a str>,
+    pub jwks_providers: Vec<&'a str>,
+}
+
+impl NotReady<'_> {
+    pub fn is_ready(&self) -> bool {
+        self.upstreams.is_empty() && self.jwks_providers.is_empty()
+    }
+}
+
+/// Work that runs beside the proxy for as long as its object lives.
+pub enum Background {
+    HealthChecks(std::sync::Weak<UpstreamPool>),
+    JwksRefresh(std::sync::Weak<JwksStore>),
 }
 
 /// A route with its resolved parts.
@@ -39,8 +58,9 @@ pub struct RouteRuntime {
 }
 
 impl Snapshot {
-    pub fn build(config: Config, generation: u64, metrics: &Metrics) -> Result<Self, String> {
+    pub fn build(config: Config, generation: u64, metrics: &Metrics, stores: &KeyStores) -> Result<Self, String> {
         let config = Arc::new(config);
+        let auth = Authenticator::build(&config.auth, stores, metrics)?;
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for spec in &config.upstreams {
             let gauge = metrics.gauge_for(&spec.name);
@@ -66,18 +86,24 @@ impl Snapshot {
             routes,
             upstreams,
             auth_texts,
+            auth,
             unmatched: metrics.route("unmatched"),
             config,
         })
     }
 
-    /// Ready when every upstream has a healthy endpoint.
-    pub fn unready_upstreams(&self) -> Vec<&str> {
-        self.upstreams
-            .iter()
-            .filter(|u| !u.is_ready())
-            .map(|u| u.spec.name.as_str())
-            .collect()
+    /// What keeps this version from being ready: upstreams without a healthy endpoint and
+    /// JWKS providers that never loaded their keys.
+    pub fn not_ready(&self) -> NotReady<'_> {
+        NotReady {
+            upstreams: self
+                .upstreams
+                .iter()
+                .filter(|u| !u.is_ready())
+                .map(|u| u.spec.name.as_str())
+                .collect(),
+            jwks_providers: self.auth.keys_loaded(),
+        }
     }
 }
 
@@ -86,29 +112,32 @@ pub struct Shared {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
-    pub auth: Authenticator,
+    pub key_stores: KeyStores,
     /// Requests between header read and logging; lets shutdown end as soon as they finish.
     pub in_flight: Arc<AtomicUsize>,
     /// New pools whose health checks must start.
-    health_tx: UnboundedSender<std::sync::Weak<UpstreamPool>>,
+    health_tx: UnboundedSender<Background>,
 }
 
 impl Shared {
+    /// `build` makes the first configuration version with the shared key stores.
     pub fn new(
-        snapshot: Snapshot,
+        build: impl FnOnce(&Metrics, &KeyStores) -> Result<Snapshot, String>,
         metrics: Arc<Metrics>,
-        health_tx: UnboundedSender<std::sync::Weak<UpstreamPool>>,
-    ) -> Self {
+        health_tx: UnboundedSender<Background>,
+    ) -> Result<Self, String> {
+        let key_stores = KeyStores::default();
+        let snapshot = build(&metrics, &key_stores)?;
         let shared = Shared {
             generation: AtomicU64::new(snapshot.generation),
             current: ArcSwap::from_pointee(snapshot),
             metrics,
-            auth: Authenticator,
+            key_stores,
             in_flight: Arc::new(AtomicUsize::new(0)),
             health_tx,
         };
-        shared.start_health_checks(&shared.snapshot());
-        shared
+        shared.start_background(&shared.snapshot());
+        Ok(shared)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -122,16 +151,20 @@ impl Shared {
     /// Swaps in a new configuration version; requests already running finish on the old one.
     pub fn install(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
-        self.start_health_checks(&snapshot);
+        self.start_background(&snapshot);
+        self.key_stores.retain(&snapshot.auth.stores);
         self.current.store(snapshot);
     }
 
-    fn start_health_checks(&self, snapshot: &Snapshot) {
+    fn start_background(&self, snapshot: &Snapshot) {
+        // The receiver lives as long as the server; if it is gone we are shutting down.
         for pool in &snapshot.upstreams {
             if pool.spec.health_check.is_some() {
-                // The receiver lives as long as the server; if it is gone we are shutting down.
-                let _ = self.health_tx.send(Arc::downgrade(pool));
+                let _ = self.health_tx.send(Background::HealthChecks(Arc::downgrade(pool)));
             }
+        }
+        for store in &snapshot.auth.new_stores {
+            let _ = self.health_tx.send(Background::JwksRefresh(Arc::downgrade(store)));
         }
     }
 }

@@ -1,0 +1,218 @@
+//! A JWKS key store per provider, shared by every worker thread: fetched at start, refreshed
+//! in the background, re-fetched on an unknown `kid` at most once per `MIN_REFETCH`, and the
+//! last good set kept when a fetch fails.
+
+use super::keys::VerifyKey;
+use crate::config::compile::KeyFamily;
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::JwkSet;
+use prometheus::IntCounter;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Fewest seconds between two fetches triggered by tokens, so a flood of random `kid`s
+/// cannot hammer the issuer.
+pub const MIN_REFETCH: Duration = Duration::from_secs(5);
+/// How long a `kid` that stayed unknown after a fetch is not looked for again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+const NEGATIVE_MAX: usize = 10_000;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retry interval while the endpoint is failing.
+const RETRY: Duration = Duration::from_secs(5);
+
+pub struct KeySet {
+    pub keys: Vec<VerifyKey>,
+}
+
+pub enum Lookup {
+    Found(Arc<KeySet>),
+    /// Keys are loaded and none has this `kid`.
+    Unknown,
+    /// No key set was ever loaded, or the endpoint is down and the kid may be new.
+    NotLoaded,
+}
+
+pub struct JwksStore {
+    pub provider: Arc<str>,
+    pub url: String,
+    pub refresh: Duration,
+    keys: ArcSwapOption<KeySet>,
+    client: reqwest::Client,
+    fetch_lock: tokio::sync::Mutex<()>,
+    last_fetch: Mutex<Option<Instant>>,
+    last_fetch_failed: AtomicBool,
+    unknown_kids: Mutex<HashMap<String, Instant>>,
+    ok: IntCounter,
+    error: IntCounter,
+}
+
+impl JwksStore {
+    pub fn new(provider: &str, url: &str, refresh: Duration, ok: IntCounter, error: IntCounter) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            // Fetches are rare and may run on different runtimes; pooled connections would be
+            // tied to whichever runtime opened them.
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| format!("JWKS client: {e}"))?;
+        Ok(JwksStore {
+            provider: provider.into(),
+            url: url.to_string(),
+            refresh,
+            keys: ArcSwapOption::empty(),
+            client,
+            fetch_lock: tokio::sync::Mutex::new(()),
+            last_fetch: Mutex::new(None),
+            last_fetch_failed: AtomicBool::new(false),
+            unknown_kids: Mutex::new(HashMap::new()),
+            ok,
+            error,
+        })
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.keys.load().is_some()
+    }
+
+    pub async fn lookup(&self, kid: Option<&str>, family: KeyFamily) -> Lookup {
+        if let Some(found) = self.find(kid, family) {
+            return found;
+        }
+        if let Some(kid) = kid {
+            if self.recently_unknown(kid) {
+                return self.unknown_or_unavailable();
+            }
+        }
+        self.refetch_limited().await;
+        match self.find(kid, family) {
+            Some(found) => found,
+            None if self.keys.load().is_none() => Lookup::NotLoaded,
+            None => {
+                if let Some(kid) = kid {
+                    self.remember_unknown(kid);
+                }
+                self.unknown_or_unavailable()
+            }
+        }
+    }
+
+    /// A kid we do not know is the client's fault only if we could ask the issuer.
+    fn unknown_or_unavailable(&self) -> Lookup {
+        if self.last_fetch_failed.load(Ordering::Acquire) {
+            Lookup::NotLoaded
+        } else {
+            Lookup::Unknown
+        }
+    }
+
+    fn find(&self, kid: Option<&str>, family: KeyFamily) -> Option<Lookup> {
+        let set = self.keys.load_full()?;
+        let hit = set.keys.iter().any(|k| {
+            k.family == family && match (kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                _ => true,
+            }
+        });
+        hit.then_some(Lookup::Found(set))
+    }
+
+    fn recently_unknown(&self, kid: &str) -> bool {
+        let map = self.unknown_kids.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(kid).is_some_and(|t| t.elapsed() < NEGATIVE_TTL)
+    }
+
+    fn remember_unknown(&self, kid: &str) {
+        let mut map = self.unknown_kids.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= NEGATIVE_MAX {
+            map.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
+            if map.len() >= NEGATIVE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(kid.to_string(), Instant::now());
+    }
+
+    /// One fetch at a time, and none if the last was under `MIN_REFETCH` ago; callers that
+    /// waited behind a fetch see its result.
+    async fn refetch_limited(&self) {
+        let _single_flight = self.fetch_lock.lock().await;
+        let recent = self
+            .last_fetch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < MIN_REFETCH);
+        if !recent {
+            let _ = self.fetch_now().await;
+        }
+    }
+
+    /// Fetches and installs the key set; on failure the previous set stays.
+    pub async fn fetch(&self) -> Result<usize, String> {
+        let _single_flight = self.fetch_lock.lock().await;
+        self.fetch_now().await
+    }
+
+    async fn fetch_now(&self) -> Result<usize, String> {
+        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let result = self.download().await;
+        match &result {
+            Ok(n) => {
+                self.ok.inc();
+                self.last_fetch_failed.store(false, Ordering::Release);
+                self.unknown_kids.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                tracing::info!(provider = %self.provider, keys = n, "JWKS loaded");
+            }
+            Err(e) => {
+                self.error.inc();
+                self.last_fetch_failed.store(true, Ordering::Release);
+                tracing::warn!(provider = %self.provider, url = %self.url, error = %e, kept_previous = self.is_loaded(), "JWKS fetch failed");
+            }
+        }
+        result
+    }
+
+    async fn download(&self) -> Result<usize, String> {
+        let resp = self.client.get(&self.url).send().await.map_err(|e| format!("request failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| format!("reading body: {e}"))?;
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for jwk in &set.keys {
+            match VerifyKey::from_jwk(jwk) {
+                Ok(k) => keys.push(k),
+                Err(e) => tracing::warn!(provider = %self.provider, kid = ?jwk.common.key_id, error = %e, "JWKS key skipped"),
+            }
+        }
+        if keys.is_empty() {
+            return Err("the JWK set has no usable key".into());
+        }
+        let n = keys.len();
+        self.keys.store(Some(Arc::new(KeySet { keys })));
+        Ok(n)
+    }
+}
+
+/// Refreshes the store every `refresh` (every `RETRY` while failing) until it is dropped or
+/// the process shuts down.
+pub async fn run_refresh(store: Weak<JwksStore>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let wait = {
+            let Some(s) = store.upgrade() else { return };
+            if s.last_fetch_failed.load(Ordering::Acquire) || !s.is_loaded() {
+                RETRY.min(s.refresh)
+            } else {
+                s.refresh
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(s) = store.upgrade() else { return };
+        let _ = s.fetch().await;
+    }
+}
