@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod logging;
 pub mod metrics;
 pub mod observe;

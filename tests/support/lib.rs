@@ -193,9 +193,17 @@ impl Mock {
         client().get(self.url("/__mock/stats")).send().expect("stats").json().expect("json")
     }
 
-    /// Requests the mock received for one route pattern, e.g. `"GET /echo"`.
+    /// Requests the mock received for a route pattern and the patterns under it: `"GET /echo"`
+    /// counts `GET /echo`, `GET /echo/` and `GET /echo/{*rest}`.
     pub fn count(&self, route: &str) -> u64 {
-        self.stats()["by_route"][route].as_u64().unwrap_or(0)
+        let stats = self.stats();
+        let Some(by_route) = stats["by_route"].as_object() else { return 0 };
+        let under = format!("{route}/");
+        by_route
+            .iter()
+            .filter(|(k, _)| *k == route || k.starts_with(&under))
+            .filter_map(|(_, v)| v.as_u64())
+            .sum()
     }
 
     pub fn total(&self) -> u64 {

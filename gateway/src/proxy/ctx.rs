@@ -3,6 +3,7 @@
 use super::respond::Rejection;
 use super::Snapshot;
 use crate::auth::{Identity, Outcome};
+use crate::deadline::Deadline;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     pub upstream_elapsed: Option<std::time::Duration>,
     pub upstream_addr: Option<std::net::SocketAddr>,
+    pub deadline: Option<Deadline>,
+    /// Whether the one retry on another endpoint has been used.
+    pub retried: bool,
     _in_flight: InFlight,
 }
 
@@ -56,6 +60,8 @@ impl RequestCtx {
             upstream_started: None,
             upstream_elapsed: None,
             upstream_addr: None,
+            deadline: None,
+            retried: false,
             _in_flight: InFlight(in_flight),
         }
     }

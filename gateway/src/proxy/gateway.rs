@@ -5,17 +5,19 @@ use super::ctx::{Admitted, RequestCtx};
 use super::headers;
 use super::respond::Rejection;
 use super::{Shared, Snapshot};
+use crate::deadline::{self, Deadline};
 use crate::route::path::normalize_path;
+use crate::upstream::ErrorKind;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderValue, Uri};
+use http::{HeaderValue, Method, Uri};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -82,19 +84,79 @@ impl ProxyHttp for Gateway {
             ctx.rejection = Some(Rejection::Internal);
             return Error::e_explain(ErrorType::InternalError, "admitted request without a route");
         };
-        let pool = route.upstream.clone();
-        let peer = pool.select().and_then(|b| pool.peer(&b));
-        match peer {
-            Some(peer) => {
-                ctx.upstream_addr = peer._address.as_inet().copied();
-                ctx.upstream_started = Some(Instant::now());
-                Ok(Box::new(peer))
+        let now = Instant::now();
+        let left = match ctx.deadline {
+            Some(d) if d.passed(now) => {
+                route.timeouts.inc();
+                ctx.rejection = Some(Rejection::UpstreamTimeout { deadline_ms: d.budget_ms() });
+                return Error::e_explain(ErrorType::HTTPStatus(504), "deadline passed before forwarding");
             }
-            None => {
-                ctx.rejection = Some(Rejection::UpstreamUnavailable);
-                Error::e_explain(ErrorType::HTTPStatus(502), "no healthy endpoint")
+            Some(d) => Some(d.remaining(now)),
+            None => None,
+        };
+        let pool = route.upstream.clone();
+        let avoid = if ctx.retried { ctx.upstream_addr } else { None };
+        let Some(mut peer) = pool.select(avoid).and_then(|b| pool.peer(&b)) else {
+            pool.report_no_endpoint();
+            ctx.rejection = Some(Rejection::UpstreamUnavailable);
+            return Error::e_explain(ErrorType::HTTPStatus(502), "no healthy endpoint");
+        };
+        if let Some(left) = left {
+            // Every wait before the response header is clamped to what the deadline leaves.
+            let o = &mut peer.options;
+            for t in [&mut o.connection_timeout, &mut o.total_connection_timeout, &mut o.read_timeout, &mut o.write_timeout] {
+                *t = Some(t.map_or(left, |v| v.min(left)));
             }
         }
+        ctx.upstream_addr = peer._address.as_inet().copied();
+        ctx.upstream_started = Some(now);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let kind = ErrorKind::of(&e);
+        let Some(route) = ctx.route() else { return e };
+        route.upstream.report_failure(ctx.upstream_addr, kind);
+        // Nothing reached the upstream, so one retry on another endpoint is safe for requests
+        // that are idempotent anyway, when the deadline leaves time for it.
+        let idempotent = matches!(session.req_header().method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let time_left = ctx
+            .deadline
+            .is_none_or(|d| d.remaining(Instant::now()) > Duration::from_millis(10));
+        let retry = idempotent && !ctx.retried && time_left && route.upstream.spec.endpoints.len() > 1;
+        ctx.retried |= retry;
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if let Some(route) = ctx.route() {
+            route.upstream.report_failure(ctx.upstream_addr, ErrorKind::of(&e));
+        }
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let deadline_passed = ctx.deadline.is_some_and(|d| d.passed(Instant::now()));
+        // A request that may have reached the upstream is only retried by pingora's own rule
+        // (an idempotent request on a reused connection the upstream had already closed), and
+        // never once the deadline is spent.
+        if deadline_passed || !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -113,6 +175,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
+        if let (Some(route), Some(elapsed)) = (ctx.route(), ctx.upstream_elapsed) {
+            route.upstream_duration.observe(elapsed.as_secs_f64());
+            route.upstream.report_success(ctx.upstream_addr);
+        }
         Ok(())
     }
 
@@ -129,7 +195,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let rejection = ctx.rejection.take().or_else(|| rejection_for(e));
+        let rejection = ctx.rejection.take().or_else(|| rejection_for(e, ctx));
         let code = match &rejection {
             Some(r) if session.response_written().is_none() => {
                 if send_rejection(session, ctx, r).await.is_err() {
@@ -180,6 +246,7 @@ impl Gateway {
             ctx.rewritten_path = Some(p);
         }
         check_hygiene(req, spec, snapshot)?;
+        ctx.deadline = Deadline::for_request(spec.deadline, req.headers.get(deadline::CLIENT_HEADER), ctx.started);
         let decision = snapshot.auth.authenticate(&spec.auth, &req.headers).await;
         ctx.auth_outcome = decision.outcome;
         let identity = decision.result?;
@@ -244,10 +311,24 @@ impl Rejection {
 }
 
 /// pingora's errors that the gateway answers itself; others (a client that went away) get none.
-fn rejection_for(e: &Error) -> Option<Rejection> {
+fn rejection_for(e: &Error, ctx: &RequestCtx) -> Option<Rejection> {
     use ErrorType::*;
+    let timed_out = matches!(e.etype(), ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout);
     match (e.etype(), e.esource()) {
         (HTTPStatus(413), _) => Some(Rejection::PayloadTooLarge { limit: 0 }),
+        (_, ErrorSource::Upstream) if timed_out => match ctx.deadline {
+            Some(d) if d.passed(Instant::now()) => {
+                if let Some(route) = ctx.route() {
+                    route.timeouts.inc();
+                }
+                Some(Rejection::UpstreamTimeout { deadline_ms: d.budget_ms() })
+            }
+            // The upstream's own read timeout, with time left on the route's deadline.
+            _ if matches!(e.etype(), ReadTimedout | WriteTimedout) => Some(Rejection::UpstreamTimeout {
+                deadline_ms: ctx.route().map_or(0, |r| r.upstream.spec.read_timeout.as_millis() as u64),
+            }),
+            _ => Some(Rejection::UpstreamUnavailable),
+        },
         (HTTPStatus(code), _) if *code >= 500 => Some(Rejection::UpstreamUnavailable),
         (_, ErrorSource::Upstream) => Some(Rejection::UpstreamUnavailable),
         (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
@@ -287,6 +368,11 @@ fn prepare_upstream_request(session: &Session, req: &mut RequestHeader, ctx: &Re
         (Some(ip), Some(s)) => s.config.server.trusted_proxies.contains(&ip),
         _ => false,
     };
+    if let Some(d) = ctx.deadline {
+        // What the upstream has left, so it can give up on work nobody will wait for.
+        let left = d.remaining(Instant::now()).as_millis().max(1);
+        req.insert_header(deadline::CLIENT_HEADER, left.to_string())?;
+    }
     if let Some(peer) = ctx.peer_ip {
         req.insert_header("x-forwarded-for", headers::forwarded_for(&downstream.headers, peer))?;
     }

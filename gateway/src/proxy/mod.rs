@@ -55,6 +55,8 @@ pub struct RouteRuntime {
     pub spec: Arc<RouteSpec>,
     pub upstream: Arc<UpstreamPool>,
     pub metrics: RouteMetrics,
+    pub upstream_duration: prometheus::Histogram,
+    pub timeouts: prometheus::IntCounter,
 }
 
 impl Snapshot {
@@ -63,8 +65,7 @@ impl Snapshot {
         let auth = Authenticator::build(&config.auth, stores, metrics)?;
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for spec in &config.upstreams {
-            let gauge = metrics.gauge_for(&spec.name);
-            upstreams.push(Arc::new(UpstreamPool::build(spec.clone(), gauge)?));
+            upstreams.push(Arc::new(UpstreamPool::build(spec.clone(), metrics)?));
         }
         let routes = config
             .routes
@@ -73,6 +74,10 @@ impl Snapshot {
                 spec: spec.clone(),
                 upstream: upstreams[spec.upstream].clone(),
                 metrics: metrics.route(&spec.name),
+                upstream_duration: metrics
+                    .upstream_duration
+                    .with_label_values(&[&spec.name, &upstreams[spec.upstream].spec.name]),
+                timeouts: metrics.upstream_timeouts_total.with_label_values(&[&spec.name]),
             })
             .collect();
         let auth_texts = AuthTexts {

@@ -9,12 +9,80 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, LoadBalancer};
 use prometheus::IntGauge;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an idle pooled connection to an upstream is kept for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Passive health: this many failed connections in a row take an endpoint out of rotation...
+pub const PASSIVE_FAILURES: u32 = 3;
+/// ...for this long; afterwards it gets traffic again, and one more failure takes it out again.
+pub const PASSIVE_COOL_DOWN: Duration = Duration::from_secs(10);
+
+/// Why a request to an upstream failed: the `kind` label of `authgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    ConnectRefused,
+    ConnectTimeout,
+    ConnectError,
+    Tls,
+    Timeout,
+    Reset,
+    NoHealthyEndpoint,
+    Protocol,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 8] = [
+        ErrorKind::ConnectRefused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::ConnectError,
+        ErrorKind::Tls,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::NoHealthyEndpoint,
+        ErrorKind::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ConnectRefused => "connect_refused",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::ConnectError => "connect_error",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+
+    pub fn of(e: &pingora_core::Error) -> Self {
+        use pingora_core::ErrorType::*;
+        match e.etype() {
+            ConnectRefused => ErrorKind::ConnectRefused,
+            ConnectTimedout => ErrorKind::ConnectTimeout,
+            ConnectNoRoute | ConnectError | BindError | SocketError | ConnectProxyFailure => ErrorKind::ConnectError,
+            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError | TLSWantX509Lookup => ErrorKind::Tls,
+            ReadTimedout | WriteTimedout => ErrorKind::Timeout,
+            ReadError | WriteError | ConnectionClosed => ErrorKind::Reset,
+            _ => ErrorKind::Protocol,
+        }
+    }
+
+    pub fn is_connect_failure(self) -> bool {
+        matches!(self, ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::ConnectError | ErrorKind::Tls)
+    }
+}
+
+/// Passive health of one endpoint, updated lock-free from the request path.
+struct Endpoint {
+    addr: SocketAddr,
+    failures: AtomicU32,
+    /// Milliseconds since the pool's epoch until which the endpoint is out of rotation.
+    out_until_ms: AtomicU64,
+}
 
 pub struct UpstreamPool {
     pub spec: Arc<UpstreamSpec>,
@@ -23,6 +91,9 @@ pub struct UpstreamPool {
     /// initial "healthy" state.
     first_check_done: AtomicBool,
     healthy_gauge: IntGauge,
+    endpoints: Vec<Endpoint>,
+    epoch: Instant,
+    errors: [prometheus::IntCounter; 8],
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -34,7 +105,9 @@ impl std::fmt::Debug for UpstreamPool {
 impl UpstreamPool {
     /// Resolves the endpoints (once, here: DNS is never on the request path) and builds the
     /// balancer with its health check.
-    pub fn build(spec: Arc<UpstreamSpec>, healthy_gauge: IntGauge) -> Result<Self, String> {
+    pub fn build(spec: Arc<UpstreamSpec>, metrics: &crate::metrics::Metrics) -> Result<Self, String> {
+        let healthy_gauge = metrics.gauge_for(&spec.name);
+        let errors = ErrorKind::ALL.map(|k| metrics.upstream_errors_total.with_label_values(&[&spec.name, k.as_str()]));
         let mut addrs: Vec<SocketAddr> = Vec::new();
         for ep in &spec.endpoints {
             let resolved = ep
@@ -72,17 +145,75 @@ impl UpstreamPool {
             lb.health_check_frequency = Some(hc.interval);
         }
         healthy_gauge.set(addrs.len() as i64);
+        let endpoints = addrs
+            .iter()
+            .map(|a| Endpoint {
+                addr: *a,
+                failures: AtomicU32::new(0),
+                out_until_ms: AtomicU64::new(0),
+            })
+            .collect();
         Ok(UpstreamPool {
             spec,
             lb,
             first_check_done: AtomicBool::new(false),
             healthy_gauge,
+            endpoints,
+            epoch: Instant::now(),
+            errors,
         })
     }
 
-    /// The next healthy endpoint in round-robin order.
-    pub fn select(&self) -> Option<Backend> {
-        self.lb.select(b"", 256)
+    /// The next endpoint in round-robin order that both health checks and recent traffic
+    /// consider up, other than `avoid` (the one a retry is moving away from).
+    pub fn select(&self, avoid: Option<SocketAddr>) -> Option<Backend> {
+        self.lb.select_with(b"", 256, |b, healthy| {
+            let addr = b.addr.as_inet().copied();
+            healthy && addr != avoid && addr.is_none_or(|a| self.passively_up(a))
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.addr == addr)
+    }
+
+    fn passively_up(&self, addr: SocketAddr) -> bool {
+        self.endpoint(addr)
+            .is_none_or(|e| e.out_until_ms.load(Ordering::Relaxed) <= self.now_ms())
+    }
+
+    /// Counts a failure; connection failures in a row take the endpoint out for a cool-down.
+    pub fn report_failure(&self, addr: Option<SocketAddr>, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+        if !kind.is_connect_failure() {
+            return;
+        }
+        let Some(e) = addr.and_then(|a| self.endpoint(a)) else { return };
+        let n = e.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= PASSIVE_FAILURES {
+            let until = self.now_ms() + PASSIVE_COOL_DOWN.as_millis() as u64;
+            if e.out_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                tracing::warn!(upstream = %self.spec.name, endpoint = %e.addr, failures = n, cool_down_s = PASSIVE_COOL_DOWN.as_secs(), "endpoint taken out of rotation");
+            }
+            self.healthy_gauge.set(self.healthy_endpoints() as i64);
+        }
+    }
+
+    pub fn report_no_endpoint(&self) {
+        self.errors[ErrorKind::NoHealthyEndpoint as usize].inc();
+    }
+
+    pub fn report_success(&self, addr: Option<SocketAddr>) {
+        if let Some(e) = addr.and_then(|a| self.endpoint(a)) {
+            // A load, not a store, in the common case: no cache-line write per request.
+            if e.failures.load(Ordering::Relaxed) != 0 {
+                e.failures.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The peer a request is sent to, with this upstream's timeouts.
@@ -104,7 +235,7 @@ impl UpstreamPool {
             .backends()
             .get_backend()
             .iter()
-            .filter(|b| self.lb.backends().ready(b))
+            .filter(|b| self.lb.backends().ready(b) && b.addr.as_inet().is_none_or(|a| self.passively_up(*a)))
             .count()
     }
 
