@@ -17,7 +17,11 @@ pub struct Deadline {
 impl Deadline {
     /// The route's deadline, shortened (never lengthened) by a well-formed client header. A
     /// client may also bound a route that has none.
-    pub fn for_request(route: Option<Duration>, client: Option<&HeaderValue>, arrived: Instant) -> Option<Self> {
+    pub fn for_request(
+        route: Option<Duration>,
+        client: Option<&HeaderValue>,
+        arrived: Instant,
+    ) -> Option<Self> {
         let asked = client
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -70,7 +74,11 @@ mod tests {
         assert_eq!(Deadline::for_request(None, None, t), None);
         for junk in ["", "0", "-5", "abc", "1.5", "99999999999999"] {
             let d = Deadline::for_request(route, Some(&hv(junk)), t).expect("deadline");
-            assert_eq!(d.budget, Duration::from_millis(500), "{junk:?} must be ignored");
+            assert_eq!(
+                d.budget,
+                Duration::from_millis(500),
+                "{junk:?} must be ignored"
+            );
         }
     }
 

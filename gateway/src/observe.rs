@@ -17,7 +17,10 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
         return;
     }
     let route = ctx.route().map_or("unmatched", |r| r.spec.name.as_str());
-    let upstream = ctx.route().filter(|_| ctx.upstream_started.is_some()).map(|r| r.upstream.spec.name.as_str());
+    let upstream = ctx
+        .route()
+        .filter(|_| ctx.upstream_started.is_some())
+        .map(|r| r.upstream.spec.name.as_str());
     let subject = ctx
         .admitted
         .as_ref()

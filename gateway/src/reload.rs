@@ -40,21 +40,37 @@ impl Reloader {
                 "error"
             }
         };
-        self.shared.metrics.config_reloads_total.with_label_values(&[result]).inc();
+        self.shared
+            .metrics
+            .config_reloads_total
+            .with_label_values(&[result])
+            .inc();
         outcome
     }
 
     fn try_reload(&self) -> ReloadOutcome {
         let config = match config::load(&self.source, &ProcessEnv) {
             Ok(c) => c,
-            Err(e) => return ReloadOutcome::Rejected { reason: e.to_string() },
+            Err(e) => {
+                return ReloadOutcome::Rejected {
+                    reason: e.to_string(),
+                }
+            }
         };
         let old = self.shared.snapshot();
         for warning in restart_only_changes(&old.config, &config) {
-            tracing::warn!(setting = warning, "changed setting takes effect only after a restart");
+            tracing::warn!(
+                setting = warning,
+                "changed setting takes effect only after a restart"
+            );
         }
         let generation = self.shared.next_generation();
-        match Snapshot::build(config, generation, &self.shared.metrics, &self.shared.key_stores) {
+        match Snapshot::build(
+            config,
+            generation,
+            &self.shared.metrics,
+            &self.shared.key_stores,
+        ) {
             Ok(snapshot) => {
                 if let Err(reason) = crate::runtime::load_new_key_sets(&snapshot) {
                     return ReloadOutcome::Rejected { reason };

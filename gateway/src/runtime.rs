@@ -22,9 +22,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// Loads the configuration and serves until a shutdown signal. Returns only on a start-up
 /// failure; a clean shutdown exits the process with status 0.
 pub fn run(source: Source) -> Result<(), String> {
-    let config = crate::config::load(&source, &ProcessEnv).map_err(|e| {
-        format!("invalid configuration {}: {e}", source.describe())
-    })?;
+    let config = crate::config::load(&source, &ProcessEnv)
+        .map_err(|e| format!("invalid configuration {}: {e}", source.describe()))?;
     let metrics = Arc::new(Metrics::new());
     let server_settings = &config.server;
     let conf = ServerConf {
@@ -66,7 +65,10 @@ pub fn run(source: Source) -> Result<(), String> {
     }
     server.add_service(proxy);
 
-    let mut admin = Service::new("authgate admin".to_string(), Admin::new(shared.clone(), reloader.clone()));
+    let mut admin = Service::new(
+        "authgate admin".to_string(),
+        Admin::new(shared.clone(), reloader.clone()),
+    );
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);
     server.add_service(admin);
@@ -100,7 +102,8 @@ pub fn load_new_key_sets(snapshot: &Snapshot) -> Result<(), String> {
     for store in &snapshot.auth.new_stores {
         if let Err(e) = rt.block_on(store.fetch()) {
             let has_static = snapshot.config.auth.providers.iter().any(|p| {
-                p.name == *store.provider && matches!(&p.kind, ProviderKind::Jwt(j) if !j.keys.is_empty())
+                p.name == *store.provider
+                    && matches!(&p.kind, ProviderKind::Jwt(j) if !j.keys.is_empty())
             });
             if !has_static {
                 return Err(format!(
@@ -122,7 +125,11 @@ struct Supervisor {
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let rx = self.health_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let rx = self
+            .health_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let Some(mut rx) = rx else { return };
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),

@@ -23,7 +23,10 @@ fn seen_timeout(v: &Value) -> Option<u64> {
     v["headers"]
         .as_array()?
         .iter()
-        .find(|p| p[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case("x-request-timeout-ms")))
+        .find(|p| {
+            p[0].as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case("x-request-timeout-ms"))
+        })
         .and_then(|p| p[1].as_str()?.parse().ok())
 }
 
@@ -32,11 +35,17 @@ fn deadline_gives_504_quickly_and_the_next_request_succeeds() {
     let mock = Mock::start("m");
     let gw = Gateway::start(&config(&format!("\"{}\"", mock.addr)), &[]);
     let started = Instant::now();
-    let r = client().get(gw.url("/echo/search?q=x&delay_ms=2000")).send().unwrap();
+    let r = client()
+        .get(gw.url("/echo/search?q=x&delay_ms=2000"))
+        .send()
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(r.status(), 504);
     assert!(took < Duration::from_millis(600), "504 after {took:?}");
-    assert!(took >= Duration::from_millis(290), "504 too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(290),
+        "504 too early: {took:?}"
+    );
     let v: Value = r.json().unwrap();
     assert_eq!(v["error"], "upstream_timeout");
     assert_eq!(v["deadline_ms"], 300);
@@ -47,9 +56,29 @@ fn deadline_gives_504_quickly_and_the_next_request_succeeds() {
     assert!(left > 100 && left <= 300, "upstream saw {left} ms");
 
     let text = gw.metrics();
-    assert_eq!(metric(&text, "authgate_upstream_timeouts_total", &[("route", "search")]), 1.0);
-    assert_eq!(metric(&text, "authgate_upstream_errors_total", &[("upstream", "lms"), ("kind", "timeout")]), 1.0);
-    assert!(metric(&text, "authgate_upstream_duration_seconds_count", &[("route", "search"), ("upstream", "lms")]) >= 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_upstream_timeouts_total",
+            &[("route", "search")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_upstream_errors_total",
+            &[("upstream", "lms"), ("kind", "timeout")]
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "authgate_upstream_duration_seconds_count",
+            &[("route", "search"), ("upstream", "lms")]
+        ) >= 1.0
+    );
     // The timed-out GET reached the upstream once and was not retried.
     std::thread::sleep(Duration::from_millis(1800));
     assert_eq!(mock.count("GET /echo"), 2);
@@ -69,7 +98,11 @@ fn client_may_shorten_the_deadline_but_never_lengthen_it() {
     assert_eq!(r.status(), 504);
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(r.json::<Value>().unwrap()["deadline_ms"], 150);
-    let r = client().get(gw.url("/echo/slowok")).header("X-Request-Timeout-Ms", "150").send().unwrap();
+    let r = client()
+        .get(gw.url("/echo/slowok"))
+        .header("X-Request-Timeout-Ms", "150")
+        .send()
+        .unwrap();
     let left = seen_timeout(&r.json().unwrap()).unwrap();
     assert!(left <= 150, "upstream saw {left}");
     // Longer: the route's 300 ms stays.
@@ -80,7 +113,11 @@ fn client_may_shorten_the_deadline_but_never_lengthen_it() {
         .unwrap();
     assert_eq!(r.status(), 504);
     assert_eq!(r.json::<Value>().unwrap()["deadline_ms"], 300);
-    let r = client().get(gw.url("/echo/search")).header("X-Request-Timeout-Ms", "60000").send().unwrap();
+    let r = client()
+        .get(gw.url("/echo/search"))
+        .header("X-Request-Timeout-Ms", "60000")
+        .send()
+        .unwrap();
     let left = seen_timeout(&r.json().unwrap()).unwrap();
     assert!(left <= 300, "upstream saw {left}");
     // A route without a deadline forwards none of its own.
@@ -93,26 +130,54 @@ fn a_post_that_reached_the_upstream_is_never_retried() {
     let a = Mock::start("a");
     let b = Mock::start("b");
     let gw = Gateway::start(&config(&format!("\"{}\", \"{}\"", a.addr, b.addr)), &[]);
-    let r = client().post(gw.url("/echo/search?delay_ms=1500")).body("payload").send().unwrap();
+    let r = client()
+        .post(gw.url("/echo/search?delay_ms=1500"))
+        .body("payload")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 504);
     std::thread::sleep(Duration::from_millis(1700));
-    assert_eq!(a.count("POST /echo") + b.count("POST /echo"), 1, "the POST was sent more than once");
+    assert_eq!(
+        a.count("POST /echo") + b.count("POST /echo"),
+        1,
+        "the POST was sent more than once"
+    );
 }
 
 #[test]
 fn one_endpoint_down_every_request_still_succeeds() {
     let live = Mock::start("live");
     let dead = free_port();
-    let gw = Gateway::start(&config(&format!("\"{}\", \"127.0.0.1:{dead}\"", live.addr)), &[]);
+    let gw = Gateway::start(
+        &config(&format!("\"{}\", \"127.0.0.1:{dead}\"", live.addr)),
+        &[],
+    );
     for i in 0..20 {
-        let r = client().get(gw.url(&format!("/echo/open/{i}"))).send().unwrap();
+        let r = client()
+            .get(gw.url(&format!("/echo/open/{i}")))
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 200, "GET {i}");
     }
     let text = gw.metrics();
-    let refused = metric(&text, "authgate_upstream_errors_total", &[("upstream", "lms"), ("kind", "connect_refused")]);
+    let refused = metric(
+        &text,
+        "authgate_upstream_errors_total",
+        &[("upstream", "lms"), ("kind", "connect_refused")],
+    );
     // Retried on the live endpoint, and taken out of rotation after a few failures.
-    assert!((1.0..=3.0).contains(&refused), "{refused} refused connections");
-    assert_eq!(metric(&text, "authgate_upstream_healthy_endpoints", &[("upstream", "lms")]), 1.0);
+    assert!(
+        (1.0..=3.0).contains(&refused),
+        "{refused} refused connections"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_upstream_healthy_endpoints",
+            &[("upstream", "lms")]
+        ),
+        1.0
+    );
     // A POST is not retried even when its connection was refused: it either reached the live
     // endpoint once or failed.
     assert_eq!(live.count("GET /echo"), 20);
@@ -121,13 +186,20 @@ fn one_endpoint_down_every_request_still_succeeds() {
 #[test]
 fn all_endpoints_down_is_a_quick_502() {
     let (p1, p2) = (free_port(), free_port());
-    let gw = Gateway::start(&config(&format!("\"127.0.0.1:{p1}\", \"127.0.0.1:{p2}\"")), &[]);
+    let gw = Gateway::start(
+        &config(&format!("\"127.0.0.1:{p1}\", \"127.0.0.1:{p2}\"")),
+        &[],
+    );
     for _ in 0..5 {
         let started = Instant::now();
         let r = client().get(gw.url("/echo/open")).send().unwrap();
         assert_eq!(r.status(), 502);
         assert_eq!(r.json::<Value>().unwrap()["error"], "upstream_unavailable");
-        assert!(started.elapsed() < Duration::from_millis(700), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(700),
+            "{:?}",
+            started.elapsed()
+        );
     }
     let r = client().get(gw.admin_url("/readyz")).send().unwrap();
     assert_eq!(r.status(), 503, "no healthy endpoint left");
@@ -137,11 +209,21 @@ fn all_endpoints_down_is_a_quick_502() {
 fn a_stalled_body_is_cut_by_the_read_timeout() {
     let mock = Mock::start("m");
     let gw = Gateway::start(&config(&format!("\"{}\"", mock.addr)), &[]);
-    let mut r = client().get(gw.url("/stream?chunks=3&interval_ms=2000&chunk_size=5")).send().unwrap();
+    let mut r = client()
+        .get(gw.url("/stream?chunks=3&interval_ms=2000&chunk_size=5"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let started = Instant::now();
     let mut body = Vec::new();
     let res = std::io::Read::read_to_end(&mut r, &mut body);
-    assert!(res.is_err() || body.len() < 15, "the stalled body was delivered whole");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        res.is_err() || body.len() < 15,
+        "the stalled body was delivered whole"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -42,7 +42,12 @@ fn echo_headers(v: &Value) -> Vec<(String, String)> {
         .as_array()
         .expect("headers")
         .iter()
-        .map(|p| (p[0].as_str().unwrap().to_ascii_lowercase(), p[1].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_ascii_lowercase(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -69,14 +74,21 @@ fn forwards_methods_bodies_and_query_strings_byte_for_byte() {
         assert_eq!(v["path"], "/echo/items/42");
         assert_eq!(v["query"], "q=yoga+mat&tag=a&tag=b");
         if send_body {
-            assert_eq!(v["body_sha256"], hex::encode(Sha256::digest(&body)), "{method}");
+            assert_eq!(
+                v["body_sha256"],
+                hex::encode(Sha256::digest(&body)),
+                "{method}"
+            );
         }
     }
     // Spaces, unicode and reserved characters in the query arrive exactly as sent.
     let target = "/echo/search?q=yoga%20mat&q=caf%C3%A9&empty=&plus=a+b&x=%2F%3F%26";
     let r = raw_get(gw.addr, target, "");
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["query"], "q=yoga%20mat&q=caf%C3%A9&empty=&plus=a+b&x=%2F%3F%26");
+    assert_eq!(
+        r.json()["query"],
+        "q=yoga%20mat&q=caf%C3%A9&empty=&plus=a+b&x=%2F%3F%26"
+    );
 }
 
 #[test]
@@ -104,7 +116,10 @@ fn large_bodies_stream_both_ways() {
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut resp, &mut rest).expect("rest");
     assert_eq!(rest.len() + 1, 50);
-    assert!(first_at < Duration::from_millis(1000), "first chunk after {first_at:?}: buffered?");
+    assert!(
+        first_at < Duration::from_millis(1000),
+        "first chunk after {first_at:?}: buffered?"
+    );
     assert!(started.elapsed() >= Duration::from_millis(1200));
 }
 
@@ -122,30 +137,42 @@ fn adds_forwarding_headers_and_strips_forged_and_hop_by_hop_ones() {
     let (_mock, gw) = start();
     let resp = raw(
         gw.addr,
-        format!(
-            "GET /echo/h HTTP/1.1\r\nHost: api.example.com\r\nX-Forwarded-For: 203.0.113.7\r\n\
+        "GET /echo/h HTTP/1.1\r\nHost: api.example.com\r\nX-Forwarded-For: 203.0.113.7\r\n\
              X-Request-Id: client-id-1\r\nX-Auth-Subject: admin\r\nx-auth-scopes: all\r\nX-Auth-Provider: me\r\n\
              Connection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
              Proxy-Connection: keep-alive\r\nAuthorization: Bearer abc\r\n\r\n"
-        )
         .as_bytes(),
     );
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-request-id"), Some("client-id-1"));
     let h = echo_headers(&resp.json());
-    assert_eq!(header(&h, "x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(
+        header(&h, "x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
     assert_eq!(header(&h, "x-forwarded-proto"), Some("http"));
     assert_eq!(header(&h, "x-forwarded-host"), Some("api.example.com"));
     assert_eq!(header(&h, "x-request-id"), Some("client-id-1"));
     assert_eq!(header(&h, "authorization"), Some("Bearer abc"));
-    for gone in ["x-auth-subject", "x-auth-scopes", "x-auth-provider", "x-secret-hop", "keep-alive", "te", "proxy-connection"] {
+    for gone in [
+        "x-auth-subject",
+        "x-auth-scopes",
+        "x-auth-provider",
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+    ] {
         assert_eq!(header(&h, gone), None, "{gone} must not reach the upstream");
     }
     // A malformed request id is replaced by a fresh UUID, and the same id is sent both ways.
     let resp = raw_get(gw.addr, "/echo/h", "X-Request-Id: bad id with spaces\r\n");
     let id = resp.header("x-request-id").expect("id").to_string();
     assert_eq!(id.len(), 36);
-    assert_eq!(header(&echo_headers(&resp.json()), "x-request-id"), Some(id.as_str()));
+    assert_eq!(
+        header(&echo_headers(&resp.json()), "x-request-id"),
+        Some(id.as_str())
+    );
 }
 
 #[test]
@@ -178,12 +205,20 @@ fn paths_are_normalised_before_routing_and_forwarding() {
         assert_eq!(r.status, 401, "{sneaky} must hit the private route");
         assert_eq!(r.json()["error"], "missing_token", "{sneaky}");
     }
-    for refused in ["/echo/public/..%2fprivate/x", "/echo/public/%5c..%5cprivate", "/echo/public/%zz"] {
+    for refused in [
+        "/echo/public/..%2fprivate/x",
+        "/echo/public/%5c..%5cprivate",
+        "/echo/public/%zz",
+    ] {
         let r = raw_get(gw.addr, refused, "");
         assert_eq!(r.status, 400, "{refused}");
         assert_eq!(r.json()["error"], "bad_request");
     }
-    assert_eq!(mock.total(), 0, "the upstream saw a request that should have been refused");
+    assert_eq!(
+        mock.total(),
+        0,
+        "the upstream saw a request that should have been refused"
+    );
 }
 
 #[test]
@@ -199,19 +234,35 @@ fn gateway_answers_are_contract_json() {
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
 
     // Method not listed on the route: no other route matches either.
-    let r = raw(gw.addr, format!("OPTIONS /echo/x HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", gw.addr).as_bytes());
+    let r = raw(
+        gw.addr,
+        format!(
+            "OPTIONS /echo/x HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            gw.addr
+        )
+        .as_bytes(),
+    );
     assert_eq!(r.status, 404);
 
     // Over max_request_body, declared up front.
     let big = vec![b'x'; 65 * 1024];
-    let resp = client().post(gw.url("/echo/up")).body(big.clone()).send().expect("send");
+    let resp = client()
+        .post(gw.url("/echo/up"))
+        .body(big.clone())
+        .send()
+        .expect("send");
     assert_eq!(resp.status(), 413);
     let v: Value = resp.json().expect("json");
     assert_eq!(v["error"], "payload_too_large");
-    assert_eq!(mock.count("POST /echo"), 0, "a body declared too large reached the upstream");
+    assert_eq!(
+        mock.count("POST /echo"),
+        0,
+        "a body declared too large reached the upstream"
+    );
 
     // Over the limit in a chunked body, discovered while streaming.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..20).map(|_| Ok(vec![b'y'; 8 * 1024])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![b'y'; 8 * 1024])).collect();
     let resp = client()
         .post(gw.url("/echo/up"))
         .body(reqwest::blocking::Body::new(ChunkReader::new(chunks)))
@@ -219,14 +270,20 @@ fn gateway_answers_are_contract_json() {
     match resp {
         Ok(r) => {
             assert_eq!(r.status(), 413);
-            assert_eq!(r.json::<Value>().expect("json")["error"], "payload_too_large");
+            assert_eq!(
+                r.json::<Value>().expect("json")["error"],
+                "payload_too_large"
+            );
         }
         // The gateway may close the connection before the client finished sending.
         Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
     }
     // A streamed body is forwarded as it arrives, so the upstream may have seen the start of
     // it; the gateway cut it off at the limit, so no complete oversized body got through.
-    assert!(mock.count("POST /echo") <= 1, "the oversized body was forwarded more than once");
+    assert!(
+        mock.count("POST /echo") <= 1,
+        "the oversized body was forwarded more than once"
+    );
 }
 
 /// A `Read` over chunks, so reqwest sends the body with chunked encoding.
@@ -236,13 +293,17 @@ struct ChunkReader {
 
 impl ChunkReader {
     fn new(chunks: Vec<Result<Vec<u8>, std::io::Error>>) -> Self {
-        ChunkReader { chunks: chunks.into_iter().map(|c| c.unwrap()).collect() }
+        ChunkReader {
+            chunks: chunks.into_iter().map(|c| c.unwrap()).collect(),
+        }
     }
 }
 
 impl std::io::Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let Some(mut chunk) = self.chunks.pop_front() else { return Ok(0) };
+        let Some(mut chunk) = self.chunks.pop_front() else {
+            return Ok(0);
+        };
         let n = chunk.len().min(buf.len());
         buf[..n].copy_from_slice(&chunk[..n]);
         if n < chunk.len() {
@@ -258,29 +319,51 @@ fn upstream_down_is_502_and_not_ready() {
     let mut mock = Mock::start("m1");
     let gw = Gateway::start(&config(), &[("MOCK", &mock.addr.to_string())]);
     gw.wait_ready();
-    let resp = client().get(gw.admin_url("/readyz")).send().expect("readyz");
+    let resp = client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .expect("readyz");
     assert_eq!(resp.status(), 200);
     mock.proc.kill();
     let r = raw_get(gw.addr, "/echo/x", "");
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"], "upstream_unavailable");
     wait_until("/readyz to report the dead upstream", WAIT, || {
-        client().get(gw.admin_url("/readyz")).send().is_ok_and(|r| r.status() == 503)
+        client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .is_ok_and(|r| r.status() == 503)
     });
     // Health check out of rotation: still a quick, clean 502.
     let started = Instant::now();
     let r = raw_get(gw.addr, "/echo/x", "");
     assert_eq!(r.status, 502);
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(client().get(gw.admin_url("/healthz")).send().expect("healthz").status(), 200);
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .expect("healthz")
+            .status(),
+        200
+    );
 }
 
 #[test]
 fn round_robin_over_healthy_endpoints() {
     let a = Mock::start("a");
     let mut b = Mock::start("b");
-    let yaml = config().replace(r#"endpoints: ["${MOCK}"]"#, r#"endpoints: ["${MOCK_A}", "${MOCK_B}"]"#);
-    let gw = Gateway::start(&yaml, &[("MOCK_A", &a.addr.to_string()), ("MOCK_B", &b.addr.to_string())]);
+    let yaml = config().replace(
+        r#"endpoints: ["${MOCK}"]"#,
+        r#"endpoints: ["${MOCK_A}", "${MOCK_B}"]"#,
+    );
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            ("MOCK_A", &a.addr.to_string()),
+            ("MOCK_B", &b.addr.to_string()),
+        ],
+    );
     gw.wait_ready();
     let names = |n: usize| -> Vec<String> {
         (0..n)
@@ -297,7 +380,8 @@ fn round_robin_over_healthy_endpoints() {
     // b goes away; once its health check fails, every request goes to a.
     b.proc.kill();
     wait_until("b to leave rotation", WAIT, || {
-        gw.metrics().contains("authgate_upstream_healthy_endpoints{upstream=\"lms\"} 1")
+        gw.metrics()
+            .contains("authgate_upstream_healthy_endpoints{upstream=\"lms\"} 1")
     });
     assert!(names(10).iter().all(|n| n == "a"));
 }
@@ -305,7 +389,10 @@ fn round_robin_over_healthy_endpoints() {
 #[test]
 fn websocket_upgrade_passes_through() {
     let (_mock, gw) = start();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         use futures_util::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
@@ -317,9 +404,19 @@ fn websocket_upgrade_passes_through() {
         .expect("in time")
         .expect("websocket handshake through the gateway");
         assert_eq!(resp.status(), 101);
-        ws.send(Message::text("hello through authgate")).await.expect("send");
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("in time");
-        assert_eq!(msg.expect("message").expect("ok").into_text().expect("text"), "hello through authgate");
+        ws.send(Message::text("hello through authgate"))
+            .await
+            .expect("send");
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("in time");
+        assert_eq!(
+            msg.expect("message")
+                .expect("ok")
+                .into_text()
+                .expect("text"),
+            "hello through authgate"
+        );
     });
 }
 
@@ -332,9 +429,30 @@ fn metrics_count_requests_by_route_method_and_status() {
     raw_get(gw.addr, "/nowhere", "");
     raw_get(gw.addr, "/nowhere/else", "");
     let text = gw.metrics();
-    assert_eq!(metric(&text, "authgate_requests_total", &[("route", "rest"), ("method", "GET"), ("status", "200")]), 3.0);
-    assert_eq!(metric(&text, "authgate_requests_total", &[("route", "unmatched"), ("method", "GET"), ("status", "404")]), 2.0);
-    assert_eq!(metric(&text, "authgate_request_duration_seconds_count", &[("route", "rest")]), 3.0);
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_requests_total",
+            &[("route", "rest"), ("method", "GET"), ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_requests_total",
+            &[("route", "unmatched"), ("method", "GET"), ("status", "404")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_request_duration_seconds_count",
+            &[("route", "rest")]
+        ),
+        3.0
+    );
     assert_eq!(metric(&text, "authgate_build_info", &[]), 1.0);
 }
 
@@ -355,10 +473,17 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     });
     let (status, done_at) = slow.join().expect("thread");
     assert_eq!(status, 200, "the in-flight request was cut off");
-    let exit = gw.proc.wait_exit(Duration::from_secs(8)).expect("exits within the grace period");
+    let exit = gw
+        .proc
+        .wait_exit(Duration::from_secs(8))
+        .expect("exits within the grace period");
     assert!(exit.success(), "exit status {exit:?}");
     // It exits once drained, not after the whole 5 s grace period.
-    assert!(signalled.elapsed() < Duration::from_secs(4), "took {:?}", signalled.elapsed());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        signalled.elapsed()
+    );
     assert!(done_at >= signalled);
 }
 
@@ -371,7 +496,11 @@ fn check_subcommand_reports_good_and_bad_files() {
         "upstreams: { lms: { endpoints: ['127.0.0.1:8000'] } }\nroutes: [{ name: a, path_prefix: /, auth: none, upstream: lms }]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin("authgate")).args(["check", "--config"]).arg(&good).output().unwrap();
+    let out = std::process::Command::new(bin("authgate"))
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -383,7 +512,11 @@ fn check_subcommand_reports_good_and_bad_files() {
         "server:\n  grace_period: soon\nupstreams:\n  lms: { endpoints: [] }\nroutes:\n  - { name: a, path_prefix: /, auth: none, upstream: ghost }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin("authgate")).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = std::process::Command::new(bin("authgate"))
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("server.grace_period"), "{stderr}");
@@ -391,13 +524,22 @@ fn check_subcommand_reports_good_and_bad_files() {
 
     // Structurally valid but semantically wrong: every problem listed.
     std::fs::write(&bad, "upstreams:\n  lms: { endpoints: [] }\nroutes:\n  - { name: a, path_prefix: /, auth: none, upstream: ghost }\n").unwrap();
-    let out = std::process::Command::new(bin("authgate")).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = std::process::Command::new(bin("authgate"))
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("upstreams.lms.endpoints"), "{stderr}");
-    assert!(stderr.contains("routes[0].upstream: unknown upstream \"ghost\""), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].upstream: unknown upstream \"ghost\""),
+        "{stderr}"
+    );
 
     // The gateway itself refuses to start on a bad file, naming the problem.
-    let err = Gateway::try_start("upstreams: {}\nroutes: []\n", &[]).err().expect("must not start");
+    let err = Gateway::try_start("upstreams: {}\nroutes: []\n", &[])
+        .err()
+        .expect("must not start");
     assert!(err.contains("upstreams"), "{err}");
 }

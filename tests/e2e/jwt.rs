@@ -60,7 +60,10 @@ routes:
 
 fn start_with(mock_args: &[&str], jwks_refresh: &str) -> (Mock, Gateway) {
     let mock = Mock::start_on("m", free_port(), mock_args);
-    let gw = Gateway::start(&config(&mock, jwks_refresh), &[("JWT_SECRET", MOCK_JWT_SECRET)]);
+    let gw = Gateway::start(
+        &config(&mock, jwks_refresh),
+        &[("JWT_SECRET", MOCK_JWT_SECRET)],
+    );
     (mock, gw)
 }
 
@@ -69,7 +72,8 @@ fn start() -> (Mock, Gateway) {
 }
 
 fn simple_claims(extra: Value) -> Value {
-    let mut c = json!({"user_id": 42, "exp": now() + 600, "scope": "read write", "token_type": "access"});
+    let mut c =
+        json!({"user_id": 42, "exp": now() + 600, "scope": "read write", "token_type": "access"});
     for (k, v) in extra.as_object().unwrap() {
         c[k] = v.clone();
     }
@@ -85,7 +89,11 @@ fn issuer_claims(extra: Value) -> Value {
 }
 
 fn get(gw: &Gateway, path: &str, token: &str) -> reqwest::blocking::Response {
-    client().get(gw.url(path)).bearer_auth(token).send().expect("send")
+    client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .expect("send")
 }
 
 fn echo_header(v: &Value, name: &str) -> Option<String> {
@@ -120,20 +128,35 @@ fn simplejwt_login_expiry_and_refresh_flow() {
         .header("X-Auth-Subject", "7")
         .send()
         .unwrap();
-    assert_eq!(r.status(), 403, "a forged X-Auth-Subject must not reach the upstream");
+    assert_eq!(
+        r.status(),
+        403,
+        "a forged X-Auth-Subject must not reach the upstream"
+    );
 
     // The 2 s token plus the 10 s leeway runs out.
     std::thread::sleep(Duration::from_millis(12_500));
     let r = get(&gw, "/api/users/42/profile/", &access);
     assert_eq!(r.status(), 401);
-    let www = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+    let www = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(www.contains("error=\"invalid_token\""), "{www}");
     let v: Value = r.json().unwrap();
     assert_eq!(v["error"], "token_expired");
     assert_eq!(v["action"], "refresh");
     assert_eq!(v["refresh_endpoint"], "/api/token/refresh/");
-    assert!(v["expired_at"].as_str().is_some_and(|s| s.ends_with('Z') && s.len() == 20), "{v}");
-    assert!(!v.to_string().contains(&access), "the token must not be echoed");
+    assert!(
+        v["expired_at"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z') && s.len() == 20),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains(&access),
+        "the token must not be echoed"
+    );
 
     let fresh: Value = c
         .post(gw.url("/api/token/refresh/"))
@@ -153,7 +176,10 @@ fn every_algorithm_verifies_with_its_own_key_type() {
         let t = sign(alg, MOCK_JWT_SECRET, None, &simple_claims(json!({})));
         let r = get(&gw, "/echo/any/x", &t);
         assert_eq!(r.status(), 200, "{alg:?}");
-        assert_eq!(echo_header(&r.json().unwrap(), "x-auth-subject").as_deref(), Some("42"));
+        assert_eq!(
+            echo_header(&r.json().unwrap(), "x-auth-subject").as_deref(),
+            Some("42")
+        );
     }
     let cases = [
         (Algorithm::RS256, "rsa-1"),
@@ -167,20 +193,37 @@ fn every_algorithm_verifies_with_its_own_key_type() {
         (Algorithm::EdDSA, "ed-1"),
     ];
     for (alg, kid) in cases {
-        let t = sign(alg, kid, Some(kid), &json!({"sub": "pem-user", "exp": now() + 60}));
+        let t = sign(
+            alg,
+            kid,
+            Some(kid),
+            &json!({"sub": "pem-user", "exp": now() + 60}),
+        );
         let r = get(&gw, "/echo/pem/x", &t);
         assert_eq!(r.status(), 200, "{alg:?} with a PEM key");
         let v: Value = r.json().unwrap();
         assert_eq!(echo_header(&v, "x-auth-provider").as_deref(), Some("pem"));
     }
-    for (alg, kid) in [(Algorithm::RS256, "rsa-1"), (Algorithm::ES256, "ec-1"), (Algorithm::EdDSA, "ed-1")] {
+    for (alg, kid) in [
+        (Algorithm::RS256, "rsa-1"),
+        (Algorithm::ES256, "ec-1"),
+        (Algorithm::EdDSA, "ed-1"),
+    ] {
         let t = sign(alg, kid, Some(kid), &issuer_claims(json!({})));
         let r = get(&gw, "/echo/jwks/x", &t);
         assert_eq!(r.status(), 200, "{alg:?} from the JWKS");
-        assert_eq!(echo_header(&r.json().unwrap(), "x-auth-subject").as_deref(), Some("user-7"));
+        assert_eq!(
+            echo_header(&r.json().unwrap(), "x-auth-subject").as_deref(),
+            Some("user-7")
+        );
     }
     // A provider only takes the algorithms on its allow-list.
-    let t = sign(Algorithm::RS384, "rsa-1", Some("rsa-1"), &issuer_claims(json!({})));
+    let t = sign(
+        Algorithm::RS384,
+        "rsa-1",
+        Some("rsa-1"),
+        &issuer_claims(json!({})),
+    );
     assert_eq!(get(&gw, "/echo/jwks/x", &t).status(), 401);
 }
 
@@ -192,37 +235,187 @@ fn b64(s: &str) -> String {
 fn hostile_tokens_are_refused_with_the_right_error() {
     let (mock, gw) = start();
     let t = now();
-    let good = sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &simple_claims(json!({})));
+    let good = sign(
+        Algorithm::HS256,
+        MOCK_JWT_SECRET,
+        None,
+        &simple_claims(json!({})),
+    );
     let rsa_pub = std::fs::read_to_string(key_file("rsa-1", "pub")).unwrap();
     let payload = b64(&simple_claims(json!({})).to_string());
     let cases: Vec<(&str, String, &str, &str)> = vec![
-        ("alg none", format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#)), "/echo/any/x", "invalid_token"),
-        ("alg none with a signature", format!("{}.{payload}.c2ln", b64(r#"{"alg":"none","typ":"JWT"}"#)), "/echo/any/x", "invalid_token"),
-        ("HS256 signed with the RSA public key", sign(Algorithm::HS256, &rsa_pub, Some("rsa-1"), &issuer_claims(json!({}))), "/echo/jwks/x", "invalid_token"),
-        ("HS256 with the public key on the PEM route", sign(Algorithm::HS256, &rsa_pub, Some("rsa-1"), &json!({"sub": "x", "exp": t + 60})), "/echo/pem/x", "invalid_token"),
-        ("unknown kid", sign(Algorithm::RS256, "rsa-1", Some("no-such-kid"), &issuer_claims(json!({}))), "/echo/jwks/x", "invalid_token"),
-        ("truncated", good[..good.len() - 10].to_string(), "/echo/any/x", "invalid_token"),
+        (
+            "alg none",
+            format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#)),
+            "/echo/any/x",
+            "invalid_token",
+        ),
+        (
+            "alg none with a signature",
+            format!("{}.{payload}.c2ln", b64(r#"{"alg":"none","typ":"JWT"}"#)),
+            "/echo/any/x",
+            "invalid_token",
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            sign(
+                Algorithm::HS256,
+                &rsa_pub,
+                Some("rsa-1"),
+                &issuer_claims(json!({})),
+            ),
+            "/echo/jwks/x",
+            "invalid_token",
+        ),
+        (
+            "HS256 with the public key on the PEM route",
+            sign(
+                Algorithm::HS256,
+                &rsa_pub,
+                Some("rsa-1"),
+                &json!({"sub": "x", "exp": t + 60}),
+            ),
+            "/echo/pem/x",
+            "invalid_token",
+        ),
+        (
+            "unknown kid",
+            sign(
+                Algorithm::RS256,
+                "rsa-1",
+                Some("no-such-kid"),
+                &issuer_claims(json!({})),
+            ),
+            "/echo/jwks/x",
+            "invalid_token",
+        ),
+        (
+            "truncated",
+            good[..good.len() - 10].to_string(),
+            "/echo/any/x",
+            "invalid_token",
+        ),
         ("three dots", "...".into(), "/echo/any/x", "invalid_token"),
-        ("bad base64", "@@@.###.$$$".into(), "/echo/any/x", "invalid_token"),
-        ("non-JSON header", format!("{}.{payload}.c2ln", b64("hello")), "/echo/any/x", "invalid_token"),
-        ("16 KiB token", format!("{}.{}.{}", b64(r#"{"alg":"HS256"}"#), "A".repeat(16 * 1024), "c2ln"), "/echo/any/x", "invalid_token"),
-        ("forged, long expired", sign(Algorithm::HS256, "wrong-secret", None, &simple_claims(json!({"exp": t - 3600}))), "/echo/any/x", "invalid_token"),
-        ("nbf ahead", sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &simple_claims(json!({"nbf": t + 300}))), "/echo/any/x", "invalid_token"),
-        ("wrong iss", sign(Algorithm::RS256, "rsa-1", Some("rsa-1"), &issuer_claims(json!({"iss": "https://evil.test"}))), "/echo/jwks/x", "invalid_token"),
-        ("wrong aud", sign(Algorithm::RS256, "rsa-1", Some("rsa-1"), &issuer_claims(json!({"aud": "other-api"}))), "/echo/jwks/x", "invalid_token"),
-        ("no exp", sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &json!({"user_id": 1})), "/echo/any/x", "invalid_token"),
-        ("leeway edge: just outside", sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &simple_claims(json!({"exp": t - 13}))), "/echo/any/x", "token_expired"),
-        ("expired with a valid signature", sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &simple_claims(json!({"exp": t - 3600}))), "/echo/any/x", "token_expired"),
+        (
+            "bad base64",
+            "@@@.###.$$$".into(),
+            "/echo/any/x",
+            "invalid_token",
+        ),
+        (
+            "non-JSON header",
+            format!("{}.{payload}.c2ln", b64("hello")),
+            "/echo/any/x",
+            "invalid_token",
+        ),
+        (
+            "16 KiB token",
+            format!(
+                "{}.{}.{}",
+                b64(r#"{"alg":"HS256"}"#),
+                "A".repeat(16 * 1024),
+                "c2ln"
+            ),
+            "/echo/any/x",
+            "invalid_token",
+        ),
+        (
+            "forged, long expired",
+            sign(
+                Algorithm::HS256,
+                "wrong-secret",
+                None,
+                &simple_claims(json!({"exp": t - 3600})),
+            ),
+            "/echo/any/x",
+            "invalid_token",
+        ),
+        (
+            "nbf ahead",
+            sign(
+                Algorithm::HS256,
+                MOCK_JWT_SECRET,
+                None,
+                &simple_claims(json!({"nbf": t + 300})),
+            ),
+            "/echo/any/x",
+            "invalid_token",
+        ),
+        (
+            "wrong iss",
+            sign(
+                Algorithm::RS256,
+                "rsa-1",
+                Some("rsa-1"),
+                &issuer_claims(json!({"iss": "https://evil.test"})),
+            ),
+            "/echo/jwks/x",
+            "invalid_token",
+        ),
+        (
+            "wrong aud",
+            sign(
+                Algorithm::RS256,
+                "rsa-1",
+                Some("rsa-1"),
+                &issuer_claims(json!({"aud": "other-api"})),
+            ),
+            "/echo/jwks/x",
+            "invalid_token",
+        ),
+        (
+            "no exp",
+            sign(
+                Algorithm::HS256,
+                MOCK_JWT_SECRET,
+                None,
+                &json!({"user_id": 1}),
+            ),
+            "/echo/any/x",
+            "invalid_token",
+        ),
+        (
+            "leeway edge: just outside",
+            sign(
+                Algorithm::HS256,
+                MOCK_JWT_SECRET,
+                None,
+                &simple_claims(json!({"exp": t - 13})),
+            ),
+            "/echo/any/x",
+            "token_expired",
+        ),
+        (
+            "expired with a valid signature",
+            sign(
+                Algorithm::HS256,
+                MOCK_JWT_SECRET,
+                None,
+                &simple_claims(json!({"exp": t - 3600})),
+            ),
+            "/echo/any/x",
+            "token_expired",
+        ),
     ];
     mock.reset();
     for (name, token, path, want) in &cases {
-        let r = client().get(gw.url(path)).header("authorization", format!("Bearer {token}")).send().expect(name);
+        let r = client()
+            .get(gw.url(path))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .expect(name);
         assert_eq!(r.status(), 401, "{name}");
-        let www = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+        let www = r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let body = r.text().unwrap();
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"], *want, "{name}: {v}");
-        assert!(www.starts_with("Bearer realm=\"lms-api\", error=\"invalid_token\""), "{name}: {www}");
+        assert!(
+            www.starts_with("Bearer realm=\"lms-api\", error=\"invalid_token\""),
+            "{name}: {www}"
+        );
         if *want == "invalid_token" {
             assert_eq!(v["action"], "login", "{name}");
             assert_eq!(v["login_endpoint"], "/api/token/", "{name}");
@@ -233,7 +426,12 @@ fn hostile_tokens_are_refused_with_the_right_error() {
     }
     assert_eq!(mock.total(), 0, "a refused token reached the upstream");
     // Just inside the leeway is still good.
-    let inside = sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &simple_claims(json!({"exp": t - 7})));
+    let inside = sign(
+        Algorithm::HS256,
+        MOCK_JWT_SECRET,
+        None,
+        &simple_claims(json!({"exp": t - 7})),
+    );
     assert_eq!(get(&gw, "/echo/any/x", &inside).status(), 200);
 }
 
@@ -244,18 +442,38 @@ fn missing_token_scope_and_identity_headers() {
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"lms-api\"");
     assert_eq!(r.json::<Value>().unwrap()["error"], "missing_token");
-    let r = client().get(gw.url("/echo/any/x")).header("authorization", "Basic").send().unwrap();
+    let r = client()
+        .get(gw.url("/echo/any/x"))
+        .header("authorization", "Basic")
+        .send()
+        .unwrap();
     assert_eq!(r.json::<Value>().unwrap()["error"], "invalid_token");
 
-    let reader = sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &simple_claims(json!({"scope": "read write"})));
+    let reader = sign(
+        Algorithm::HS256,
+        MOCK_JWT_SECRET,
+        None,
+        &simple_claims(json!({"scope": "read write"})),
+    );
     let r = get(&gw, "/echo/scoped/x", &reader);
     assert_eq!(r.status(), 403);
-    let www = r.headers()["www-authenticate"].to_str().unwrap().to_string();
-    assert!(www.contains("error=\"insufficient_scope\"") && www.contains("scope=\"admin write\""), "{www}");
+    let www = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        www.contains("error=\"insufficient_scope\"") && www.contains("scope=\"admin write\""),
+        "{www}"
+    );
     let v: Value = r.json().unwrap();
     assert_eq!(v["error"], "insufficient_scope");
     assert_eq!(v["required_scopes"], json!(["admin", "write"]));
-    let admin = sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &simple_claims(json!({"scope": "admin write"})));
+    let admin = sign(
+        Algorithm::HS256,
+        MOCK_JWT_SECRET,
+        None,
+        &simple_claims(json!({"scope": "admin write"})),
+    );
     assert_eq!(get(&gw, "/echo/scoped/x", &admin).status(), 200);
 
     // Identity headers come from the gateway; client copies are dropped.
@@ -270,29 +488,80 @@ fn missing_token_scope_and_identity_headers() {
         .unwrap();
     let v: Value = r.json().unwrap();
     assert_eq!(echo_header(&v, "x-auth-subject").as_deref(), Some("42"));
-    assert_eq!(echo_header(&v, "x-auth-scopes").as_deref(), Some("read write"));
-    assert_eq!(echo_header(&v, "x-auth-provider").as_deref(), Some("simple"));
+    assert_eq!(
+        echo_header(&v, "x-auth-scopes").as_deref(),
+        Some("read write")
+    );
+    assert_eq!(
+        echo_header(&v, "x-auth-provider").as_deref(),
+        Some("simple")
+    );
     assert_eq!(echo_header(&v, "x-auth-extra"), None);
-    assert_eq!(echo_header(&v, "authorization"), Some(format!("Bearer {reader}")));
+    assert_eq!(
+        echo_header(&v, "authorization"),
+        Some(format!("Bearer {reader}"))
+    );
     let v: Value = get(&gw, "/echo/nofwd/x", &reader).json().unwrap();
-    assert_eq!(echo_header(&v, "authorization"), None, "forward_authorization: false");
+    assert_eq!(
+        echo_header(&v, "authorization"),
+        None,
+        "forward_authorization: false"
+    );
     assert_eq!(echo_header(&v, "x-auth-subject").as_deref(), Some("42"));
 
     // Optional: anonymous without a token, identified with one, refused with a bad one.
-    let v: Value = client().get(gw.url("/echo/optional/x")).header("X-Auth-Subject", "1").send().unwrap().json().unwrap();
+    let v: Value = client()
+        .get(gw.url("/echo/optional/x"))
+        .header("X-Auth-Subject", "1")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(echo_header(&v, "x-auth-subject"), None);
     let v: Value = get(&gw, "/echo/optional/x", &reader).json().unwrap();
     assert_eq!(echo_header(&v, "x-auth-subject").as_deref(), Some("42"));
-    let expired = sign(Algorithm::HS256, MOCK_JWT_SECRET, None, &simple_claims(json!({"exp": now() - 600})));
+    let expired = sign(
+        Algorithm::HS256,
+        MOCK_JWT_SECRET,
+        None,
+        &simple_claims(json!({"exp": now() - 600})),
+    );
     let r = get(&gw, "/echo/optional/x", &expired);
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().unwrap()["error"], "token_expired");
 
     let text = gw.metrics();
-    assert_eq!(metric(&text, "authgate_auth_total", &[("provider", "none"), ("outcome", "missing_token")]), 1.0);
-    assert_eq!(metric(&text, "authgate_auth_total", &[("provider", "simple"), ("outcome", "insufficient_scope")]), 1.0);
-    assert_eq!(metric(&text, "authgate_auth_total", &[("provider", "simple"), ("outcome", "token_expired")]), 1.0);
-    assert!(metric(&text, "authgate_auth_total", &[("provider", "simple"), ("outcome", "ok")]) >= 4.0);
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_auth_total",
+            &[("provider", "none"), ("outcome", "missing_token")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_auth_total",
+            &[("provider", "simple"), ("outcome", "insufficient_scope")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "authgate_auth_total",
+            &[("provider", "simple"), ("outcome", "token_expired")]
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "authgate_auth_total",
+            &[("provider", "simple"), ("outcome", "ok")]
+        ) >= 4.0
+    );
 }
 
 #[test]
@@ -301,38 +570,78 @@ fn jwks_rotation_outage_and_kid_flood() {
     gw.wait_ready();
     let jwks_fetches = || mock.count("GET /.well-known/jwks.json");
     assert_eq!(jwks_fetches(), 1, "fetched once at start");
-    let rsa2 = sign(Algorithm::RS256, "rsa-2", Some("rsa-2"), &issuer_claims(json!({})));
+    let rsa2 = sign(
+        Algorithm::RS256,
+        "rsa-2",
+        Some("rsa-2"),
+        &issuer_claims(json!({})),
+    );
 
     // Rotation: a new kid is picked up without a restart (once the re-fetch limit allows).
     std::thread::sleep(Duration::from_millis(5200));
-    client().post(mock.url("/__mock/jwks/rotate")).send().unwrap();
-    assert_eq!(get(&gw, "/echo/jwks/x", &rsa2).status(), 200, "rotated key accepted");
+    client()
+        .post(mock.url("/__mock/jwks/rotate"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        get(&gw, "/echo/jwks/x", &rsa2).status(),
+        200,
+        "rotated key accepted"
+    );
     assert_eq!(jwks_fetches(), 2);
 
     // A flood of random kids makes at most a handful of fetches.
     let before = jwks_fetches();
     let started = Instant::now();
     for i in 0..200 {
-        let t = sign(Algorithm::RS256, "rsa-1", Some(&format!("random-{i}")), &issuer_claims(json!({})));
+        let t = sign(
+            Algorithm::RS256,
+            "rsa-1",
+            Some(&format!("random-{i}")),
+            &issuer_claims(json!({})),
+        );
         let r = get(&gw, "/echo/jwks/x", &t);
         assert!(r.status() == 401 || r.status() == 503, "{}", r.status());
     }
     let extra = jwks_fetches() - before;
     let allowed = 1 + started.elapsed().as_secs() / 5;
-    assert!(extra <= allowed, "{extra} JWKS fetches for 200 random kids in {:?}", started.elapsed());
+    assert!(
+        extra <= allowed,
+        "{extra} JWKS fetches for 200 random kids in {:?}",
+        started.elapsed()
+    );
 
     // The issuer goes down: keys already loaded keep working...
-    client().post(mock.url("/__mock/jwks/fail?on=true")).send().unwrap();
-    let rsa1 = sign(Algorithm::RS256, "rsa-1", Some("rsa-1"), &issuer_claims(json!({})));
+    client()
+        .post(mock.url("/__mock/jwks/fail?on=true"))
+        .send()
+        .unwrap();
+    let rsa1 = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &issuer_claims(json!({})),
+    );
     std::thread::sleep(Duration::from_millis(5200));
     assert_eq!(get(&gw, "/echo/jwks/x", &rsa1).status(), 200);
     // ...and a kid that might be new is not the client's fault: 503 with Retry-After.
-    let unknown = sign(Algorithm::RS256, "rsa-1", Some("brand-new"), &issuer_claims(json!({})));
+    let unknown = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("brand-new"),
+        &issuer_claims(json!({})),
+    );
     let r = get(&gw, "/echo/jwks/x", &unknown);
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(r.json::<Value>().unwrap()["error"], "auth_unavailable");
-    assert!(metric(&gw.metrics(), "authgate_jwks_refresh_total", &[("provider", "issuer"), ("result", "error")]) >= 1.0);
+    assert!(
+        metric(
+            &gw.metrics(),
+            "authgate_jwks_refresh_total",
+            &[("provider", "issuer"), ("result", "error")]
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -350,12 +659,17 @@ auth:
 routes: [{{ name: a, path_prefix: /, upstream: lms }}]
 "#
     );
-    let err = Gateway::try_start(&yaml, &[]).err().expect("must not start");
+    let err = Gateway::try_start(&yaml, &[])
+        .err()
+        .expect("must not start");
     assert!(err.contains("cannot fetch the JWKS"), "{err}");
 
     // With a static key it starts, but is not ready until the JWKS loads.
     let mock = Mock::start("m");
-    client().post(mock.url("/__mock/jwks/fail?on=true")).send().unwrap();
+    client()
+        .post(mock.url("/__mock/jwks/fail?on=true"))
+        .send()
+        .unwrap();
     let pem = key_file("rsa-1", "pub");
     let yaml = format!(
         r#"
@@ -377,10 +691,21 @@ routes: [{{ name: a, path_prefix: /, upstream: lms }}]
     let gw = Gateway::start(&yaml, &[]);
     let r = client().get(gw.admin_url("/readyz")).send().unwrap();
     assert_eq!(r.status(), 503);
-    assert_eq!(r.json::<Value>().unwrap()["jwks_providers_without_keys"], json!(["issuer"]));
+    assert_eq!(
+        r.json::<Value>().unwrap()["jwks_providers_without_keys"],
+        json!(["issuer"])
+    );
     // The static key works meanwhile.
-    let t = sign(Algorithm::RS256, "rsa-1", None, &json!({"sub": "s", "exp": now() + 60}));
+    let t = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        None,
+        &json!({"sub": "s", "exp": now() + 60}),
+    );
     assert_eq!(get(&gw, "/echo/x", &t).status(), 200);
-    client().post(mock.url("/__mock/jwks/fail?on=false")).send().unwrap();
+    client()
+        .post(mock.url("/__mock/jwks/fail?on=false"))
+        .send()
+        .unwrap();
     gw.wait_ready();
 }

@@ -2,6 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod foundation;
 mod deadline;
+mod foundation;
 mod jwt;

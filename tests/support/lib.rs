@@ -31,12 +31,19 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -149,7 +156,15 @@ impl Drop for Proc {
         self.kill();
         if std::thread::panicking() {
             let out = self.output();
-            let tail: String = out.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String = out
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
             eprintln!("---- last lines of {} ----\n{tail}\n----", self.name);
         }
     }
@@ -174,15 +189,30 @@ impl Mock {
         let dir = TestDir::new("mock");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut cmd = Command::new(bin("upstream-mock"));
-        cmd.args(["--listen", &addr.to_string(), "--name", name, "--jwt-secret", MOCK_JWT_SECRET])
-            .args([
-                "--introspection-client",
-                &format!("{}:{}", MOCK_INTROSPECTION.0, MOCK_INTROSPECTION.1),
-            ])
-            .args(extra);
-        let proc = Proc::spawn(&format!("upstream-mock {name}"), &mut cmd, dir.path("mock.log"));
+        cmd.args([
+            "--listen",
+            &addr.to_string(),
+            "--name",
+            name,
+            "--jwt-secret",
+            MOCK_JWT_SECRET,
+        ])
+        .args([
+            "--introspection-client",
+            &format!("{}:{}", MOCK_INTROSPECTION.0, MOCK_INTROSPECTION.1),
+        ])
+        .args(extra);
+        let proc = Proc::spawn(
+            &format!("upstream-mock {name}"),
+            &mut cmd,
+            dir.path("mock.log"),
+        );
         wait_port(addr, WAIT);
-        Mock { proc, addr, _dir: dir }
+        Mock {
+            proc,
+            addr,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -190,14 +220,21 @@ impl Mock {
     }
 
     pub fn stats(&self) -> Value {
-        client().get(self.url("/__mock/stats")).send().expect("stats").json().expect("json")
+        client()
+            .get(self.url("/__mock/stats"))
+            .send()
+            .expect("stats")
+            .json()
+            .expect("json")
     }
 
     /// Requests the mock received for a route pattern and the patterns under it: `"GET /echo"`
     /// counts `GET /echo`, `GET /echo/` and `GET /echo/{*rest}`.
     pub fn count(&self, route: &str) -> u64 {
         let stats = self.stats();
-        let Some(by_route) = stats["by_route"].as_object() else { return 0 };
+        let Some(by_route) = stats["by_route"].as_object() else {
+            return 0;
+        };
         let under = format!("{route}/");
         by_route
             .iter()
@@ -211,7 +248,10 @@ impl Mock {
     }
 
     pub fn reset(&self) {
-        client().post(self.url("/__mock/reset")).send().expect("reset");
+        client()
+            .post(self.url("/__mock/reset"))
+            .send()
+            .expect("reset");
     }
 }
 
@@ -253,16 +293,26 @@ impl Gateway {
             if !proc.is_running() {
                 return Err(proc.output());
             }
-            let up = |a: SocketAddr| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok();
+            let up =
+                |a: SocketAddr| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok();
             if up(addr) && up(admin) {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(format!("authgate did not listen within {WAIT:?}\n{}", proc.output()));
+                return Err(format!(
+                    "authgate did not listen within {WAIT:?}\n{}",
+                    proc.output()
+                ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        Ok(Gateway { proc, addr, admin, config, dir })
+        Ok(Gateway {
+            proc,
+            addr,
+            admin,
+            config,
+            dir,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -274,7 +324,12 @@ impl Gateway {
     }
 
     pub fn metrics(&self) -> String {
-        client().get(self.admin_url("/metrics")).send().expect("metrics").text().expect("text")
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .expect("metrics")
+            .text()
+            .expect("text")
     }
 
     pub fn wait_ready(&self) {
@@ -311,12 +366,25 @@ impl Redis {
     pub fn start_on(port: u16) -> Redis {
         let dir = TestDir::new("redis");
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir.0);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir.0);
         let proc = Proc::spawn("redis-server", &mut cmd, dir.path("redis.log"));
         wait_port(format!("127.0.0.1:{port}").parse().expect("addr"), WAIT);
-        Redis { proc, port, _dir: dir }
+        Redis {
+            proc,
+            port,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -359,18 +427,23 @@ impl RawResponse {
 /// reads one response. The request should say `Connection: close`.
 pub fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
     s.write_all(request).expect("write");
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    parse_response(&buf).unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&buf)))
+    parse_response(&buf)
+        .unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&buf)))
 }
 
 /// A GET with a raw target and `Connection: close`.
 pub fn raw_get(addr: SocketAddr, target: &str, extra_headers: &str) -> RawResponse {
     raw(
         addr,
-        format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
 }
 
@@ -390,14 +463,26 @@ fn parse_response(buf: &[u8]) -> Option<RawResponse> {
     if chunked {
         body = dechunk(&body)?;
     }
-    Some(RawResponse { status, headers, body })
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&b[..line_end])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
+            16,
+        )
+        .ok()?;
         b = &b[line_end + 2..];
         if size == 0 {
             return Some(out);
@@ -413,7 +498,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         if line.starts_with('#') {
             continue;
         }
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let (n, lbls) = match series.split_once('{') {
             Some((n, rest)) => (n, rest.trim_end_matches('}')),
             None => (series, ""),
@@ -421,7 +508,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         if n != name {
             continue;
         }
-        let ok = labels.iter().all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        let ok = labels
+            .iter()
+            .all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
         if ok {
             return value.parse().unwrap_or(0.0);
         }
@@ -436,11 +525,16 @@ pub mod tokens {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     pub fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
     }
 
     pub fn key_file(kid: &str, kind: &str) -> std::path::PathBuf {
-        super::repo().join("upstream-mock/keys").join(format!("{kid}.{kind}.pem"))
+        super::repo()
+            .join("upstream-mock/keys")
+            .join(format!("{kid}.{kind}.pem"))
     }
 
     /// A token signed with the private key `kid` (or the HMAC `secret` for HS*), carrying
@@ -449,14 +543,19 @@ pub mod tokens {
         let mut header = Header::new(alg);
         header.kid = header_kid.map(str::to_owned);
         let enc = match alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(key.as_bytes()),
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                EncodingKey::from_secret(key.as_bytes())
+            }
             Algorithm::ES256 | Algorithm::ES384 => {
-                EncodingKey::from_ec_pem(&std::fs::read(key_file(key, "key")).expect("key")).expect("ec key")
+                EncodingKey::from_ec_pem(&std::fs::read(key_file(key, "key")).expect("key"))
+                    .expect("ec key")
             }
             Algorithm::EdDSA => {
-                EncodingKey::from_ed_pem(&std::fs::read(key_file(key, "key")).expect("key")).expect("ed key")
+                EncodingKey::from_ed_pem(&std::fs::read(key_file(key, "key")).expect("key"))
+                    .expect("ed key")
             }
-            _ => EncodingKey::from_rsa_pem(&std::fs::read(key_file(key, "key")).expect("key")).expect("rsa key"),
+            _ => EncodingKey::from_rsa_pem(&std::fs::read(key_file(key, "key")).expect("key"))
+                .expect("rsa key"),
         };
         encode(&header, claims, &enc).expect("sign")
     }

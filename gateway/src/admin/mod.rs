@@ -36,7 +36,10 @@ impl Admin {
         let snap = self.shared.snapshot();
         let not_ready = snap.not_ready();
         if not_ready.is_ready() {
-            json_response(StatusCode::OK, json!({"status": "ready", "generation": snap.generation}))
+            json_response(
+                StatusCode::OK,
+                json!({"status": "ready", "generation": snap.generation}),
+            )
         } else {
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -72,14 +75,18 @@ impl ServeHttp for Admin {
                 // Building a configuration can block (file reads, DNS); keep it off this runtime.
                 let outcome = tokio::task::spawn_blocking(move || reloader.reload()).await;
                 match outcome {
-                    Ok(ReloadOutcome::Applied { generation }) => {
-                        json_response(StatusCode::OK, json!({"result": "applied", "generation": generation}))
-                    }
+                    Ok(ReloadOutcome::Applied { generation }) => json_response(
+                        StatusCode::OK,
+                        json!({"result": "applied", "generation": generation}),
+                    ),
                     Ok(ReloadOutcome::Rejected { reason }) => json_response(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         json!({"result": "rejected", "error": reason}),
                     ),
-                    Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({"result": "failed"})),
+                    Err(_) => json_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"result": "failed"}),
+                    ),
                 }
             }
             _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),

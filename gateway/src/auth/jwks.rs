@@ -49,7 +49,13 @@ pub struct JwksStore {
 }
 
 impl JwksStore {
-    pub fn new(provider: &str, url: &str, refresh: Duration, ok: IntCounter, error: IntCounter) -> Result<Self, String> {
+    pub fn new(
+        provider: &str,
+        url: &str,
+        refresh: Duration,
+        ok: IntCounter,
+        error: IntCounter,
+    ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             // Fetches are rare and may run on different runtimes; pooled connections would be
@@ -110,10 +116,11 @@ impl JwksStore {
     fn find(&self, kid: Option<&str>, family: KeyFamily) -> Option<Lookup> {
         let set = self.keys.load_full()?;
         let hit = set.keys.iter().any(|k| {
-            k.family == family && match (kid, &k.kid) {
-                (Some(want), Some(have)) => want == have,
-                _ => true,
-            }
+            k.family == family
+                && match (kid, &k.kid) {
+                    (Some(want), Some(have)) => want == have,
+                    _ => true,
+                }
         });
         hit.then_some(Lookup::Found(set))
     }
@@ -161,7 +168,10 @@ impl JwksStore {
             Ok(n) => {
                 self.ok.inc();
                 self.last_fetch_failed.store(false, Ordering::Release);
-                self.unknown_kids.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                self.unknown_kids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 tracing::info!(provider = %self.provider, keys = n, "JWKS loaded");
             }
             Err(e) => {
@@ -174,17 +184,28 @@ impl JwksStore {
     }
 
     async fn download(&self) -> Result<usize, String> {
-        let resp = self.client.get(&self.url).send().await.map_err(|e| format!("request failed: {e}"))?;
+        let resp = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));
         }
-        let body = resp.bytes().await.map_err(|e| format!("reading body: {e}"))?;
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("reading body: {e}"))?;
+        let set: JwkSet =
+            serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
         let mut keys = Vec::with_capacity(set.keys.len());
         for jwk in &set.keys {
             match VerifyKey::from_jwk(jwk) {
                 Ok(k) => keys.push(k),
-                Err(e) => tracing::warn!(provider = %self.provider, kid = ?jwk.common.key_id, error = %e, "JWKS key skipped"),
+                Err(e) => {
+                    tracing::warn!(provider = %self.provider, kid = ?jwk.common.key_id, error = %e, "JWKS key skipped")
+                }
             }
         }
         if keys.is_empty() {

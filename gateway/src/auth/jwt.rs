@@ -46,7 +46,8 @@ impl JwtVerifier {
         let mut static_keys = Vec::with_capacity(spec.keys.len());
         for (i, k) in spec.keys.iter().enumerate() {
             static_keys.push(
-                VerifyKey::from_static(k).map_err(|e| format!("auth.providers.{name}.keys[{i}]: {e}"))?,
+                VerifyKey::from_static(k)
+                    .map_err(|e| format!("auth.providers.{name}.keys[{i}]: {e}"))?,
             );
         }
         Ok(JwtVerifier {
@@ -70,7 +71,8 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(JwtFailure::Invalid("token too large"));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtFailure::Invalid("malformed token"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| JwtFailure::Invalid("malformed token"))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(JwtFailure::NotMine("algorithm not allowed"));
         }
@@ -79,7 +81,11 @@ impl JwtVerifier {
 
         let mut tried_any = false;
         let mut last = JwtFailure::NotMine("unknown key");
-        for key in self.static_keys.iter().filter(|k| k.accepts(family, header.alg, kid)) {
+        for key in self
+            .static_keys
+            .iter()
+            .filter(|k| k.accepts(family, header.alg, kid))
+        {
             tried_any = true;
             match self.check_with(token, key, header.alg) {
                 Ok(p) => return Ok(p),
@@ -107,7 +113,12 @@ impl JwtVerifier {
     }
 
     /// Verifies signature then claims with one key.
-    fn check_with(&self, token: &str, key: &VerifyKey, alg: Algorithm) -> Result<Principal, JwtFailure> {
+    fn check_with(
+        &self,
+        token: &str,
+        key: &VerifyKey,
+        alg: Algorithm,
+    ) -> Result<Principal, JwtFailure> {
         use jsonwebtoken::errors::ErrorKind;
         let mut v = Validation::new(alg);
         // `exp` is checked below, after everything else, so "expired" is only ever said of an
@@ -132,12 +143,20 @@ impl JwtVerifier {
             Err(e) => {
                 return Err(match e.kind() {
                     ErrorKind::InvalidSignature => JwtFailure::NotMine("bad signature"),
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => JwtFailure::NotMine("key does not fit"),
-                    ErrorKind::ImmatureSignature => JwtFailure::Invalid("token not valid yet (nbf)"),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
+                        JwtFailure::NotMine("key does not fit")
+                    }
+                    ErrorKind::ImmatureSignature => {
+                        JwtFailure::Invalid("token not valid yet (nbf)")
+                    }
                     ErrorKind::InvalidIssuer => JwtFailure::Invalid("wrong issuer"),
                     ErrorKind::InvalidAudience => JwtFailure::Invalid("wrong audience"),
-                    ErrorKind::MissingRequiredClaim(c) if c == "exp" => JwtFailure::Invalid("token has no exp"),
-                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => JwtFailure::Invalid("wrong issuer"),
+                    ErrorKind::MissingRequiredClaim(c) if c == "exp" => {
+                        JwtFailure::Invalid("token has no exp")
+                    }
+                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
+                        JwtFailure::Invalid("wrong issuer")
+                    }
                     ErrorKind::MissingRequiredClaim(_) => JwtFailure::Invalid("wrong audience"),
                     _ => JwtFailure::Invalid("malformed token"),
                 })
@@ -175,7 +194,11 @@ impl JwtVerifier {
 fn scopes_of(v: Option<&Value>) -> Vec<String> {
     let valid = |s: &str| s.bytes().all(|b| (0x21..0x7f).contains(&b));
     match v {
-        Some(Value::String(s)) => s.split_whitespace().filter(|s| valid(s)).map(str::to_owned).collect(),
+        Some(Value::String(s)) => s
+            .split_whitespace()
+            .filter(|s| valid(s))
+            .map(str::to_owned)
+            .collect(),
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(Value::as_str)
@@ -191,7 +214,12 @@ pub fn is_jwt_shaped(token: &str) -> bool {
     let mut parts = 0;
     for seg in token.split('.') {
         parts += 1;
-        if parts > 3 || seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if parts > 3
+            || seg.is_empty()
+            || !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return false;
         }
     }
@@ -206,7 +234,10 @@ mod tests {
     use serde_json::json;
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs()
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
     }
 
     fn spec(secret: &[u8]) -> JwtSpec {
@@ -227,7 +258,12 @@ mod tests {
     }
 
     fn token(secret: &[u8], claims: Value) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).expect("encode")
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .expect("encode")
     }
 
     fn good(extra: Value) -> Value {
@@ -242,7 +278,9 @@ mod tests {
 
     fn verify(claims: Value) -> Result<Principal, JwtFailure> {
         let v = JwtVerifier::new("p", &spec(b"k1"), None).expect("verifier");
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
         rt.block_on(v.verify(&token(b"k1", claims)))
     }
 
@@ -260,10 +298,22 @@ mod tests {
     #[test]
     fn claims_are_enforced() {
         let t = now();
-        assert_eq!(verify(good(json!({"iss": "https://evil"}))), Err(JwtFailure::Invalid("wrong issuer")));
-        assert_eq!(verify(good(json!({"aud": "other"}))), Err(JwtFailure::Invalid("wrong audience")));
-        assert_eq!(verify(good(json!({"nbf": t + 120}))), Err(JwtFailure::Invalid("token not valid yet (nbf)")));
-        assert!(verify(good(json!({"nbf": t + 10}))).is_ok(), "nbf within leeway");
+        assert_eq!(
+            verify(good(json!({"iss": "https://evil"}))),
+            Err(JwtFailure::Invalid("wrong issuer"))
+        );
+        assert_eq!(
+            verify(good(json!({"aud": "other"}))),
+            Err(JwtFailure::Invalid("wrong audience"))
+        );
+        assert_eq!(
+            verify(good(json!({"nbf": t + 120}))),
+            Err(JwtFailure::Invalid("token not valid yet (nbf)"))
+        );
+        assert!(
+            verify(good(json!({"nbf": t + 10}))).is_ok(),
+            "nbf within leeway"
+        );
         let mut no_exp = good(json!({}));
         no_exp.as_object_mut().expect("obj").remove("exp");
         assert_eq!(verify(no_exp), Err(JwtFailure::Invalid("token has no exp")));
@@ -272,13 +322,19 @@ mod tests {
         assert_eq!(verify(no_iss), Err(JwtFailure::Invalid("wrong issuer")));
         let mut no_sub = good(json!({}));
         no_sub.as_object_mut().expect("obj").remove("user_id");
-        assert_eq!(verify(no_sub), Err(JwtFailure::Invalid("token has no subject")));
+        assert_eq!(
+            verify(no_sub),
+            Err(JwtFailure::Invalid("token has no subject"))
+        );
     }
 
     #[test]
     fn expiry_respects_leeway() {
         let t = now();
-        assert!(verify(good(json!({"exp": t - 25}))).is_ok(), "inside 30 s leeway");
+        assert!(
+            verify(good(json!({"exp": t - 25}))).is_ok(),
+            "inside 30 s leeway"
+        );
         match verify(good(json!({"exp": t - 40}))) {
             Err(JwtFailure::Expired(at)) => {
                 assert_eq!(at, SystemTime::UNIX_EPOCH + Duration::from_secs(t - 40));
@@ -290,9 +346,14 @@ mod tests {
     #[test]
     fn forged_tokens_are_never_called_expired() {
         let v = JwtVerifier::new("p", &spec(b"k1"), None).expect("verifier");
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
         let forged = token(b"not-the-key", good(json!({"exp": now() - 3600})));
-        assert_eq!(rt.block_on(v.verify(&forged)), Err(JwtFailure::NotMine("bad signature")));
+        assert_eq!(
+            rt.block_on(v.verify(&forged)),
+            Err(JwtFailure::NotMine("bad signature"))
+        );
     }
 
     #[test]

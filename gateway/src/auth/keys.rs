@@ -17,9 +17,18 @@ impl VerifyKey {
     pub fn from_static(k: &StaticKey) -> Result<Self, String> {
         let (family, key) = match &k.material {
             KeyMaterial::Hmac(s) => (KeyFamily::Hmac, DecodingKey::from_secret(s.expose())),
-            KeyMaterial::RsaPem(p) => (KeyFamily::Rsa, DecodingKey::from_rsa_pem(p).map_err(|e| e.to_string())?),
-            KeyMaterial::EcPem(p) => (KeyFamily::Ec, DecodingKey::from_ec_pem(p).map_err(|e| e.to_string())?),
-            KeyMaterial::EdPem(p) => (KeyFamily::Ed, DecodingKey::from_ed_pem(p).map_err(|e| e.to_string())?),
+            KeyMaterial::RsaPem(p) => (
+                KeyFamily::Rsa,
+                DecodingKey::from_rsa_pem(p).map_err(|e| e.to_string())?,
+            ),
+            KeyMaterial::EcPem(p) => (
+                KeyFamily::Ec,
+                DecodingKey::from_ec_pem(p).map_err(|e| e.to_string())?,
+            ),
+            KeyMaterial::EdPem(p) => (
+                KeyFamily::Ed,
+                DecodingKey::from_ed_pem(p).map_err(|e| e.to_string())?,
+            ),
         };
         Ok(VerifyKey {
             kid: k.kid.clone(),
@@ -39,7 +48,9 @@ impl VerifyKey {
                 _ => return Err("unsupported elliptic curve".into()),
             },
             AlgorithmParameters::OctetKeyPair(_) => KeyFamily::Ed,
-            AlgorithmParameters::OctetKey(_) => return Err("symmetric keys are not accepted from a JWKS".into()),
+            AlgorithmParameters::OctetKey(_) => {
+                return Err("symmetric keys are not accepted from a JWKS".into())
+            }
         };
         let alg = match jwk.common.key_algorithm {
             None => None,

@@ -90,14 +90,21 @@ pub struct Decision {
 pub enum Credential<'a> {
     Bearer(&'a str),
     /// `Authorization: <scheme> <value>` with another scheme (API keys).
-    Scheme { scheme: &'a str, value: &'a str },
+    Scheme {
+        scheme: &'a str,
+        value: &'a str,
+    },
 }
 
 /// Parses `Authorization`; `Err` when it is present but not of the form `<scheme> <value>`.
 pub fn credential(headers: &HeaderMap) -> Option<Result<Credential<'_>, ()>> {
     let raw = headers.get(http::header::AUTHORIZATION)?;
-    let Ok(raw) = raw.to_str() else { return Some(Err(())) };
-    let Some((scheme, value)) = raw.trim().split_once(' ') else { return Some(Err(())) };
+    let Ok(raw) = raw.to_str() else {
+        return Some(Err(()));
+    };
+    let Some((scheme, value)) = raw.trim().split_once(' ') else {
+        return Some(Err(()));
+    };
     let value = value.trim();
     if value.is_empty() || value.contains(' ') {
         return Some(Err(()));
@@ -123,7 +130,13 @@ pub struct KeyStores {
 }
 
 impl KeyStores {
-    fn get_or_create(&self, provider: &str, url: &str, refresh: Duration, metrics: &Metrics) -> Result<(Arc<JwksStore>, bool), String> {
+    fn get_or_create(
+        &self,
+        provider: &str,
+        url: &str,
+        refresh: Duration,
+        metrics: &Metrics,
+    ) -> Result<(Arc<JwksStore>, bool), String> {
         let mut map = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         let key = (provider.to_string(), url.to_string());
         if let Some(s) = map.get(&key) {
@@ -133,8 +146,12 @@ impl KeyStores {
             provider,
             url,
             refresh,
-            metrics.jwks_refresh_total.with_label_values(&[provider, "ok"]),
-            metrics.jwks_refresh_total.with_label_values(&[provider, "error"]),
+            metrics
+                .jwks_refresh_total
+                .with_label_values(&[provider, "ok"]),
+            metrics
+                .jwks_refresh_total
+                .with_label_values(&[provider, "error"]),
         )?);
         map.insert(key, store.clone());
         Ok((store, true))
@@ -159,7 +176,11 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn build(settings: &AuthSettings, stores: &KeyStores, metrics: &Metrics) -> Result<Self, String> {
+    pub fn build(
+        settings: &AuthSettings,
+        stores: &KeyStores,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
         let mut providers = Vec::with_capacity(settings.providers.len());
         let mut new_stores = Vec::new();
         let mut all_stores = Vec::new();
@@ -168,7 +189,8 @@ impl Authenticator {
                 ProviderKind::Jwt(j) => {
                     let store = match &j.jwks_url {
                         Some(url) => {
-                            let (s, new) = stores.get_or_create(&spec.name, url, j.jwks_refresh, metrics)?;
+                            let (s, new) =
+                                stores.get_or_create(&spec.name, url, j.jwks_refresh, metrics)?;
                             if new {
                                 new_stores.push(s.clone());
                             }
@@ -182,7 +204,11 @@ impl Authenticator {
                 ProviderKind::Introspection(_) | ProviderKind::ApiKey(_) => Provider::Refusing,
             });
         }
-        let names: Vec<Arc<str>> = settings.providers.iter().map(|p| Arc::from(p.name.as_str())).collect();
+        let names: Vec<Arc<str>> = settings
+            .providers
+            .iter()
+            .map(|p| Arc::from(p.name.as_str()))
+            .collect();
         let counters = names
             .iter()
             .map(|n| &**n)
@@ -200,7 +226,11 @@ impl Authenticator {
 
     /// Every JWKS provider has loaded its keys at least once.
     pub fn keys_loaded(&self) -> Vec<&str> {
-        self.stores.iter().filter(|s| !s.is_loaded()).map(|s| &*s.provider).collect()
+        self.stores
+            .iter()
+            .filter(|s| !s.is_loaded())
+            .map(|s| &*s.provider)
+            .collect()
     }
 
     pub async fn authenticate(&self, route: &RouteAuth, headers: &HeaderMap) -> Decision {
@@ -228,7 +258,9 @@ impl Authenticator {
                     reason: "malformed Authorization header",
                 }),
             ),
-            Some(Ok(Credential::Bearer(token))) if is_jwt_shaped(token) => self.verify_jwt(allowed, token).await,
+            Some(Ok(Credential::Bearer(token))) if is_jwt_shaped(token) => {
+                self.verify_jwt(allowed, token).await
+            }
             Some(Ok(_)) => (
                 allowed.first().copied(),
                 Err(Rejection::InvalidToken {
@@ -254,15 +286,25 @@ impl Authenticator {
     }
 
     /// The route's JWT providers in order; the first definite answer wins.
-    async fn verify_jwt(&self, allowed: &[usize], token: &str) -> (Option<usize>, Result<Arc<Principal>, Rejection>) {
+    async fn verify_jwt(
+        &self,
+        allowed: &[usize],
+        token: &str,
+    ) -> (Option<usize>, Result<Arc<Principal>, Rejection>) {
         let mut first: Option<(usize, &'static str)> = None;
         let mut unavailable = None;
         for &i in allowed {
-            let Provider::Jwt(v) = &self.providers[i] else { continue };
+            let Provider::Jwt(v) = &self.providers[i] else {
+                continue;
+            };
             match v.verify(token).await {
                 Ok(p) => return (Some(i), Ok(Arc::new(p))),
-                Err(JwtFailure::Expired(at)) => return (Some(i), Err(Rejection::TokenExpired { expired_at: at })),
-                Err(JwtFailure::Invalid(reason)) => return (Some(i), Err(Rejection::InvalidToken { reason })),
+                Err(JwtFailure::Expired(at)) => {
+                    return (Some(i), Err(Rejection::TokenExpired { expired_at: at }))
+                }
+                Err(JwtFailure::Invalid(reason)) => {
+                    return (Some(i), Err(Rejection::InvalidToken { reason }))
+                }
                 Err(JwtFailure::NotMine(reason)) => {
                     first.get_or_insert((i, reason));
                 }
@@ -319,7 +361,13 @@ mod tests {
         let h = hm("bearer   tok ");
         assert_eq!(credential(&h), Some(Ok(Credential::Bearer("tok"))));
         let h = hm("Api-Key k1");
-        assert_eq!(credential(&h), Some(Ok(Credential::Scheme { scheme: "Api-Key", value: "k1" })));
+        assert_eq!(
+            credential(&h),
+            Some(Ok(Credential::Scheme {
+                scheme: "Api-Key",
+                value: "k1"
+            }))
+        );
         for bad in ["Bearer", "Bearer ", "justatoken", "Bearer a b"] {
             assert_eq!(credential(&hm(bad)), Some(Err(())), "{bad:?}");
         }
@@ -337,7 +385,9 @@ mod tests {
         assert!(check_scopes(p.clone(), &[]).is_ok());
         assert_eq!(
             check_scopes(p, &["read".into(), "admin".into()]),
-            Err(Rejection::InsufficientScope { required: vec!["read".into(), "admin".into()] })
+            Err(Rejection::InsufficientScope {
+                required: vec!["read".into(), "admin".into()]
+            })
         );
     }
 }

@@ -71,7 +71,10 @@ impl Compiler<'_> {
         if p.is_file() {
             Some(p)
         } else {
-            self.err(path, format!("file {} does not exist or is not a file", p.display()));
+            self.err(
+                path,
+                format!("file {} does not exist or is not a file", p.display()),
+            );
             None
         }
     }
@@ -179,10 +182,7 @@ impl Compiler<'_> {
             .iter()
             .any(|s| r.url.starts_with(s));
         if !scheme_ok {
-            self.err(
-                "redis.url",
-                "expected a redis://, rediss:// or unix:// URL",
-            );
+            self.err("redis.url", "expected a redis://, rediss:// or unix:// URL");
         }
         if r.command_timeout.0.is_zero() {
             self.err("redis.command_timeout", "must be greater than 0");
@@ -202,10 +202,16 @@ impl Compiler<'_> {
         for (index, (name, u)) in ups.iter().enumerate() {
             let path = format!("upstreams.{name}");
             if !valid_name(name) {
-                self.err(&path, format!("invalid upstream name {name:?}: {NAME_RULE}"));
+                self.err(
+                    &path,
+                    format!("invalid upstream name {name:?}: {NAME_RULE}"),
+                );
             }
             if u.endpoints.is_empty() {
-                self.err(format!("{path}.endpoints"), "at least one endpoint is needed");
+                self.err(
+                    format!("{path}.endpoints"),
+                    "at least one endpoint is needed",
+                );
             }
             for (i, ep) in u.endpoints.iter().enumerate() {
                 if !valid_endpoint(ep) {
@@ -228,7 +234,10 @@ impl Compiler<'_> {
                     self.err(format!("{path}.health_check.path"), "must start with /");
                 }
                 if h.interval.0.is_zero() {
-                    self.err(format!("{path}.health_check.interval"), "must be greater than 0");
+                    self.err(
+                        format!("{path}.health_check.interval"),
+                        "must be greater than 0",
+                    );
                 }
                 HealthCheckSpec {
                     path: h.path.clone(),
@@ -293,7 +302,10 @@ impl Compiler<'_> {
         ] {
             if let Some(v) = v {
                 if !v.starts_with('/') && !v.starts_with("https://") && !v.starts_with("http://") {
-                    self.err(format!("auth.{field}"), "must be a path starting with / or a URL");
+                    self.err(
+                        format!("auth.{field}"),
+                        "must be a path starting with / or a URL",
+                    );
                 }
             }
         }
@@ -355,7 +367,10 @@ impl Compiler<'_> {
         }
         if let Some(url) = &j.jwks_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                self.err(format!("{path}.jwks_url"), "must be an http:// or https:// URL");
+                self.err(
+                    format!("{path}.jwks_url"),
+                    "must be an http:// or https:// URL",
+                );
             }
             if j.jwks_refresh.0 < Duration::from_secs(1) {
                 self.err(format!("{path}.jwks_refresh"), "must be at least 1s");
@@ -426,10 +441,7 @@ impl Compiler<'_> {
             match classify_public_pem(&pem) {
                 Some(m) => m,
                 None => {
-                    self.err(
-                        p,
-                        "not a PEM RSA, EC (P-256/P-384) or Ed25519 public key",
-                    );
+                    self.err(p, "not a PEM RSA, EC (P-256/P-384) or Ed25519 public key");
                     return None;
                 }
             }
@@ -461,7 +473,10 @@ impl Compiler<'_> {
                 .read_file(&format!("{path}.client_secret_file"), f)
                 .map(|b| Secret::new(trim_newline(b))),
             _ => {
-                self.err(path, "give exactly one of client_secret_env, client_secret_file");
+                self.err(
+                    path,
+                    "give exactly one of client_secret_env, client_secret_file",
+                );
                 None
             }
         };
@@ -482,7 +497,10 @@ impl Compiler<'_> {
             (None, Some(h)) => match http::HeaderName::from_bytes(h.as_bytes()) {
                 Ok(name) => ApiKeySource::Header(name),
                 Err(_) => {
-                    self.err(format!("{path}.header"), format!("{h:?} is not a header name"));
+                    self.err(
+                        format!("{path}.header"),
+                        format!("{h:?} is not a header name"),
+                    );
                     ApiKeySource::Scheme("Api-Key".into())
                 }
             },
@@ -499,7 +517,9 @@ impl Compiler<'_> {
             if !ids.insert(e.id.clone()) {
                 self.err(format!("{p}.id"), format!("duplicate key id {:?}", e.id));
             }
-            let digest = hex::decode(e.sha256.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+            let digest = hex::decode(e.sha256.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok());
             let Some(sha256) = digest else {
                 self.err(
                     format!("{p}.sha256"),
@@ -563,7 +583,10 @@ impl Compiler<'_> {
             };
             let scope = match l.scope {
                 Some(LimitScope::Shared) if !have_redis => {
-                    self.err(format!("{path}.scope"), "scope shared needs a redis section");
+                    self.err(
+                        format!("{path}.scope"),
+                        "scope shared needs a redis section",
+                    );
                     LimitScope::Local
                 }
                 Some(s) => s,
@@ -592,10 +615,15 @@ impl Compiler<'_> {
         if routes.is_empty() {
             self.err("routes", "at least one route is needed");
         }
-        let upstream_idx: HashMap<&str, usize> =
-            upstreams.iter().map(|u| (u.name.as_str(), u.index)).collect();
-        let provider_idx: HashMap<&str, usize> =
-            auth.providers.iter().map(|p| (p.name.as_str(), p.index)).collect();
+        let upstream_idx: HashMap<&str, usize> = upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), u.index))
+            .collect();
+        let provider_idx: HashMap<&str, usize> = auth
+            .providers
+            .iter()
+            .map(|p| (p.name.as_str(), p.index))
+            .collect();
         let limit_idx: HashMap<&str, usize> =
             limits.iter().map(|l| (l.name.as_str(), l.index)).collect();
         let mut names = HashSet::new();
@@ -605,13 +633,21 @@ impl Compiler<'_> {
             if !valid_name(&r.name) || r.name == "unmatched" {
                 self.err(
                     format!("{path}.name"),
-                    format!("invalid route name {:?}: {NAME_RULE} (and not \"unmatched\")", r.name),
+                    format!(
+                        "invalid route name {:?}: {NAME_RULE} (and not \"unmatched\")",
+                        r.name
+                    ),
                 );
             } else if !names.insert(r.name.clone()) {
-                self.err(format!("{path}.name"), format!("duplicate route name {:?}", r.name));
+                self.err(
+                    format!("{path}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
             }
             let path_match = match (&r.path, &r.path_prefix) {
-                (Some(p), None) => self.route_path(&format!("{path}.path"), p).map(PathMatch::Exact),
+                (Some(p), None) => self
+                    .route_path(&format!("{path}.path"), p)
+                    .map(PathMatch::Exact),
                 (None, Some(p)) => self
                     .route_path(&format!("{path}.path_prefix"), p)
                     .map(PathMatch::Prefix),
@@ -622,15 +658,23 @@ impl Compiler<'_> {
             };
             let methods = r.methods.as_ref().map(|ms| {
                 if ms.is_empty() {
-                    self.err(format!("{path}.methods"), "omit methods to allow any; an empty list allows none");
+                    self.err(
+                        format!("{path}.methods"),
+                        "omit methods to allow any; an empty list allows none",
+                    );
                 }
                 ms.iter()
                     .enumerate()
-                    .filter_map(|(i, m)| match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                        Ok(m) => Some(m),
-                        Err(_) => {
-                            self.err(format!("{path}.methods[{i}]"), format!("{m:?} is not an HTTP method"));
-                            None
+                    .filter_map(|(i, m)| {
+                        match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => Some(m),
+                            Err(_) => {
+                                self.err(
+                                    format!("{path}.methods[{i}]"),
+                                    format!("{m:?} is not an HTTP method"),
+                                );
+                                None
+                            }
                         }
                     })
                     .collect::<Vec<_>>()
@@ -639,7 +683,8 @@ impl Compiler<'_> {
                 let h = h.to_ascii_lowercase();
                 let ok = |s: &str| {
                     !s.is_empty()
-                        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
                 };
                 match h.strip_prefix("*.") {
                     Some(rest) if ok(rest) => Some(HostMatch::Suffix(format!(".{rest}"))),
@@ -693,7 +738,10 @@ impl Compiler<'_> {
                     );
                 }
                 RouteAuth::Required { providers, .. } if providers.is_empty() => {
-                    self.err(format!("{path}.auth.providers"), "list at least one provider");
+                    self.err(
+                        format!("{path}.auth.providers"),
+                        "list at least one provider",
+                    );
                 }
                 _ => {}
             }
@@ -751,11 +799,16 @@ impl Compiler<'_> {
             let upstream = match upstream_idx.get(r.upstream.as_str()) {
                 Some(i) => *i,
                 None => {
-                    self.err(format!("{path}.upstream"), format!("unknown upstream {:?}", r.upstream));
+                    self.err(
+                        format!("{path}.upstream"),
+                        format!("unknown upstream {:?}", r.upstream),
+                    );
                     0
                 }
             };
-            let Some(path_match) = path_match else { continue };
+            let Some(path_match) = path_match else {
+                continue;
+            };
             out.push(Arc::new(RouteSpec {
                 index,
                 name: r.name.clone(),
@@ -794,7 +847,9 @@ impl Compiler<'_> {
                 );
                 None
             }
-            Err(PathError::EncodedSlash) | Err(PathError::BadEscape) | Err(PathError::NotAbsolute) => {
+            Err(PathError::EncodedSlash)
+            | Err(PathError::BadEscape)
+            | Err(PathError::NotAbsolute) => {
                 self.err(path, format!("{p:?} is not a valid path"));
                 None
             }

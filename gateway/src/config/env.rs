@@ -59,12 +59,14 @@ pub fn expand(text: &str, env: &dyn Env) -> Result<String, Vec<ConfigError>> {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                errors.push(located(lineno, pos, &format!("invalid variable name {name:?} in ${{...}}")));
+                errors.push(located(
+                    lineno,
+                    pos,
+                    &format!("invalid variable name {name:?} in ${{...}}"),
+                ));
             } else {
                 match (env.var(name), default) {
                     (Some(v), _) => out.push_str(&v),
@@ -72,7 +74,9 @@ pub fn expand(text: &str, env: &dyn Env) -> Result<String, Vec<ConfigError>> {
                     (None, None) => errors.push(located(
                         lineno,
                         pos,
-                        &format!("environment variable {name} is not set (referenced as ${{{name}}})"),
+                        &format!(
+                            "environment variable {name} is not set (referenced as ${{{name}}})"
+                        ),
                     )),
                 }
             }
@@ -100,7 +104,10 @@ mod tests {
     use super::*;
 
     fn env() -> HashMap<String, String> {
-        HashMap::from([("HOST".into(), "10.0.0.1".into()), ("EMPTY".into(), String::new())])
+        HashMap::from([
+            ("HOST".into(), "10.0.0.1".into()),
+            ("EMPTY".into(), String::new()),
+        ])
     }
 
     #[test]

@@ -57,13 +57,7 @@ pub fn load(source: &Source, env: &dyn Env) -> Result<Config, ConfigErrors> {
 pub fn load_str(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Vec<ConfigError>> {
     let expanded = env::expand(text, env)?;
     let file = parse(&expanded)?;
-    compile::compile(
-        file,
-        &compile::Context {
-            base_dir,
-            env,
-        },
-    )
+    compile::compile(file, &compile::Context { base_dir, env })
 }
 
 /// Parses the whole document. serde stops at the first problem, so on failure each section and
@@ -133,7 +127,11 @@ fn each_entry<T: DeserializeOwned>(
     }
 }
 
-fn check<T: DeserializeOwned>(path: &str, value: &serde_yaml::Value, errors: &mut Vec<ConfigError>) {
+fn check<T: DeserializeOwned>(
+    path: &str,
+    value: &serde_yaml::Value,
+    errors: &mut Vec<ConfigError>,
+) {
     if let Err(e) = serde_path_to_error::deserialize::<_, T>(value.clone()) {
         let inner = e.path().to_string();
         let full = if inner == "." || inner.is_empty() {

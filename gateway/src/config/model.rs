@@ -278,7 +278,9 @@ pub enum PathMatch {
 pub enum RouteAuth {
     None,
     /// Identity attached when a valid credential is present; absence is anonymous.
-    Optional { providers: Vec<usize> },
+    Optional {
+        providers: Vec<usize>,
+    },
     Required {
         providers: Vec<usize>,
         scopes: Vec<String>,

@@ -6,7 +6,10 @@ fn env() -> HashMap<String, String> {
         ("JWT_SECRET".to_string(), "s3cret".to_string()),
         ("INTROSPECTION_SECRET".to_string(), "introspect".to_string()),
         ("AUTHGATE_ADMIN_TOKEN".to_string(), "admin".to_string()),
-        ("REDIS_URL".to_string(), "redis://127.0.0.1:6379/0".to_string()),
+        (
+            "REDIS_URL".to_string(),
+            "redis://127.0.0.1:6379/0".to_string(),
+        ),
     ])
 }
 
@@ -70,7 +73,10 @@ routes:
   - { name: api, path_prefix: /api/, upstream: lms }
 ";
     let c = load(text).expect("loads");
-    assert!(matches!(c.routes[0].auth, model::RouteAuth::Required { .. }));
+    assert!(matches!(
+        c.routes[0].auth,
+        model::RouteAuth::Required { .. }
+    ));
 }
 
 #[test]
@@ -86,7 +92,11 @@ routes:
 ",
     );
     assert_eq!(errs[0].path, "upstreams.lms.conect_timeout");
-    assert!(errs[0].message.contains("unknown field `conect_timeout`"), "{}", errs[0]);
+    assert!(
+        errs[0].message.contains("unknown field `conect_timeout`"),
+        "{}",
+        errs[0]
+    );
     assert_eq!(errs[0].location.map(|l| l.0), Some(5));
 }
 
@@ -165,7 +175,10 @@ routes:
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert!(paths.contains(&"upstreams.lms.bogus"), "{paths:?}");
     assert!(paths.contains(&"routes[0].colour"), "{paths:?}");
-    assert!(paths.iter().any(|p| p.starts_with("routes[1]")), "{paths:?}");
+    assert!(
+        paths.iter().any(|p| p.starts_with("routes[1]")),
+        "{paths:?}"
+    );
 }
 
 #[test]
@@ -188,10 +201,24 @@ routes: [{ name: a, path_prefix: /, upstream: lms }]
     );
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     let has = |needle: &str| text.iter().any(|t| t.contains(needle));
-    assert!(has("auth.providers.j.algorithms[0]: \"none\" is never accepted"), "{text:?}");
-    assert!(has("auth.providers.j.algorithms[2]: unknown algorithm"), "{text:?}");
-    assert!(has("auth.providers.j.keys[0].secret_env: environment variable NOT_SET_ANYWHERE is not set"), "{text:?}");
-    assert!(has("auth.providers.k.keys[0]: this is an HMAC secret key but no algorithm"), "{text:?}");
+    assert!(
+        has("auth.providers.j.algorithms[0]: \"none\" is never accepted"),
+        "{text:?}"
+    );
+    assert!(
+        has("auth.providers.j.algorithms[2]: unknown algorithm"),
+        "{text:?}"
+    );
+    assert!(
+        has(
+            "auth.providers.j.keys[0].secret_env: environment variable NOT_SET_ANYWHERE is not set"
+        ),
+        "{text:?}"
+    );
+    assert!(
+        has("auth.providers.k.keys[0]: this is an HMAC secret key but no algorithm"),
+        "{text:?}"
+    );
     // The secret's value never appears in an error.
     assert!(!text.iter().any(|t| t.contains("s3cret")));
 }
@@ -205,7 +232,10 @@ routes: [{ name: a, path_prefix: /, auth: none, upstream: lms }]
 ";
     let c = load(text).expect("loads");
     assert_eq!(c.upstreams[0].endpoints, vec!["127.0.0.1:8000".to_string()]);
-    assert_eq!(c.redis.as_ref().map(|r| r.url.expose().to_vec()), Some(b"redis://127.0.0.1:6379/0".to_vec()));
+    assert_eq!(
+        c.redis.as_ref().map(|r| r.url.expose().to_vec()),
+        Some(b"redis://127.0.0.1:6379/0".to_vec())
+    );
     let errs = errors("upstreams: { lms: { endpoints: ['${NOPE}'] } }\nroutes: []\n");
     assert!(errs[0].message.contains("NOPE"));
     assert_eq!(errs[0].location, Some((1, 34)));
@@ -232,5 +262,5 @@ fn missing_required_sections() {
     let errs = errors("server: { threads: 1 }\n");
     assert!(errs[0].message.contains("missing field"), "{}", errs[0]);
     assert!(errors("upstreams: {}\nroutes: []\n").len() >= 2);
-    assert!(errors("not: [valid").first().is_some());
+    assert!(!errors("not: [valid").is_empty());
 }

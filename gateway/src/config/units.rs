@@ -89,9 +89,7 @@ impl FromStr for ByteSize {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("invalid size {s:?}: expected e.g. 512B, 64KiB, 10MiB, 1GB");
         let t = s.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         if split == 0 {
             return Err(bad());
         }
@@ -208,7 +206,17 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        for bad in ["", "5", "s", "5 sec", "5S", "-1s", "1.5s", "5s ms", "99999999999h"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5 sec",
+            "5S",
+            "-1s",
+            "1.5s",
+            "5s ms",
+            "99999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -221,7 +229,15 @@ mod tests {
         assert_eq!(p("1GB"), Ok(1_000_000_000));
         assert_eq!(p("512B"), Ok(512));
         assert_eq!(p("512"), Ok(512));
-        for bad in ["", "MiB", "10mib", "10 XB", "-5B", "1.5MiB", "99999999999999GiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "10mib",
+            "10 XB",
+            "-5B",
+            "1.5MiB",
+            "99999999999999GiB",
+        ] {
             assert!(p(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -233,7 +249,9 @@ mod tests {
         assert_eq!(r.interval(), Duration::from_millis(100));
         let r: Rate = "100/day".parse().expect("rate");
         assert_eq!(r.per, Duration::from_secs(86_400));
-        for bad in ["", "10", "10/", "/s", "0/s", "10/sec", "x/s", "-1/s", "10/d"] {
+        for bad in [
+            "", "10", "10/", "/s", "0/s", "10/sec", "x/s", "-1/s", "10/d",
+        ] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?} should be rejected");
         }
     }

@@ -3,15 +3,15 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 
 /// Buckets from 100 µs (gateway-only answers) to 30 s (slow upstream calls).
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 pub struct Metrics {
@@ -39,7 +39,9 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
@@ -48,12 +50,16 @@ impl Metrics {
                 labels,
             )
             .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let m = Metrics {
@@ -157,7 +163,9 @@ impl Default for Metrics {
 }
 
 /// Method label values; anything else is counted as `OTHER` so clients cannot mint series.
-const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"];
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
 
 fn method_index(m: &Method) -> usize {
     match *m {
@@ -192,8 +200,11 @@ impl RouteMetrics {
         let row = self.by_method_status[mi]
             .get_or_init(|| (0..STATUS_SPAN).map(|_| OnceLock::new()).collect());
         let counter = row[usize::from(status - STATUS_MIN)].get_or_init(|| {
-            self.requests
-                .with_label_values(&[self.route.as_str(), METHODS[mi], &status.to_string()])
+            self.requests.with_label_values(&[
+                self.route.as_str(),
+                METHODS[mi],
+                &status.to_string(),
+            ])
         });
         counter.inc();
     }
@@ -211,14 +222,22 @@ mod tests {
         r.observe(&Method::GET, 200, 0.002);
         r.observe(&Method::from_bytes(b"BREW").expect("method"), 418, 0.001);
         m.auth_total.with_label_values(&["p", "ok"]).inc();
-        m.token_cache_total.with_label_values(&["local", "hit"]).inc();
-        m.rate_limited_total.with_label_values(&["api", "user"]).inc();
+        m.token_cache_total
+            .with_label_values(&["local", "hit"])
+            .inc();
+        m.rate_limited_total
+            .with_label_values(&["api", "user"])
+            .inc();
         m.upstream_timeouts_total.with_label_values(&["api"]).inc();
-        m.upstream_errors_total.with_label_values(&["lms", "refused"]).inc();
+        m.upstream_errors_total
+            .with_label_values(&["lms", "refused"])
+            .inc();
         m.redis_errors_total.with_label_values(&["get"]).inc();
         m.jwks_refresh_total.with_label_values(&["p", "ok"]).inc();
         m.config_reloads_total.with_label_values(&["ok"]).inc();
-        m.upstream_duration.with_label_values(&["api", "lms"]).observe(0.1);
+        m.upstream_duration
+            .with_label_values(&["api", "lms"])
+            .observe(0.1);
         let text = String::from_utf8(m.render()).expect("utf8");
         for name in [
             "authgate_requests_total",
@@ -236,7 +255,11 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
-        assert!(text.contains(r#"authgate_requests_total{method="GET",route="api",status="200"} 2"#));
-        assert!(text.contains(r#"authgate_requests_total{method="OTHER",route="api",status="418"} 1"#));
+        assert!(
+            text.contains(r#"authgate_requests_total{method="GET",route="api",status="200"} 2"#)
+        );
+        assert!(
+            text.contains(r#"authgate_requests_total{method="OTHER",route="api",status="418"} 1"#)
+        );
     }
 }

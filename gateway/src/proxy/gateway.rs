@@ -68,17 +68,27 @@ impl ProxyHttp for Gateway {
             let limit = snap.config.server.max_request_body;
             if ctx.request_body_bytes > limit {
                 ctx.rejection = Some(Rejection::PayloadTooLarge { limit });
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_request_body");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over max_request_body",
+                );
             }
         }
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         // Fail closed: without admission nothing is forwarded, whatever a bug upstream did.
         if ctx.admitted.is_none() {
             ctx.rejection = Some(Rejection::Internal);
-            return Error::e_explain(ErrorType::InternalError, "request reached forwarding unadmitted");
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "request reached forwarding unadmitted",
+            );
         }
         let Some(route) = ctx.route() else {
             ctx.rejection = Some(Rejection::Internal);
@@ -88,8 +98,13 @@ impl ProxyHttp for Gateway {
         let left = match ctx.deadline {
             Some(d) if d.passed(now) => {
                 route.timeouts.inc();
-                ctx.rejection = Some(Rejection::UpstreamTimeout { deadline_ms: d.budget_ms() });
-                return Error::e_explain(ErrorType::HTTPStatus(504), "deadline passed before forwarding");
+                ctx.rejection = Some(Rejection::UpstreamTimeout {
+                    deadline_ms: d.budget_ms(),
+                });
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(504),
+                    "deadline passed before forwarding",
+                );
             }
             Some(d) => Some(d.remaining(now)),
             None => None,
@@ -104,7 +119,12 @@ impl ProxyHttp for Gateway {
         if let Some(left) = left {
             // Every wait before the response header is clamped to what the deadline leaves.
             let o = &mut peer.options;
-            for t in [&mut o.connection_timeout, &mut o.total_connection_timeout, &mut o.read_timeout, &mut o.write_timeout] {
+            for t in [
+                &mut o.connection_timeout,
+                &mut o.total_connection_timeout,
+                &mut o.read_timeout,
+                &mut o.write_timeout,
+            ] {
                 *t = Some(t.map_or(left, |v| v.min(left)));
             }
         }
@@ -125,11 +145,15 @@ impl ProxyHttp for Gateway {
         route.upstream.report_failure(ctx.upstream_addr, kind);
         // Nothing reached the upstream, so one retry on another endpoint is safe for requests
         // that are idempotent anyway, when the deadline leaves time for it.
-        let idempotent = matches!(session.req_header().method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let idempotent = matches!(
+            session.req_header().method,
+            Method::GET | Method::HEAD | Method::OPTIONS
+        );
         let time_left = ctx
             .deadline
             .is_none_or(|d| d.remaining(Instant::now()) > Duration::from_millis(10));
-        let retry = idempotent && !ctx.retried && time_left && route.upstream.spec.endpoints.len() > 1;
+        let retry =
+            idempotent && !ctx.retried && time_left && route.upstream.spec.endpoints.len() > 1;
         ctx.retried |= retry;
         e.set_retry(retry);
         e
@@ -144,14 +168,19 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         if let Some(route) = ctx.route() {
-            route.upstream.report_failure(ctx.upstream_addr, ErrorKind::of(&e));
+            route
+                .upstream
+                .report_failure(ctx.upstream_addr, ErrorKind::of(&e));
         }
         let mut e = e.more_context(format!("peer: {peer}"));
         let deadline_passed = ctx.deadline.is_some_and(|d| d.passed(Instant::now()));
         // A request that may have reached the upstream is only retried by pingora's own rule
         // (an idempotent request on a reused connection the upstream had already closed), and
         // never once the deadline is spent.
-        if deadline_passed || !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        if deadline_passed
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -194,7 +223,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let rejection = ctx.rejection.take().or_else(|| rejection_for(e, ctx));
         let code = match &rejection {
             Some(r) if session.response_written().is_none() => {
@@ -235,7 +269,8 @@ impl Gateway {
         snapshot: &Snapshot,
     ) -> std::result::Result<Admitted, Rejection> {
         let req = session.req_header();
-        let path = normalize_path(req.uri.path().as_bytes()).map_err(|e| Rejection::BadRequest(e.message()))?;
+        let path = normalize_path(req.uri.path().as_bytes())
+            .map_err(|e| Rejection::BadRequest(e.message()))?;
         let host = host_of(req);
         let spec = snapshot
             .router
@@ -246,7 +281,11 @@ impl Gateway {
             ctx.rewritten_path = Some(p);
         }
         check_hygiene(req, spec, snapshot)?;
-        ctx.deadline = Deadline::for_request(spec.deadline, req.headers.get(deadline::CLIENT_HEADER), ctx.started);
+        ctx.deadline = Deadline::for_request(
+            spec.deadline,
+            req.headers.get(deadline::CLIENT_HEADER),
+            ctx.started,
+        );
         let decision = snapshot.auth.authenticate(&spec.auth, &req.headers).await;
         ctx.auth_outcome = decision.outcome;
         let identity = decision.result?;
@@ -258,16 +297,21 @@ impl Gateway {
 fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
     let req = session.req_header();
     ctx.request_id = headers::request_id(&req.headers);
-    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
     ctx.peer_ip = peer;
-    ctx.client_ip = peer.map(|p| headers::client_ip(p, &req.headers, &snapshot.config.server.trusted_proxies));
+    ctx.client_ip =
+        peer.map(|p| headers::client_ip(p, &req.headers, &snapshot.config.server.trusted_proxies));
 }
 
 fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri.authority().map(|a| a.as_str()).or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 fn check_hygiene(
@@ -286,21 +330,35 @@ fn check_hygiene(
     }
     if let (Some(max), Some(q)) = (spec.max_query_length, req.uri.query()) {
         if q.len() > max {
-            return Err(Rejection::BadRequest("the query string is longer than this route allows (max_query_length)"));
+            return Err(Rejection::BadRequest(
+                "the query string is longer than this route allows (max_query_length)",
+            ));
         }
     }
     Ok(())
 }
 
 /// Writes a gateway-made answer; the connection is kept only when the rejection allows it.
-async fn send_rejection(session: &mut Session, ctx: &RequestCtx, rejection: &Rejection) -> Result<()> {
-    let texts = ctx.snapshot.as_ref().map(|s| Cow::Borrowed(&s.auth_texts)).unwrap_or_default();
+async fn send_rejection(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    rejection: &Rejection,
+) -> Result<()> {
+    let texts = ctx
+        .snapshot
+        .as_ref()
+        .map(|s| Cow::Borrowed(&s.auth_texts))
+        .unwrap_or_default();
     let rendered = rejection.render(&ctx.request_id, &texts);
     if !rendered.keepalive {
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(rendered.header), false).await?;
-    session.write_response_body(Some(rendered.body), true).await?;
+    session
+        .write_response_header(Box::new(rendered.header), false)
+        .await?;
+    session
+        .write_response_body(Some(rendered.body), true)
+        .await?;
     Ok(())
 }
 
@@ -313,7 +371,10 @@ impl Rejection {
 /// pingora's errors that the gateway answers itself; others (a client that went away) get none.
 fn rejection_for(e: &Error, ctx: &RequestCtx) -> Option<Rejection> {
     use ErrorType::*;
-    let timed_out = matches!(e.etype(), ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout);
+    let timed_out = matches!(
+        e.etype(),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+    );
     match (e.etype(), e.esource()) {
         (HTTPStatus(413), _) => Some(Rejection::PayloadTooLarge { limit: 0 }),
         (_, ErrorSource::Upstream) if timed_out => match ctx.deadline {
@@ -321,33 +382,45 @@ fn rejection_for(e: &Error, ctx: &RequestCtx) -> Option<Rejection> {
                 if let Some(route) = ctx.route() {
                     route.timeouts.inc();
                 }
-                Some(Rejection::UpstreamTimeout { deadline_ms: d.budget_ms() })
+                Some(Rejection::UpstreamTimeout {
+                    deadline_ms: d.budget_ms(),
+                })
             }
             // The upstream's own read timeout, with time left on the route's deadline.
-            _ if matches!(e.etype(), ReadTimedout | WriteTimedout) => Some(Rejection::UpstreamTimeout {
-                deadline_ms: ctx.route().map_or(0, |r| r.upstream.spec.read_timeout.as_millis() as u64),
-            }),
+            _ if matches!(e.etype(), ReadTimedout | WriteTimedout) => {
+                Some(Rejection::UpstreamTimeout {
+                    deadline_ms: ctx
+                        .route()
+                        .map_or(0, |r| r.upstream.spec.read_timeout.as_millis() as u64),
+                })
+            }
             _ => Some(Rejection::UpstreamUnavailable),
         },
         (HTTPStatus(code), _) if *code >= 500 => Some(Rejection::UpstreamUnavailable),
         (_, ErrorSource::Upstream) => Some(Rejection::UpstreamUnavailable),
         (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
-        (_, ErrorSource::Downstream) => Some(Rejection::BadRequest("the request could not be read")),
+        (_, ErrorSource::Downstream) => {
+            Some(Rejection::BadRequest("the request could not be read"))
+        }
         _ => Some(Rejection::Internal),
     }
 }
 
 /// Builds the copy of the request the upstream receives.
-fn prepare_upstream_request(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+fn prepare_upstream_request(
+    session: &Session,
+    req: &mut RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
     // The upstream must see the exact path that was routed.
     if let Some(path) = &ctx.rewritten_path {
         let pq = match req.uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.clone(),
         };
-        let uri: Uri = pq
-            .parse()
-            .map_err(|e| Error::because(ErrorType::InternalError, "rewriting normalised path", e))?;
+        let uri: Uri = pq.parse().map_err(|e| {
+            Error::because(ErrorType::InternalError, "rewriting normalised path", e)
+        })?;
         req.set_uri(uri);
     }
 
@@ -374,10 +447,17 @@ fn prepare_upstream_request(session: &Session, req: &mut RequestHeader, ctx: &Re
         req.insert_header(deadline::CLIENT_HEADER, left.to_string())?;
     }
     if let Some(peer) = ctx.peer_ip {
-        req.insert_header("x-forwarded-for", headers::forwarded_for(&downstream.headers, peer))?;
+        req.insert_header(
+            "x-forwarded-for",
+            headers::forwarded_for(&downstream.headers, peer),
+        )?;
     }
     if !(trusted_peer && downstream.headers.contains_key("x-forwarded-proto")) {
-        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) { "https" } else { "http" };
+        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            "https"
+        } else {
+            "http"
+        };
         req.insert_header("x-forwarded-proto", proto)?;
     }
     if !(trusted_peer && downstream.headers.contains_key("x-forwarded-host")) {

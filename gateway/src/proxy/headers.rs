@@ -8,8 +8,7 @@ use std::net::IpAddr;
 pub fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v
-            .iter()
+        && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
@@ -32,9 +31,15 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     }
     let mut candidate = peer;
     // Later X-Forwarded-For lines were appended later, so walk them right to left too.
-    let values: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
+    let values: Vec<&[u8]> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     for value in values.iter().rev() {
-        let Ok(s) = std::str::from_utf8(value) else { return candidate };
+        let Ok(s) = std::str::from_utf8(value) else {
+            return candidate;
+        };
         for entry in s.rsplit(',') {
             match parse_forwarded_ip(entry.trim()) {
                 Some(ip) if trusted.contains(&ip) => candidate = ip,
@@ -115,13 +120,28 @@ mod tests {
         let t = trusted(&["10.0.0.0/8", "127.0.0.1/32"]);
         let peer: IpAddr = "10.0.0.5".parse().expect("ip");
         let h = hm(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")]);
-        assert_eq!(client_ip(peer, &h, &t), "198.51.100.7".parse::<IpAddr>().expect("ip"));
-        let h = hm(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.8")]);
-        assert_eq!(client_ip(peer, &h, &t), "198.51.100.8".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &t),
+            "198.51.100.7".parse::<IpAddr>().expect("ip")
+        );
+        let h = hm(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.8"),
+        ]);
+        assert_eq!(
+            client_ip(peer, &h, &t),
+            "198.51.100.8".parse::<IpAddr>().expect("ip")
+        );
         let h = hm(&[("x-forwarded-for", "10.2.2.2")]);
-        assert_eq!(client_ip(peer, &h, &t), "10.2.2.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &t),
+            "10.2.2.2".parse::<IpAddr>().expect("ip")
+        );
         let h = hm(&[("x-forwarded-for", "garbage, 10.2.2.2")]);
-        assert_eq!(client_ip(peer, &h, &t), "10.2.2.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &t),
+            "10.2.2.2".parse::<IpAddr>().expect("ip")
+        );
         assert_eq!(client_ip(peer, &HeaderMap::new(), &t), peer);
     }
 
@@ -129,7 +149,13 @@ mod tests {
     fn forwarded_for_appends_peer() {
         let peer: IpAddr = "127.0.0.1".parse().expect("ip");
         assert_eq!(forwarded_for(&HeaderMap::new(), peer), "127.0.0.1");
-        let h = hm(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3")]);
-        assert_eq!(forwarded_for(&h, peer), "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1");
+        let h = hm(&[
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("x-forwarded-for", "3.3.3.3"),
+        ]);
+        assert_eq!(
+            forwarded_for(&h, peer),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1"
+        );
     }
 }

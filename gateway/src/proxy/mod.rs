@@ -60,7 +60,12 @@ pub struct RouteRuntime {
 }
 
 impl Snapshot {
-    pub fn build(config: Config, generation: u64, metrics: &Metrics, stores: &KeyStores) -> Result<Self, String> {
+    pub fn build(
+        config: Config,
+        generation: u64,
+        metrics: &Metrics,
+        stores: &KeyStores,
+    ) -> Result<Self, String> {
         let config = Arc::new(config);
         let auth = Authenticator::build(&config.auth, stores, metrics)?;
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
@@ -77,7 +82,9 @@ impl Snapshot {
                 upstream_duration: metrics
                     .upstream_duration
                     .with_label_values(&[&spec.name, &upstreams[spec.upstream].spec.name]),
-                timeouts: metrics.upstream_timeouts_total.with_label_values(&[&spec.name]),
+                timeouts: metrics
+                    .upstream_timeouts_total
+                    .with_label_values(&[&spec.name]),
             })
             .collect();
         let auth_texts = AuthTexts {
@@ -165,11 +172,15 @@ impl Shared {
         // The receiver lives as long as the server; if it is gone we are shutting down.
         for pool in &snapshot.upstreams {
             if pool.spec.health_check.is_some() {
-                let _ = self.health_tx.send(Background::HealthChecks(Arc::downgrade(pool)));
+                let _ = self
+                    .health_tx
+                    .send(Background::HealthChecks(Arc::downgrade(pool)));
             }
         }
         for store in &snapshot.auth.new_stores {
-            let _ = self.health_tx.send(Background::JwksRefresh(Arc::downgrade(store)));
+            let _ = self
+                .health_tx
+                .send(Background::JwksRefresh(Arc::downgrade(store)));
         }
     }
 }

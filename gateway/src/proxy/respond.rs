@@ -53,7 +53,9 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Rejection::BadRequest(_) => 400,
-            Rejection::MissingToken | Rejection::TokenExpired { .. } | Rejection::InvalidToken { .. } => 401,
+            Rejection::MissingToken
+            | Rejection::TokenExpired { .. }
+            | Rejection::InvalidToken { .. } => 401,
             Rejection::InsufficientScope { .. } => 403,
             Rejection::NotFound => 404,
             Rejection::PayloadTooLarge { .. } => 413,
@@ -177,10 +179,22 @@ impl Rejection {
                 body.insert("required_scopes".into(), json!(required));
             }
             Rejection::RateLimited(i) => {
-                headers.push((HeaderName::from_static("retry-after"), i.retry_after_s.to_string()));
-                headers.push((HeaderName::from_static("ratelimit-limit"), i.limit.to_string()));
-                headers.push((HeaderName::from_static("ratelimit-remaining"), i.remaining.to_string()));
-                headers.push((HeaderName::from_static("ratelimit-reset"), i.reset_s.to_string()));
+                headers.push((
+                    HeaderName::from_static("retry-after"),
+                    i.retry_after_s.to_string(),
+                ));
+                headers.push((
+                    HeaderName::from_static("ratelimit-limit"),
+                    i.limit.to_string(),
+                ));
+                headers.push((
+                    HeaderName::from_static("ratelimit-remaining"),
+                    i.remaining.to_string(),
+                ));
+                headers.push((
+                    HeaderName::from_static("ratelimit-reset"),
+                    i.reset_s.to_string(),
+                ));
                 body.insert("retry_after_s".into(), json!(i.retry_after_s));
                 body.insert("policy".into(), json!(i.policy));
             }
@@ -217,7 +231,8 @@ fn build_header(
         .expect("static header");
     h.insert_header(http::header::CONTENT_LENGTH, len.to_string())
         .expect("number");
-    h.insert_header(http::header::CACHE_CONTROL, "no-store").expect("static header");
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")
+        .expect("static header");
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert_header("x-request-id", v).expect("valid value");
     }
@@ -296,11 +311,19 @@ mod tests {
             Rejection::NotFound,
             Rejection::PayloadTooLarge { limit: 10 },
             Rejection::MissingToken,
-            Rejection::TokenExpired { expired_at: SystemTime::UNIX_EPOCH },
-            Rejection::InvalidToken { reason: "bad signature" },
-            Rejection::InsufficientScope { required: vec!["a".into()] },
+            Rejection::TokenExpired {
+                expired_at: SystemTime::UNIX_EPOCH,
+            },
+            Rejection::InvalidToken {
+                reason: "bad signature",
+            },
+            Rejection::InsufficientScope {
+                required: vec!["a".into()],
+            },
             Rejection::UpstreamUnavailable,
-            Rejection::AuthUnavailable { retry_after: Duration::from_millis(1500) },
+            Rejection::AuthUnavailable {
+                retry_after: Duration::from_millis(1500),
+            },
             Rejection::UpstreamTimeout { deadline_ms: 300 },
             Rejection::Internal,
         ];
@@ -313,7 +336,10 @@ mod tests {
             assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()));
             assert_eq!(header(&out, "content-type"), Some("application/json"));
             assert_eq!(header(&out, "x-request-id"), Some("req-1"));
-            assert_eq!(header(&out, "content-length"), Some(out.body.len().to_string().as_str()));
+            assert_eq!(
+                header(&out, "content-length"),
+                Some(out.body.len().to_string().as_str())
+            );
         }
     }
 
@@ -321,7 +347,10 @@ mod tests {
     fn auth_answers_carry_rfc6750_challenges_and_actions() {
         let t = texts();
         let missing = Rejection::MissingToken.render("r", &t);
-        assert_eq!(header(&missing, "www-authenticate"), Some("Bearer realm=\"lms-api\""));
+        assert_eq!(
+            header(&missing, "www-authenticate"),
+            Some("Bearer realm=\"lms-api\"")
+        );
 
         let expired = Rejection::TokenExpired {
             expired_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
@@ -331,15 +360,24 @@ mod tests {
         assert_eq!(b["action"], "refresh");
         assert_eq!(b["refresh_endpoint"], "/api/token/refresh/");
         assert_eq!(b["expired_at"], "2023-11-14T22:13:20Z");
-        assert!(header(&expired, "www-authenticate").is_some_and(|h| h.contains("error=\"invalid_token\"")));
+        assert!(header(&expired, "www-authenticate")
+            .is_some_and(|h| h.contains("error=\"invalid_token\"")));
 
-        let invalid = Rejection::InvalidToken { reason: "bad signature" }.render("r", &t);
+        let invalid = Rejection::InvalidToken {
+            reason: "bad signature",
+        }
+        .render("r", &t);
         assert_eq!(body(&invalid)["action"], "login");
         assert_eq!(body(&invalid)["login_endpoint"], "/api/token/");
 
-        let scope = Rejection::InsufficientScope { required: vec!["read".into(), "write".into()] }.render("r", &t);
+        let scope = Rejection::InsufficientScope {
+            required: vec!["read".into(), "write".into()],
+        }
+        .render("r", &t);
         assert_eq!(body(&scope)["required_scopes"], json!(["read", "write"]));
-        assert!(header(&scope, "www-authenticate").is_some_and(|h| h.contains("scope=\"read write\"")));
+        assert!(
+            header(&scope, "www-authenticate").is_some_and(|h| h.contains("scope=\"read write\""))
+        );
     }
 
     #[test]
@@ -359,7 +397,10 @@ mod tests {
         let to = Rejection::UpstreamTimeout { deadline_ms: 300 }.render("r", &t);
         assert_eq!(body(&to)["deadline_ms"], 300);
         assert!(!to.keepalive);
-        let au = Rejection::AuthUnavailable { retry_after: Duration::from_millis(1500) }.render("r", &t);
+        let au = Rejection::AuthUnavailable {
+            retry_after: Duration::from_millis(1500),
+        }
+        .render("r", &t);
         assert_eq!(header(&au, "retry-after"), Some("2"));
         assert!(Rejection::NotFound.render("r", &t).keepalive);
     }

@@ -22,7 +22,11 @@ impl Router {
 
     /// `path` must already be normalised; `host` is the request's Host (any case, maybe a port).
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Arc<RouteSpec>> {
-        let host = if self.uses_host { host.map(host_only) } else { None };
+        let host = if self.uses_host {
+            host.map(host_only)
+        } else {
+            None
+        };
         self.routes
             .iter()
             .find(|r| matches(&r.matcher, method, host.as_deref(), path))
@@ -39,9 +43,9 @@ fn matches(m: &RouteMatcher, method: &Method, host: Option<&str>, path: &str) ->
     }
     if let Some(methods) = &m.methods {
         // HEAD is GET without a body: a route that serves GET serves HEAD too.
-        let ok = methods
-            .iter()
-            .any(|allowed| allowed == method || (*method == Method::HEAD && *allowed == Method::GET));
+        let ok = methods.iter().any(|allowed| {
+            allowed == method || (*method == Method::HEAD && *allowed == Method::GET)
+        });
         if !ok {
             return false;
         }
@@ -50,7 +54,9 @@ fn matches(m: &RouteMatcher, method: &Method, host: Option<&str>, path: &str) ->
         (None, _) => true,
         (Some(_), None) => false,
         (Some(HostMatch::Exact(want)), Some(h)) => h == want,
-        (Some(HostMatch::Suffix(suffix)), Some(h)) => h.len() > suffix.len() && h.ends_with(suffix.as_str()),
+        (Some(HostMatch::Suffix(suffix)), Some(h)) => {
+            h.len() > suffix.len() && h.ends_with(suffix.as_str())
+        }
     }
 }
 
@@ -70,11 +76,20 @@ mod tests {
     use super::*;
     use crate::config::model::RouteAuth;
 
-    fn route(name: &str, path: PathMatch, methods: Option<Vec<Method>>, host: Option<HostMatch>) -> Arc<RouteSpec> {
+    fn route(
+        name: &str,
+        path: PathMatch,
+        methods: Option<Vec<Method>>,
+        host: Option<HostMatch>,
+    ) -> Arc<RouteSpec> {
         Arc::new(RouteSpec {
             index: 0,
             name: name.into(),
-            matcher: RouteMatcher { host, path, methods },
+            matcher: RouteMatcher {
+                host,
+                path,
+                methods,
+            },
             auth: RouteAuth::None,
             rate_limits: vec![],
             deadline: None,
@@ -89,10 +104,30 @@ mod tests {
 
     fn router() -> Router {
         Router::new(vec![
-            route("admin-host", PathMatch::Prefix("/".into()), None, Some(HostMatch::Exact("admin.example.com".into()))),
-            route("tenant", PathMatch::Prefix("/t/".into()), None, Some(HostMatch::Suffix(".tenants.example.com".into()))),
-            route("logout", PathMatch::Exact("/api/auth/logout/".into()), Some(vec![Method::POST]), None),
-            route("search", PathMatch::Prefix("/api/products/search".into()), Some(vec![Method::GET]), None),
+            route(
+                "admin-host",
+                PathMatch::Prefix("/".into()),
+                None,
+                Some(HostMatch::Exact("admin.example.com".into())),
+            ),
+            route(
+                "tenant",
+                PathMatch::Prefix("/t/".into()),
+                None,
+                Some(HostMatch::Suffix(".tenants.example.com".into())),
+            ),
+            route(
+                "logout",
+                PathMatch::Exact("/api/auth/logout/".into()),
+                Some(vec![Method::POST]),
+                None,
+            ),
+            route(
+                "search",
+                PathMatch::Prefix("/api/products/search".into()),
+                Some(vec![Method::GET]),
+                None,
+            ),
             route("api", PathMatch::Prefix("/api/".into()), None, None),
         ])
     }
@@ -104,11 +139,26 @@ mod tests {
     #[test]
     fn first_match_wins() {
         let r = router();
-        assert_eq!(name(&r, Method::POST, None, "/api/auth/logout/"), Some("logout"));
-        assert_eq!(name(&r, Method::GET, None, "/api/auth/logout/"), Some("api"));
-        assert_eq!(name(&r, Method::GET, None, "/api/products/search/"), Some("search"));
-        assert_eq!(name(&r, Method::HEAD, None, "/api/products/search/"), Some("search"));
-        assert_eq!(name(&r, Method::POST, None, "/api/products/search/"), Some("api"));
+        assert_eq!(
+            name(&r, Method::POST, None, "/api/auth/logout/"),
+            Some("logout")
+        );
+        assert_eq!(
+            name(&r, Method::GET, None, "/api/auth/logout/"),
+            Some("api")
+        );
+        assert_eq!(
+            name(&r, Method::GET, None, "/api/products/search/"),
+            Some("search")
+        );
+        assert_eq!(
+            name(&r, Method::HEAD, None, "/api/products/search/"),
+            Some("search")
+        );
+        assert_eq!(
+            name(&r, Method::POST, None, "/api/products/search/"),
+            Some("api")
+        );
         assert_eq!(name(&r, Method::GET, None, "/other"), None);
         assert_eq!(name(&r, Method::GET, None, "/api"), None);
     }
@@ -116,11 +166,26 @@ mod tests {
     #[test]
     fn host_matching_ignores_case_port_and_trailing_dot() {
         let r = router();
-        assert_eq!(name(&r, Method::GET, Some("Admin.Example.com:8080"), "/x"), Some("admin-host"));
-        assert_eq!(name(&r, Method::GET, Some("admin.example.com."), "/x"), Some("admin-host"));
+        assert_eq!(
+            name(&r, Method::GET, Some("Admin.Example.com:8080"), "/x"),
+            Some("admin-host")
+        );
+        assert_eq!(
+            name(&r, Method::GET, Some("admin.example.com."), "/x"),
+            Some("admin-host")
+        );
         assert_eq!(name(&r, Method::GET, Some("evil.com"), "/x"), None);
-        assert_eq!(name(&r, Method::GET, Some("a.tenants.example.com"), "/t/1"), Some("tenant"));
-        assert_eq!(name(&r, Method::GET, Some("tenants.example.com"), "/t/1"), None);
-        assert_eq!(name(&r, Method::GET, Some("[::1]:8080"), "/api/x"), Some("api"));
+        assert_eq!(
+            name(&r, Method::GET, Some("a.tenants.example.com"), "/t/1"),
+            Some("tenant")
+        );
+        assert_eq!(
+            name(&r, Method::GET, Some("tenants.example.com"), "/t/1"),
+            None
+        );
+        assert_eq!(
+            name(&r, Method::GET, Some("[::1]:8080"), "/api/x"),
+            Some("api")
+        );
     }
 }

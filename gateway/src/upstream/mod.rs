@@ -63,8 +63,11 @@ impl ErrorKind {
         match e.etype() {
             ConnectRefused => ErrorKind::ConnectRefused,
             ConnectTimedout => ErrorKind::ConnectTimeout,
-            ConnectNoRoute | ConnectError | BindError | SocketError | ConnectProxyFailure => ErrorKind::ConnectError,
-            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError | TLSWantX509Lookup => ErrorKind::Tls,
+            ConnectNoRoute | ConnectError | BindError | SocketError | ConnectProxyFailure => {
+                ErrorKind::ConnectError
+            }
+            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
+            | TLSWantX509Lookup => ErrorKind::Tls,
             ReadTimedout | WriteTimedout => ErrorKind::Timeout,
             ReadError | WriteError | ConnectionClosed => ErrorKind::Reset,
             _ => ErrorKind::Protocol,
@@ -72,7 +75,13 @@ impl ErrorKind {
     }
 
     pub fn is_connect_failure(self) -> bool {
-        matches!(self, ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::ConnectError | ErrorKind::Tls)
+        matches!(
+            self,
+            ErrorKind::ConnectRefused
+                | ErrorKind::ConnectTimeout
+                | ErrorKind::ConnectError
+                | ErrorKind::Tls
+        )
     }
 }
 
@@ -98,16 +107,25 @@ pub struct UpstreamPool {
 
 impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamPool").field("name", &self.spec.name).finish()
+        f.debug_struct("UpstreamPool")
+            .field("name", &self.spec.name)
+            .finish()
     }
 }
 
 impl UpstreamPool {
     /// Resolves the endpoints (once, here: DNS is never on the request path) and builds the
     /// balancer with its health check.
-    pub fn build(spec: Arc<UpstreamSpec>, metrics: &crate::metrics::Metrics) -> Result<Self, String> {
+    pub fn build(
+        spec: Arc<UpstreamSpec>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, String> {
         let healthy_gauge = metrics.gauge_for(&spec.name);
-        let errors = ErrorKind::ALL.map(|k| metrics.upstream_errors_total.with_label_values(&[&spec.name, k.as_str()]));
+        let errors = ErrorKind::ALL.map(|k| {
+            metrics
+                .upstream_errors_total
+                .with_label_values(&[&spec.name, k.as_str()])
+        });
         let mut addrs: Vec<SocketAddr> = Vec::new();
         for ep in &spec.endpoints {
             let resolved = ep
@@ -136,7 +154,8 @@ impl UpstreamPool {
             req.insert_header("user-agent", "authgate-health-check")
                 .map_err(|e| format!("upstream {}: {e}", spec.name))?;
             check.req = req;
-            check.peer_template.options.connection_timeout = Some(hc.timeout.min(spec.connect_timeout));
+            check.peer_template.options.connection_timeout =
+                Some(hc.timeout.min(spec.connect_timeout));
             check.peer_template.options.read_timeout = Some(hc.timeout);
             // Two failures in a row take an endpoint out; one success brings it back.
             check.consecutive_failure = 2;
@@ -192,7 +211,9 @@ impl UpstreamPool {
         if !kind.is_connect_failure() {
             return;
         }
-        let Some(e) = addr.and_then(|a| self.endpoint(a)) else { return };
+        let Some(e) = addr.and_then(|a| self.endpoint(a)) else {
+            return;
+        };
         let n = e.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= PASSIVE_FAILURES {
             let until = self.now_ms() + PASSIVE_COOL_DOWN.as_millis() as u64;
@@ -219,7 +240,11 @@ impl UpstreamPool {
     /// The peer a request is sent to, with this upstream's timeouts.
     pub fn peer(&self, backend: &Backend) -> Option<HttpPeer> {
         let addr = *backend.addr.as_inet()?;
-        let sni = if self.spec.tls { self.spec.sni.clone() } else { String::new() };
+        let sni = if self.spec.tls {
+            self.spec.sni.clone()
+        } else {
+            String::new()
+        };
         let mut peer = HttpPeer::new(addr, self.spec.tls, sni);
         let o = &mut peer.options;
         o.connection_timeout = Some(self.spec.connect_timeout);
@@ -235,13 +260,17 @@ impl UpstreamPool {
             .backends()
             .get_backend()
             .iter()
-            .filter(|b| self.lb.backends().ready(b) && b.addr.as_inet().is_none_or(|a| self.passively_up(*a)))
+            .filter(|b| {
+                self.lb.backends().ready(b)
+                    && b.addr.as_inet().is_none_or(|a| self.passively_up(*a))
+            })
             .count()
     }
 
     /// At least one endpoint in rotation, and health known (checked once) where it is checked.
     pub fn is_ready(&self) -> bool {
-        let checked = self.spec.health_check.is_none() || self.first_check_done.load(Ordering::Acquire);
+        let checked =
+            self.spec.health_check.is_none() || self.first_check_done.load(Ordering::Acquire);
         checked && self.healthy_endpoints() > 0
     }
 
@@ -254,11 +283,16 @@ impl UpstreamPool {
 
 /// Runs the pool's active health checks until the pool is dropped (replaced by a reload) or
 /// the process shuts down. Holds only a weak reference so an old pool is freed promptly.
-pub async fn run_health_checks(pool: Weak<UpstreamPool>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run_health_checks(
+    pool: Weak<UpstreamPool>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let interval = {
             let Some(p) = pool.upgrade() else { return };
-            let Some(hc) = &p.spec.health_check else { return };
+            let Some(hc) = &p.spec.health_check else {
+                return;
+            };
             p.check_once().await;
             hc.interval
         };
