@@ -13,6 +13,8 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod proxy;
+pub mod ratelimit;
+pub mod redis_link;
 pub mod reload;
 pub mod route;
 pub mod runtime;

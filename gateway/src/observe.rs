@@ -46,6 +46,10 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
         subject,
         auth,
         token_cache = "-",
-        rate_limit = "-",
+        rate_limit = match (&ctx.limited_by, &ctx.rate_limit) {
+            (Some(_), _) => "limited",
+            (None, Some(_)) => "allowed",
+            (None, None) => "-",
+        },
     );
 }

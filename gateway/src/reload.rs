@@ -65,12 +65,7 @@ impl Reloader {
             );
         }
         let generation = self.shared.next_generation();
-        match Snapshot::build(
-            config,
-            generation,
-            &self.shared.metrics,
-            &self.shared.key_stores,
-        ) {
+        match Snapshot::build(config, generation, &self.shared.metrics, &self.shared.reuse) {
             Ok(snapshot) => {
                 if let Err(reason) = crate::runtime::load_new_key_sets(&snapshot) {
                     return ReloadOutcome::Rejected { reason };

@@ -42,8 +42,8 @@ pub fn run(source: Source) -> Result<(), String> {
 
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared::new(
-        |metrics, stores| {
-            let snapshot = Snapshot::build(config, 1, metrics, stores)?;
+        |metrics, reuse| {
+            let snapshot = Snapshot::build(config, 1, metrics, reuse)?;
             load_new_key_sets(&snapshot)?;
             Ok(snapshot)
         },
@@ -78,6 +78,7 @@ pub fn run(source: Source) -> Result<(), String> {
         Supervisor {
             health_rx: Mutex::new(Some(health_rx)),
             reloader,
+            shared: shared.clone(),
         },
     ));
 
@@ -120,7 +121,11 @@ pub fn load_new_key_sets(snapshot: &Snapshot) -> Result<(), String> {
 struct Supervisor {
     health_rx: Mutex<Option<UnboundedReceiver<Background>>>,
     reloader: Arc<Reloader>,
+    shared: Arc<Shared>,
 }
+
+/// How often idle limiter keys are pruned and the key gauges refreshed.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(10);
 
 #[async_trait]
 impl BackgroundService for Supervisor {
@@ -138,8 +143,14 @@ impl BackgroundService for Supervisor {
                 None
             }
         };
+        let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
         loop {
             tokio::select! {
+                _ = maintenance.tick() => {
+                    let snapshot = self.shared.snapshot();
+                    // Pruning walks every key; keep it off this runtime's timers.
+                    let _ = tokio::task::spawn_blocking(move || snapshot.limiters.maintain()).await;
+                }
                 task = rx.recv() => match task {
                     Some(Background::HealthChecks(pool)) => { tokio::spawn(run_health_checks(pool, shutdown.clone())); }
                     Some(Background::JwksRefresh(store)) => { tokio::spawn(run_refresh(store, shutdown.clone())); }

@@ -5,3 +5,4 @@
 mod deadline;
 mod foundation;
 mod jwt;
+mod ratelimit;

@@ -186,6 +186,7 @@ impl JwtVerifier {
             scopes,
             provider: self.name.clone(),
             expires_at: Some(expires_at),
+            credential_id: None,
         })
     }
 }

@@ -26,6 +26,8 @@ pub struct Principal {
     pub scopes: Vec<String>,
     pub provider: Arc<str>,
     pub expires_at: Option<SystemTime>,
+    /// Which configured credential it was (an API key's `id`), for per-key limits.
+    pub credential_id: Option<Arc<str>>,
 }
 
 /// What authentication decided for one request.
@@ -380,6 +382,7 @@ mod tests {
             scopes: vec!["read".into(), "write".into()],
             provider: "p".into(),
             expires_at: None,
+            credential_id: None,
         });
         assert!(check_scopes(p.clone(), &["read".into()]).is_ok());
         assert!(check_scopes(p.clone(), &[]).is_ok());

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub jwks_refresh_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     pub healthy_endpoints: IntGaugeVec,
+    pub rate_limit_keys: IntGaugeVec,
+    pub rate_limit_fallbacks_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -122,6 +124,16 @@ impl Metrics {
                 "authgate_upstream_healthy_endpoints",
                 "Endpoints of each upstream currently in rotation.",
                 &["upstream"],
+            ),
+            rate_limit_keys: gauge(
+                "authgate_rate_limit_keys",
+                "Keys held by each policy's in-process limiter.",
+                &["policy"],
+            ),
+            rate_limit_fallbacks_total: counter(
+                "authgate_rate_limit_fallbacks_total",
+                "Shared-policy checks answered by the local limiter because Redis did not answer.",
+                &["policy"],
             ),
             build_info: gauge("authgate_build_info", "Build information.", &["version"]),
             registry,

@@ -1,6 +1,6 @@
 //! Per-request state carried between the proxy phases.
 
-use super::respond::Rejection;
+use super::respond::{RateLimitInfo, Rejection};
 use super::Snapshot;
 use crate::auth::{Identity, Outcome};
 use crate::deadline::Deadline;
@@ -31,6 +31,10 @@ pub struct RequestCtx {
     pub upstream_elapsed: Option<std::time::Duration>,
     pub upstream_addr: Option<std::net::SocketAddr>,
     pub deadline: Option<Deadline>,
+    /// The tightest limit's state, sent back on successful answers of limited routes.
+    pub rate_limit: Option<RateLimitInfo>,
+    /// The policy that refused the request, for the access log.
+    pub limited_by: Option<String>,
     /// Whether the one retry on another endpoint has been used.
     pub retried: bool,
     _in_flight: InFlight,
@@ -61,6 +65,8 @@ impl RequestCtx {
             upstream_elapsed: None,
             upstream_addr: None,
             deadline: None,
+            rate_limit: None,
+            limited_by: None,
             retried: false,
             _in_flight: InFlight(in_flight),
         }

@@ -6,6 +6,7 @@ use super::headers;
 use super::respond::Rejection;
 use super::{Shared, Snapshot};
 use crate::deadline::{self, Deadline};
+use crate::ratelimit::RequestKeys;
 use crate::route::path::normalize_path;
 use crate::upstream::ErrorKind;
 use async_trait::async_trait;
@@ -220,6 +221,11 @@ impl ProxyHttp for Gateway {
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
             resp.insert_header("x-request-id", v)?;
         }
+        if let Some(info) = &ctx.rate_limit {
+            resp.insert_header("ratelimit-limit", info.limit.to_string())?;
+            resp.insert_header("ratelimit-remaining", info.remaining.to_string())?;
+            resp.insert_header("ratelimit-reset", info.reset_s.to_string())?;
+        }
         Ok(())
     }
 
@@ -289,6 +295,21 @@ impl Gateway {
         let decision = snapshot.auth.authenticate(&spec.auth, &req.headers).await;
         ctx.auth_outcome = decision.outcome;
         let identity = decision.result?;
+        if !spec.rate_limits.is_empty() {
+            let keys = RequestKeys {
+                client_ip: ctx.client_ip,
+                principal: identity.principal(),
+                headers: &req.headers,
+            };
+            match snapshot.limiters.check(&spec.rate_limits, &keys).await {
+                Ok(info) => ctx.rate_limit = info,
+                Err((pos, info)) => {
+                    snapshot.routes[spec.index].rate_limited[pos].inc();
+                    ctx.limited_by = Some(info.policy.clone());
+                    return Err(Rejection::RateLimited(info));
+                }
+            }
+        }
         Ok(Admitted { identity })
     }
 }

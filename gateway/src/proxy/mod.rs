@@ -11,12 +11,15 @@ use crate::auth::{Authenticator, KeyStores};
 use crate::config::model::RouteSpec;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::ratelimit::{LimiterRegistry, Limiters};
+use crate::redis_link::RedisLink;
 use crate::route::Router;
 use crate::upstream::UpstreamPool;
 use arc_swap::ArcSwap;
+use prometheus::{Histogram, IntCounter};
 use respond::AuthTexts;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// One configuration version with everything built from it. Requests load it once and use it
@@ -29,8 +32,21 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<UpstreamPool>>,
     pub auth_texts: AuthTexts,
     pub auth: Authenticator,
+    pub limiters: Limiters,
+    pub redis: Option<Arc<RedisLink>>,
     /// Metrics for requests no route accepted (404, malformed paths).
     pub unmatched: RouteMetrics,
+}
+
+/// A route with its resolved parts and metric handles.
+pub struct RouteRuntime {
+    pub spec: Arc<RouteSpec>,
+    pub upstream: Arc<UpstreamPool>,
+    pub metrics: RouteMetrics,
+    pub upstream_duration: Histogram,
+    pub timeouts: IntCounter,
+    /// `authgate_rate_limited_total{route, policy}`, aligned with `spec.rate_limits`.
+    pub rate_limited: Vec<IntCounter>,
 }
 
 pub struct NotReady<'a> {
@@ -46,17 +62,40 @@ impl NotReady<'_> {
 
 /// Work that runs beside the proxy for as long as its object lives.
 pub enum Background {
-    HealthChecks(std::sync::Weak<UpstreamPool>),
-    JwksRefresh(std::sync::Weak<JwksStore>),
+    HealthChecks(Weak<UpstreamPool>),
+    JwksRefresh(Weak<JwksStore>),
 }
 
-/// A route with its resolved parts.
-pub struct RouteRuntime {
-    pub spec: Arc<RouteSpec>,
-    pub upstream: Arc<UpstreamPool>,
-    pub metrics: RouteMetrics,
-    pub upstream_duration: prometheus::Histogram,
-    pub timeouts: prometheus::IntCounter,
+/// Stateful parts that outlive a configuration version when their settings do not change:
+/// JWKS key stores, limiter buckets, the Redis connection.
+#[derive(Default)]
+pub struct Reusable {
+    pub key_stores: KeyStores,
+    pub limiters: LimiterRegistry,
+    redis: Mutex<Option<(String, Arc<RedisLink>)>>,
+}
+
+impl Reusable {
+    fn redis(&self, config: &Config, metrics: &Metrics) -> Result<Option<Arc<RedisLink>>, String> {
+        let Some(settings) = &config.redis else {
+            return Ok(None);
+        };
+        let fingerprint = format!(
+            "{}|{}|{:?}",
+            String::from_utf8_lossy(settings.url.expose()),
+            settings.key_prefix,
+            settings.command_timeout
+        );
+        let mut slot = self.redis.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((fp, link)) = slot.as_ref() {
+            if *fp == fingerprint {
+                return Ok(Some(link.clone()));
+            }
+        }
+        let link = RedisLink::new(settings, metrics)?;
+        *slot = Some((fingerprint, link.clone()));
+        Ok(Some(link))
+    }
 }
 
 impl Snapshot {
@@ -64,10 +103,13 @@ impl Snapshot {
         config: Config,
         generation: u64,
         metrics: &Metrics,
-        stores: &KeyStores,
+        reuse: &Reusable,
     ) -> Result<Self, String> {
         let config = Arc::new(config);
-        let auth = Authenticator::build(&config.auth, stores, metrics)?;
+        let auth = Authenticator::build(&config.auth, &reuse.key_stores, metrics)?;
+        let redis = reuse.redis(&config, metrics)?;
+        let limiters =
+            Limiters::build(&config.rate_limits, &reuse.limiters, redis.clone(), metrics);
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for spec in &config.upstreams {
             upstreams.push(Arc::new(UpstreamPool::build(spec.clone(), metrics)?));
@@ -75,16 +117,28 @@ impl Snapshot {
         let routes = config
             .routes
             .iter()
-            .map(|spec| RouteRuntime {
-                spec: spec.clone(),
-                upstream: upstreams[spec.upstream].clone(),
-                metrics: metrics.route(&spec.name),
-                upstream_duration: metrics
-                    .upstream_duration
-                    .with_label_values(&[&spec.name, &upstreams[spec.upstream].spec.name]),
-                timeouts: metrics
-                    .upstream_timeouts_total
-                    .with_label_values(&[&spec.name]),
+            .map(|spec| {
+                let upstream = upstreams[spec.upstream].clone();
+                RouteRuntime {
+                    metrics: metrics.route(&spec.name),
+                    upstream_duration: metrics
+                        .upstream_duration
+                        .with_label_values(&[&spec.name, &upstream.spec.name]),
+                    timeouts: metrics
+                        .upstream_timeouts_total
+                        .with_label_values(&[&spec.name]),
+                    rate_limited: spec
+                        .rate_limits
+                        .iter()
+                        .map(|&i| {
+                            metrics
+                                .rate_limited_total
+                                .with_label_values(&[&spec.name, &config.rate_limits[i].name])
+                        })
+                        .collect(),
+                    upstream,
+                    spec: spec.clone(),
+                }
             })
             .collect();
         let auth_texts = AuthTexts {
@@ -99,6 +153,8 @@ impl Snapshot {
             upstreams,
             auth_texts,
             auth,
+            limiters,
+            redis,
             unmatched: metrics.route("unmatched"),
             config,
         })
@@ -124,29 +180,30 @@ pub struct Shared {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
-    pub key_stores: KeyStores,
+    pub reuse: Reusable,
     /// Requests between header read and logging; lets shutdown end as soon as they finish.
     pub in_flight: Arc<AtomicUsize>,
-    /// New pools whose health checks must start.
-    health_tx: UnboundedSender<Background>,
+    /// Background work for new pools and key stores.
+    background: UnboundedSender<Background>,
 }
 
 impl Shared {
-    /// `build` makes the first configuration version with the shared key stores.
+    /// `build` makes the first configuration version with the reusable parts it will share
+    /// with later versions.
     pub fn new(
-        build: impl FnOnce(&Metrics, &KeyStores) -> Result<Snapshot, String>,
+        build: impl FnOnce(&Metrics, &Reusable) -> Result<Snapshot, String>,
         metrics: Arc<Metrics>,
-        health_tx: UnboundedSender<Background>,
+        background: UnboundedSender<Background>,
     ) -> Result<Self, String> {
-        let key_stores = KeyStores::default();
-        let snapshot = build(&metrics, &key_stores)?;
+        let reuse = Reusable::default();
+        let snapshot = build(&metrics, &reuse)?;
         let shared = Shared {
             generation: AtomicU64::new(snapshot.generation),
             current: ArcSwap::from_pointee(snapshot),
             metrics,
-            key_stores,
+            reuse,
             in_flight: Arc::new(AtomicUsize::new(0)),
-            health_tx,
+            background,
         };
         shared.start_background(&shared.snapshot());
         Ok(shared)
@@ -164,7 +221,8 @@ impl Shared {
     pub fn install(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
         self.start_background(&snapshot);
-        self.key_stores.retain(&snapshot.auth.stores);
+        self.reuse.key_stores.retain(&snapshot.auth.stores);
+        self.reuse.limiters.retain(&snapshot.limiters.policies);
         self.current.store(snapshot);
     }
 
@@ -173,13 +231,13 @@ impl Shared {
         for pool in &snapshot.upstreams {
             if pool.spec.health_check.is_some() {
                 let _ = self
-                    .health_tx
+                    .background
                     .send(Background::HealthChecks(Arc::downgrade(pool)));
             }
         }
         for store in &snapshot.auth.new_stores {
             let _ = self
-                .health_tx
+                .background
                 .send(Background::JwksRefresh(Arc::downgrade(store)));
         }
     }

@@ -1,0 +1,138 @@
+//! In-process GCRA limiting with governor, keyed by a 64-bit hash of the limit key so each
+//! key costs a fixed few dozen bytes, with periodic pruning and a hard cap on keys.
+
+use super::Verdict;
+use crate::config::model::RatePolicy;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+type Keyed =
+    RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
+
+/// Past this many keys, new keys share one overflow bucket: a flood of distinct keys can
+/// never make memory unbounded, and never makes anyone unlimited.
+pub const MAX_KEYS: usize = 1_000_000;
+const OVERFLOW_KEY: u64 = u64::MAX;
+
+pub struct LocalLimiter {
+    limiter: Keyed,
+    clock: DefaultClock,
+    interval: Duration,
+    burst: u32,
+    max_keys: usize,
+}
+
+impl LocalLimiter {
+    pub fn new(policy: &RatePolicy) -> Self {
+        Self::with_max_keys(policy, MAX_KEYS)
+    }
+
+    pub fn with_max_keys(policy: &RatePolicy, max_keys: usize) -> Self {
+        let interval = policy.rate.interval().max(Duration::from_nanos(1));
+        let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
+        // with_period only refuses a zero period, which max() above rules out.
+        let quota = Quota::with_period(interval).map_or_else(
+            || Quota::per_second(NonZeroU32::MIN),
+            |q| q.allow_burst(burst),
+        );
+        let clock = DefaultClock::default();
+        LocalLimiter {
+            limiter: RateLimiter::dashmap_with_clock(quota, clock.clone())
+                .with_middleware::<StateInformationMiddleware>(),
+            clock,
+            interval,
+            burst: burst.get(),
+            max_keys,
+        }
+    }
+
+    pub fn check(&self, key: u64) -> Verdict {
+        let key = if key != OVERFLOW_KEY && self.limiter.len() >= self.max_keys {
+            OVERFLOW_KEY
+        } else {
+            key
+        };
+        match self.limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Verdict::Allowed {
+                    remaining,
+                    reset: self.interval * (self.burst - remaining.min(self.burst)),
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Verdict::Limited {
+                    retry_after: wait,
+                    reset: wait + self.interval * (self.burst - 1),
+                }
+            }
+        }
+    }
+
+    pub fn keys(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Forgets keys whose buckets are full again and returns their memory.
+    pub fn prune(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::LimitKey;
+    use crate::config::raw::LimitScope;
+
+    fn policy(rate: &str, burst: u32) -> RatePolicy {
+        RatePolicy {
+            index: 0,
+            name: "p".into(),
+            rate: rate.parse().expect("rate"),
+            burst,
+            key: LimitKey::ClientIp,
+            scope: LimitScope::Local,
+        }
+    }
+
+    #[test]
+    fn burst_then_limited_with_retry_after() {
+        let l = LocalLimiter::new(&policy("1/s", 3));
+        for want in [2, 1, 0] {
+            match l.check(7) {
+                Verdict::Allowed { remaining, .. } => assert_eq!(remaining, want),
+                v => panic!("expected allowed, got {v:?}"),
+            }
+        }
+        match l.check(7) {
+            Verdict::Limited { retry_after, reset } => {
+                assert!(
+                    retry_after <= Duration::from_secs(1)
+                        && retry_after > Duration::from_millis(900)
+                );
+                assert!(reset > Duration::from_secs(2));
+            }
+            v => panic!("expected limited, got {v:?}"),
+        }
+        // Another key has its own bucket.
+        assert!(matches!(l.check(8), Verdict::Allowed { remaining: 2, .. }));
+    }
+
+    #[test]
+    fn key_count_is_capped() {
+        let l = LocalLimiter::with_max_keys(&policy("1/m", 1), 100);
+        for k in 0..1000 {
+            l.check(k);
+        }
+        assert!(l.keys() <= 101, "{} keys", l.keys());
+        // New keys past the cap share the overflow bucket, which is now spent.
+        assert!(matches!(l.check(5000), Verdict::Limited { .. }));
+    }
+}

@@ -1,0 +1,294 @@
+//! Rate limiting: named policies, each a GCRA bucket per key, in-process (`local`) or shared
+//! by every replica through Redis (`shared`, falling back to local when Redis does not answer).
+//! A route may list several policies; all must pass.
+
+pub mod local;
+pub mod shared;
+
+use crate::auth::Principal;
+use crate::config::model::{LimitKey, RatePolicy};
+use crate::config::raw::LimitScope;
+use crate::metrics::Metrics;
+use crate::proxy::respond::RateLimitInfo;
+use crate::redis_link::RedisLink;
+use http::HeaderMap;
+use local::LocalLimiter;
+use prometheus::{IntCounter, IntGauge};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+/// One bucket's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed {
+        remaining: u32,
+        reset: Duration,
+    },
+    Limited {
+        retry_after: Duration,
+        reset: Duration,
+    },
+}
+
+/// A policy's buckets. Kept across reloads while the policy is unchanged.
+pub struct PolicyLimiter {
+    pub policy: Arc<RatePolicy>,
+    local: LocalLimiter,
+    keys_gauge: IntGauge,
+    fallbacks: IntCounter,
+}
+
+impl PolicyLimiter {
+    fn same_policy(&self, p: &RatePolicy) -> bool {
+        let a = &self.policy;
+        a.rate == p.rate && a.burst == p.burst && a.key == p.key && a.scope == p.scope
+    }
+
+    /// Prunes idle keys and publishes the key count.
+    pub fn maintain(&self) {
+        self.local.prune();
+        self.keys_gauge.set(self.local.keys() as i64);
+    }
+
+    pub fn keys(&self) -> usize {
+        self.local.keys()
+    }
+}
+
+/// Policy limiters outlive configuration versions, so a reload does not hand out fresh buckets.
+#[derive(Default)]
+pub struct LimiterRegistry {
+    by_name: Mutex<HashMap<String, Arc<PolicyLimiter>>>,
+}
+
+impl LimiterRegistry {
+    fn get_or_create(&self, policy: &Arc<RatePolicy>, metrics: &Metrics) -> Arc<PolicyLimiter> {
+        let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map.get(&policy.name) {
+            if existing.same_policy(policy) {
+                return existing.clone();
+            }
+        }
+        let limiter = Arc::new(PolicyLimiter {
+            policy: policy.clone(),
+            local: LocalLimiter::new(policy),
+            keys_gauge: metrics.rate_limit_keys.with_label_values(&[&policy.name]),
+            fallbacks: metrics
+                .rate_limit_fallbacks_total
+                .with_label_values(&[&policy.name]),
+        });
+        map.insert(policy.name.clone(), limiter.clone());
+        limiter
+    }
+
+    pub fn retain(&self, in_use: &[Arc<PolicyLimiter>]) {
+        let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, l| in_use.iter().any(|u| Arc::ptr_eq(u, l)));
+    }
+}
+
+/// The limiters of one configuration version.
+pub struct Limiters {
+    pub policies: Vec<Arc<PolicyLimiter>>,
+    redis: Option<Arc<RedisLink>>,
+}
+
+/// What the request is limited by, for one policy.
+pub struct RequestKeys<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub principal: Option<&'a Principal>,
+    pub headers: &'a HeaderMap,
+}
+
+/// Every policy of a route passed (with the tightest one's state for the response headers),
+/// or the first that did not.
+pub type LimitResult = Result<Option<RateLimitInfo>, (usize, RateLimitInfo)>;
+
+static HASHER: LazyLock<std::collections::hash_map::RandomState> = LazyLock::new(Default::default);
+
+impl Limiters {
+    pub fn build(
+        policies: &[Arc<RatePolicy>],
+        registry: &LimiterRegistry,
+        redis: Option<Arc<RedisLink>>,
+        metrics: &Metrics,
+    ) -> Self {
+        Limiters {
+            policies: policies
+                .iter()
+                .map(|p| registry.get_or_create(p, metrics))
+                .collect(),
+            redis,
+        }
+    }
+
+    /// Checks the route's policies in order. `route_policies` are indices into `policies`.
+    pub async fn check(&self, route_policies: &[usize], keys: &RequestKeys<'_>) -> LimitResult {
+        let mut tightest: Option<RateLimitInfo> = None;
+        for (pos, &i) in route_policies.iter().enumerate() {
+            let limiter = &self.policies[i];
+            let policy = &limiter.policy;
+            let (kind, value) = key_of(&policy.key, keys);
+            let verdict = match (policy.scope, &self.redis) {
+                (LimitScope::Shared, Some(redis)) => {
+                    let redis_key = redis.key("rl", &format!("{}:{kind}:{value}", policy.name));
+                    match shared::check(redis, &redis_key, policy.rate.interval(), policy.burst)
+                        .await
+                    {
+                        Some(v) => v,
+                        None => {
+                            limiter.fallbacks.inc();
+                            limiter.local.check(hash_key(kind, &value))
+                        }
+                    }
+                }
+                _ => limiter.local.check(hash_key(kind, &value)),
+            };
+            match verdict {
+                Verdict::Allowed { remaining, reset } => {
+                    let info = info(policy, remaining, reset, Duration::ZERO);
+                    if tightest
+                        .as_ref()
+                        .is_none_or(|t| info.remaining < t.remaining)
+                    {
+                        tightest = Some(info);
+                    }
+                }
+                Verdict::Limited { retry_after, reset } => {
+                    return Err((pos, info(policy, 0, reset, retry_after)));
+                }
+            }
+        }
+        Ok(tightest)
+    }
+
+    pub fn maintain(&self) {
+        for l in &self.policies {
+            l.maintain();
+        }
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    let s = d.as_secs();
+    if d.subsec_nanos() > 0 {
+        s + 1
+    } else {
+        s
+    }
+}
+
+fn info(
+    policy: &RatePolicy,
+    remaining: u32,
+    reset: Duration,
+    retry_after: Duration,
+) -> RateLimitInfo {
+    RateLimitInfo {
+        policy: policy.name.clone(),
+        limit: policy.burst,
+        remaining,
+        reset_s: ceil_secs(reset),
+        retry_after_s: ceil_secs(retry_after).max(if retry_after.is_zero() { 0 } else { 1 }),
+    }
+}
+
+/// The bucket a request falls into. Subject and API-key policies fall back to the client IP
+/// for requests without that identity (DRF's anonymous tier). Header values are hashed: they
+/// may be credentials, and never go to Redis as they are.
+fn key_of<'a>(key: &LimitKey, k: &'a RequestKeys<'_>) -> (&'static str, std::borrow::Cow<'a, str>) {
+    use std::borrow::Cow;
+    let ip = || {
+        (
+            "ip",
+            Cow::Owned(
+                k.client_ip
+                    .map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+            ),
+        )
+    };
+    match key {
+        LimitKey::ClientIp => ip(),
+        LimitKey::Subject => match k.principal {
+            Some(p) => ("sub", Cow::Borrowed(p.subject.as_str())),
+            None => ip(),
+        },
+        LimitKey::ApiKey => match k.principal.and_then(|p| p.credential_id.as_deref()) {
+            Some(id) => ("key", Cow::Borrowed(id)),
+            None => ip(),
+        },
+        LimitKey::Header(name) => match k.headers.get(name) {
+            Some(v) => (
+                "hdr",
+                Cow::Owned(hex::encode(&Sha256::digest(v.as_bytes())[..16])),
+            ),
+            None => ip(),
+        },
+    }
+}
+
+fn hash_key(kind: &str, value: &str) -> u64 {
+    let mut h = HASHER.build_hasher();
+    kind.hash(&mut h);
+    value.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(sub: &str) -> Principal {
+        Principal {
+            subject: sub.into(),
+            scopes: vec![],
+            provider: "p".into(),
+            expires_at: None,
+            credential_id: None,
+        }
+    }
+
+    #[test]
+    fn keys_fall_back_to_the_client_ip() {
+        let headers = HeaderMap::new();
+        let p = principal("42");
+        let ip: IpAddr = "10.1.2.3".parse().expect("ip");
+        let anon = RequestKeys {
+            client_ip: Some(ip),
+            principal: None,
+            headers: &headers,
+        };
+        let user = RequestKeys {
+            client_ip: Some(ip),
+            principal: Some(&p),
+            headers: &headers,
+        };
+        assert_eq!(key_of(&LimitKey::Subject, &user), ("sub", "42".into()));
+        assert_eq!(key_of(&LimitKey::Subject, &anon), ("ip", "10.1.2.3".into()));
+        assert_eq!(key_of(&LimitKey::ApiKey, &user), ("ip", "10.1.2.3".into()));
+        let name = http::HeaderName::from_static("x-tenant");
+        assert_eq!(key_of(&LimitKey::Header(name.clone()), &anon).0, "ip");
+        let mut h = HeaderMap::new();
+        h.insert(name.clone(), "secret-tenant-token".parse().expect("value"));
+        let with = RequestKeys {
+            client_ip: Some(ip),
+            principal: None,
+            headers: &h,
+        };
+        let (kind, value) = key_of(&LimitKey::Header(name), &with);
+        assert_eq!(kind, "hdr");
+        assert!(!value.contains("secret"), "header values are hashed");
+    }
+
+    #[test]
+    fn headers_round_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+}
