@@ -45,7 +45,7 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
         upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
         subject,
         auth,
-        token_cache = "-",
+        token_cache = ctx.token_cache.map_or("-", |t| t.as_str()),
         rate_limit = match (&ctx.limited_by, &ctx.rate_limit) {
             (Some(_), _) => "limited",
             (None, Some(_)) => "allowed",

@@ -68,6 +68,12 @@ fn redis_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     Ok(RT.get_or_init(|| rt))
 }
 
+/// Runs a task for as long as the process lives, beside the Redis connection.
+pub fn spawn<F: Future<Output = ()> + Send + 'static>(task: F) -> Result<(), String> {
+    redis_runtime()?.spawn(task);
+    Ok(())
+}
+
 pub struct RedisLink {
     conn: ConnectionManager,
     pub client: redis::Client,
@@ -135,6 +141,11 @@ impl RedisLink {
                 None
             }
         }
+    }
+
+    /// Counts a failure seen outside `run` (the pub/sub connection).
+    pub fn count_error(&self, op: RedisOp) {
+        self.errors[op as usize].inc();
     }
 
     fn failed(&self, op: RedisOp, why: &str) {

@@ -6,3 +6,4 @@ mod deadline;
 mod foundation;
 mod jwt;
 mod ratelimit;
+mod tokens;

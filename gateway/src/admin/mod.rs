@@ -1,5 +1,6 @@
 //! The admin listener: health, readiness, metrics and the `/admin/*` operations.
 
+use crate::auth::revoke::{self, Revocation, Revocations};
 use crate::proxy::Shared;
 use crate::reload::{ReloadOutcome, Reloader};
 use async_trait::async_trait;
@@ -7,6 +8,7 @@ use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
+use sha2::Digest;
 use std::sync::Arc;
 
 pub struct Admin {
@@ -30,6 +32,65 @@ impl Admin {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         presented.is_some_and(|p| subtle::ConstantTimeEq::ct_eq(p, token.expose()).into())
+    }
+
+    /// `POST /admin/revoke` with `{"token"}`, `{"jti"}` or `{"subject"}` (and optionally a
+    /// `ttl` such as `"7d"`, how long the revocation is kept when the token's own expiry is not
+    /// known).
+    async fn revoke(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let bad = |msg: &str| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "bad_request", "message": msg}),
+            )
+        };
+        let Some(body) = read_body(session, 64 * 1024).await else {
+            return bad("the body must be JSON of at most 64 KiB");
+        };
+        let Ok(req) = serde_json::from_slice::<RevokeRequest>(&body) else {
+            return bad("expected {\"token\": ...}, {\"jti\": ...} or {\"subject\": ...}");
+        };
+        let ttl = match req.ttl.as_deref().map(crate::config::units::parse_duration) {
+            None => None,
+            Some(Ok(d)) if !d.is_zero() => Some(d),
+            Some(_) => return bad("ttl must be a duration such as 24h"),
+        };
+        let snap = self.shared.snapshot();
+        let (kind, revocation) = match (req.token, req.jti, req.subject) {
+            (Some(token), None, None) if !token.is_empty() => {
+                let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+                let ttl = ttl.unwrap_or_else(|| token_lifetime(&token, &snap, &hash));
+                (
+                    "token",
+                    Revocation::Token {
+                        id: hex::encode(hash),
+                        ttl_ms: ttl.as_millis() as u64,
+                    },
+                )
+            }
+            (None, Some(jti), None) if !jti.is_empty() => (
+                "jti",
+                Revocation::Jti {
+                    id: jti,
+                    ttl_ms: ttl.unwrap_or(revoke::DEFAULT_TTL).as_millis() as u64,
+                },
+            ),
+            (None, None, Some(subject)) if !subject.is_empty() => (
+                "subject",
+                Revocations::subject_now(&subject, ttl.unwrap_or(revoke::DEFAULT_TTL)),
+            ),
+            _ => return bad("give exactly one of token, jti, subject"),
+        };
+        let shared = snap
+            .auth
+            .revocations
+            .revoke(revocation, snap.redis.as_deref())
+            .await;
+        tracing::info!(kind, shared, "revocation recorded");
+        json_response(
+            StatusCode::OK,
+            json!({"revoked": kind, "replicas": if shared { "all" } else { "this replica only" }}),
+        )
     }
 
     fn readyz(&self) -> Response<Vec<u8>> {
@@ -89,7 +150,68 @@ impl ServeHttp for Admin {
                     ),
                 }
             }
+            (Method::POST, "/admin/revoke") => self.revoke(session).await,
             _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    token: Option<String>,
+    jti: Option<String>,
+    subject: Option<String>,
+    ttl: Option<String>,
+}
+
+/// How long a revoked token could still be presented: its cached expiry, else a JWT's `exp`
+/// (read without verifying: it only sizes the record), else the default.
+fn token_lifetime(
+    token: &str,
+    snap: &crate::proxy::Snapshot,
+    hash: &[u8; 32],
+) -> std::time::Duration {
+    use crate::auth::cache::Entry;
+    use base64::Engine;
+    // Generous margin for providers' leeway.
+    let margin = std::time::Duration::from_secs(600);
+    if let Some(Entry::Valid(p)) = snap.auth.cache.get_local(hash) {
+        return crate::auth::cache::ttl_for(&p, revoke::DEFAULT_TTL) + margin;
+    }
+    let exp = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| c.get("exp").and_then(serde_json::Value::as_u64));
+    match exp {
+        Some(exp) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            std::time::Duration::from_secs(exp.saturating_sub(now)) + margin
+        }
+        None => revoke::DEFAULT_TTL,
+    }
+}
+
+async fn read_body(session: &mut ServerSession, limit: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body),
+            Err(_) => return None,
         }
     }
 }

@@ -186,7 +186,13 @@ impl JwtVerifier {
             scopes,
             provider: self.name.clone(),
             expires_at: Some(expires_at),
+            valid_until: Some(expires_at + self.leeway),
             credential_id: None,
+            jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            issued_at: claims
+                .get("iat")
+                .and_then(Value::as_u64)
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
         })
     }
 }

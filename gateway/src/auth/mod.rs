@@ -4,20 +4,34 @@
 //! is this" and then checks the route's policy (allowed providers, scopes) on every request,
 //! so one route's answer never leaks to another. It never sees the session.
 
+pub mod apikey;
+pub mod cache;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod revoke;
 
+use crate::config::model::ApiKeySource;
 use crate::config::model::{AuthSettings, ProviderKind, RouteAuth};
 use crate::metrics::Metrics;
 use crate::proxy::respond::Rejection;
+use crate::redis_link::RedisLink;
+use apikey::ApiKeys;
+use cache::{Entry, Tier, TokenCache, TokenHash};
 use http::HeaderMap;
+use introspect::{IntrospectionFailure, Introspector};
 use jwks::JwksStore;
 use jwt::{is_jwt_shaped, JwtFailure, JwtVerifier};
 use prometheus::IntCounter;
+use revoke::Revocations;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+/// `Retry-After` when an introspection endpoint cannot answer.
+const INTROSPECTION_RETRY: Duration = Duration::from_secs(2);
 
 /// Who a request acts for, as a provider vouched for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +40,18 @@ pub struct Principal {
     pub scopes: Vec<String>,
     pub provider: Arc<str>,
     pub expires_at: Option<SystemTime>,
+    /// When a cached copy must stop being used (`exp` plus the provider's leeway).
+    pub valid_until: Option<SystemTime>,
     /// Which configured credential it was (an API key's `id`), for per-key limits.
     pub credential_id: Option<Arc<str>>,
+    pub jti: Option<String>,
+    pub issued_at: Option<SystemTime>,
+}
+
+impl Principal {
+    fn expired(&self, now: SystemTime) -> bool {
+        self.valid_until.is_some_and(|v| now > v)
+    }
 }
 
 /// What authentication decided for one request.
@@ -85,6 +109,21 @@ pub struct Decision {
     pub result: Result<Identity, Rejection>,
     /// `None` on public routes and for anonymous requests on optional routes.
     pub outcome: Option<Outcome>,
+    /// Which cache tier answered, when a credential was looked at.
+    pub tier: Option<Tier>,
+    /// The presented credential's hash, for `revokes_token` routes.
+    pub token_hash: Option<TokenHash>,
+}
+
+impl Decision {
+    fn anonymous() -> Self {
+        Decision {
+            result: Ok(Identity::Anonymous),
+            outcome: None,
+            tier: None,
+            token_hash: None,
+        }
+    }
 }
 
 /// The credential a request carries, borrowed from its headers.
@@ -120,8 +159,31 @@ pub fn credential(headers: &HeaderMap) -> Option<Result<Credential<'_>, ()>> {
 
 enum Provider {
     Jwt(JwtVerifier),
-    /// Providers whose verification has not been built yet refuse everything (fail closed).
-    Refusing,
+    Introspection(Introspector),
+    ApiKey(ApiKeys),
+}
+
+/// What kind of credential a request presents, which decides the providers that may see it.
+#[derive(Clone, Copy)]
+enum Presented<'a> {
+    Jwt(&'a str),
+    /// An opaque bearer token: introspection, and API-key providers whose scheme is Bearer.
+    Opaque(&'a str),
+    /// `Authorization: <scheme> <key>` with another scheme.
+    Scheme(&'a str, &'a str),
+    /// A key in a provider's own header.
+    Header(usize, &'a str),
+}
+
+impl Presented<'_> {
+    fn token(&self) -> &str {
+        match self {
+            Presented::Jwt(t)
+            | Presented::Opaque(t)
+            | Presented::Scheme(_, t)
+            | Presented::Header(_, t) => t,
+        }
+    }
 }
 
 /// Key stores outlive configuration versions: a reload that keeps a provider's JWKS URL keeps
@@ -166,6 +228,59 @@ impl KeyStores {
     }
 }
 
+/// Concurrent misses for one token and provider share one introspection call.
+#[derive(Default)]
+struct SingleFlight {
+    calls: Mutex<HashMap<(TokenHash, usize), Arc<InFlightCall>>>,
+}
+
+type InFlightCall = tokio::sync::OnceCell<Result<Principal, IntrospectionFailure>>;
+
+impl SingleFlight {
+    async fn run(
+        &self,
+        key: (TokenHash, usize),
+        x: &Introspector,
+        token: &str,
+    ) -> Result<Principal, IntrospectionFailure> {
+        let cell = {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            calls.entry(key).or_default().clone()
+        };
+        let result = cell.get_or_init(|| x.introspect(token)).await.clone();
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if calls.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            calls.remove(&key);
+        }
+        result
+    }
+}
+
+/// Process-wide auth state that survives reloads: the revocation list always, the token
+/// cache while its settings stay the same.
+#[derive(Default)]
+pub struct AuthState {
+    pub revocations: Arc<Revocations>,
+    cache: Mutex<Option<Arc<TokenCache>>>,
+}
+
+impl AuthState {
+    pub fn cache(
+        &self,
+        settings: &crate::config::model::TokenCacheSettings,
+        metrics: &Metrics,
+    ) -> Arc<TokenCache> {
+        let mut slot = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref().filter(|c| c.settings == *settings) {
+            return c.clone();
+        }
+        let cache = Arc::new(TokenCache::new(settings, metrics));
+        self.revocations.use_cache(&cache);
+        *slot = Some(cache.clone());
+        cache
+    }
+}
+
 /// The authenticator of one configuration version.
 pub struct Authenticator {
     providers: Vec<Provider>,
@@ -175,12 +290,20 @@ pub struct Authenticator {
     /// Stores created for this version, which the caller must load and keep refreshed.
     pub new_stores: Vec<Arc<JwksStore>>,
     pub stores: Vec<Arc<JwksStore>>,
+    pub cache: Arc<TokenCache>,
+    pub revocations: Arc<Revocations>,
+    redis: Option<Arc<RedisLink>>,
+    generation: u64,
+    single_flight: SingleFlight,
 }
 
 impl Authenticator {
     pub fn build(
         settings: &AuthSettings,
         stores: &KeyStores,
+        state: &AuthState,
+        redis: Option<Arc<RedisLink>>,
+        generation: u64,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         let mut providers = Vec::with_capacity(settings.providers.len());
@@ -203,7 +326,10 @@ impl Authenticator {
                     };
                     Provider::Jwt(JwtVerifier::new(&spec.name, j, store)?)
                 }
-                ProviderKind::Introspection(_) | ProviderKind::ApiKey(_) => Provider::Refusing,
+                ProviderKind::Introspection(i) => {
+                    Provider::Introspection(Introspector::new(&spec.name, i)?)
+                }
+                ProviderKind::ApiKey(k) => Provider::ApiKey(ApiKeys::new(&spec.name, k)),
             });
         }
         let names: Vec<Arc<str>> = settings
@@ -223,10 +349,15 @@ impl Authenticator {
             counters,
             new_stores,
             stores: all_stores,
+            cache: state.cache(&settings.cache, metrics),
+            revocations: state.revocations.clone(),
+            redis,
+            generation,
+            single_flight: SingleFlight::default(),
         })
     }
 
-    /// Every JWKS provider has loaded its keys at least once.
+    /// JWKS providers that have not loaded their keys yet.
     pub fn keys_loaded(&self) -> Vec<&str> {
         self.stores
             .iter()
@@ -237,22 +368,23 @@ impl Authenticator {
 
     pub async fn authenticate(&self, route: &RouteAuth, headers: &HeaderMap) -> Decision {
         let (allowed, scopes, optional): (&[usize], &[String], bool) = match route {
-            RouteAuth::None => {
-                return Decision {
-                    result: Ok(Identity::Anonymous),
-                    outcome: None,
-                }
-            }
+            RouteAuth::None => return Decision::anonymous(),
             RouteAuth::Optional { providers } => (providers, &[], true),
             RouteAuth::Required { providers, scopes } => (providers, scopes, false),
         };
-        let (provider, result) = match credential(headers) {
-            None if optional => {
-                return Decision {
-                    result: Ok(Identity::Anonymous),
-                    outcome: None,
-                }
+        let presented = match credential(headers) {
+            Some(Ok(Credential::Bearer(t))) if is_jwt_shaped(t) => Some(Ok(Presented::Jwt(t))),
+            Some(Ok(Credential::Bearer(t))) => Some(Ok(Presented::Opaque(t))),
+            Some(Ok(Credential::Scheme { scheme, value })) => {
+                Some(Ok(Presented::Scheme(scheme, value)))
             }
+            Some(Err(())) => Some(Err(())),
+            None => self.header_key(allowed, headers).map(Ok),
+        };
+        let mut tier = None;
+        let mut token_hash = None;
+        let (provider, result) = match presented {
+            None if optional => return Decision::anonymous(),
             None => (None, Err(Rejection::MissingToken)),
             Some(Err(())) => (
                 None,
@@ -260,15 +392,23 @@ impl Authenticator {
                     reason: "malformed Authorization header",
                 }),
             ),
-            Some(Ok(Credential::Bearer(token))) if is_jwt_shaped(token) => {
-                self.verify_jwt(allowed, token).await
+            Some(Ok(p)) => {
+                let candidates = self.candidates(allowed, p);
+                if candidates.is_empty() {
+                    (
+                        allowed.first().copied(),
+                        Err(Rejection::InvalidToken {
+                            reason: "no provider of this route accepts this kind of credential",
+                        }),
+                    )
+                } else {
+                    let hash: TokenHash = Sha256::digest(p.token().as_bytes()).into();
+                    token_hash = Some(hash);
+                    let (provider, result, t) = self.resolve(p, hash, &candidates).await;
+                    tier = Some(t);
+                    (Some(provider), result)
+                }
             }
-            Some(Ok(_)) => (
-                allowed.first().copied(),
-                Err(Rejection::InvalidToken {
-                    reason: "no provider of this route accepts this kind of credential",
-                }),
-            ),
         };
         let result = result.and_then(|p| check_scopes(p, scopes));
         let outcome = match &result {
@@ -284,54 +424,197 @@ impl Authenticator {
         Decision {
             result: result.map(Identity::Authenticated),
             outcome: Some(outcome),
+            tier,
+            token_hash,
         }
     }
 
-    /// The route's JWT providers in order; the first definite answer wins.
-    async fn verify_jwt(
+    /// An API key sent in a provider's own header, when the request has no Authorization.
+    fn header_key<'h>(&self, allowed: &[usize], headers: &'h HeaderMap) -> Option<Presented<'h>> {
+        allowed.iter().find_map(|&i| match &self.providers[i] {
+            Provider::ApiKey(k) => match &k.source {
+                ApiKeySource::Header(name) => {
+                    let v = headers.get(name)?.to_str().ok()?.trim();
+                    (!v.is_empty()).then_some(Presented::Header(i, v))
+                }
+                ApiKeySource::Scheme(_) => None,
+            },
+            _ => None,
+        })
+    }
+
+    /// The route's providers that may see this credential, in the route's order.
+    fn candidates(&self, allowed: &[usize], presented: Presented<'_>) -> Vec<usize> {
+        allowed
+            .iter()
+            .copied()
+            .filter(|&i| match (&self.providers[i], presented) {
+                (Provider::Jwt(_), Presented::Jwt(_)) => true,
+                (Provider::Introspection(_), Presented::Opaque(_)) => true,
+                (Provider::ApiKey(k), Presented::Opaque(_)) => k.takes_scheme("Bearer"),
+                (Provider::ApiKey(k), Presented::Scheme(s, _)) => k.takes_scheme(s),
+                (Provider::ApiKey(_), Presented::Header(p, _)) => p == i,
+                _ => false,
+            })
+            .collect()
+    }
+
+    fn mask(candidates: &[usize]) -> Option<u64> {
+        candidates
+            .iter()
+            .try_fold(0u64, |m, &i| (i < 64).then(|| m | 1 << i))
+    }
+
+    /// Cache tiers first, then the providers; revocations checked on every path.
+    async fn resolve(
         &self,
-        allowed: &[usize],
-        token: &str,
-    ) -> (Option<usize>, Result<Arc<Principal>, Rejection>) {
-        let mut first: Option<(usize, &'static str)> = None;
-        let mut unavailable = None;
-        for &i in allowed {
-            let Provider::Jwt(v) = &self.providers[i] else {
-                continue;
-            };
-            match v.verify(token).await {
-                Ok(p) => return (Some(i), Ok(Arc::new(p))),
-                Err(JwtFailure::Expired(at)) => {
-                    return (Some(i), Err(Rejection::TokenExpired { expired_at: at }))
+        presented: Presented<'_>,
+        hash: TokenHash,
+        candidates: &[usize],
+    ) -> (usize, Result<Arc<Principal>, Rejection>, Tier) {
+        let first = candidates[0];
+        let revoked = || Rejection::InvalidToken {
+            reason: "token revoked",
+        };
+        if self.revocations.token_revoked(&hash) {
+            return (first, Err(revoked()), Tier::Local);
+        }
+        let mask = Self::mask(candidates);
+        let now = SystemTime::now();
+        let index_of = |p: &Principal| {
+            candidates
+                .iter()
+                .copied()
+                .find(|&i| *self.names[i] == *p.provider)
+        };
+        let checked = |i: usize, p: Arc<Principal>, tier: Tier| {
+            if self.revocations.principal_revoked(&p) {
+                (i, Err(revoked()), tier)
+            } else if p.expired(now) {
+                let expired_at = p.expires_at.unwrap_or(now);
+                (i, Err(Rejection::TokenExpired { expired_at }), tier)
+            } else {
+                (i, Ok(p), tier)
+            }
+        };
+        match self.cache.get_local(&hash) {
+            Some(Entry::Valid(p)) => {
+                if let Some(i) = index_of(&p) {
+                    return checked(i, p, Tier::Local);
                 }
-                Err(JwtFailure::Invalid(reason)) => {
-                    return (Some(i), Err(Rejection::InvalidToken { reason }))
-                }
-                Err(JwtFailure::NotMine(reason)) => {
-                    first.get_or_insert((i, reason));
-                }
-                Err(JwtFailure::Unavailable) => {
-                    unavailable.get_or_insert(i);
+            }
+            Some(Entry::Refused {
+                mask: m,
+                generation,
+                provider,
+                rejection,
+            }) if Some(m) == mask && generation == self.generation => {
+                return (provider, Err(rejection), Tier::Local);
+            }
+            _ => {}
+        }
+        if let Some(redis) = &self.redis {
+            if let Some(p) = self.cache.get_redis(redis, &hash).await {
+                if let Some(i) = index_of(&p) {
+                    // This replica may have started after a revocation it never heard of.
+                    if self.revocations.revoked_in_redis(redis, &hash, &p).await {
+                        return (i, Err(revoked()), Tier::Redis);
+                    }
+                    let p = Arc::new(p);
+                    self.cache.put_local(hash, Entry::Valid(p.clone()));
+                    return checked(i, p, Tier::Redis);
                 }
             }
         }
-        if let Some(i) = unavailable {
-            return (
-                Some(i),
-                Err(Rejection::AuthUnavailable {
-                    retry_after: jwks::MIN_REFETCH,
-                }),
-            );
+        let (provider, result) = self.verify(presented, hash, candidates).await;
+        match &result {
+            Ok(p) => {
+                if let Some(redis) = &self.redis {
+                    if self.revocations.revoked_in_redis(redis, &hash, p).await {
+                        return (provider, Err(revoked()), Tier::Miss);
+                    }
+                }
+                if self.revocations.principal_revoked(p) {
+                    return (provider, Err(revoked()), Tier::Miss);
+                }
+                self.cache.put_local(hash, Entry::Valid(p.clone()));
+                if let Some(redis) = &self.redis {
+                    self.cache.put_redis(redis, &hash, p).await;
+                }
+            }
+            // Nobody could tell: never remembered.
+            Err(Rejection::AuthUnavailable { .. }) => {}
+            Err(rejection) => {
+                if let Some(mask) = mask {
+                    self.cache.put_local(
+                        hash,
+                        Entry::Refused {
+                            mask,
+                            generation: self.generation,
+                            provider,
+                            rejection: rejection.clone(),
+                        },
+                    );
+                }
+            }
         }
-        match first {
-            Some((i, reason)) => (Some(i), Err(Rejection::InvalidToken { reason })),
-            None => (
-                allowed.first().copied(),
-                Err(Rejection::InvalidToken {
-                    reason: "no provider of this route accepts JWTs",
-                }),
-            ),
+        (provider, result, Tier::Miss)
+    }
+
+    /// Asks the candidate providers in order; the first definite answer wins.
+    async fn verify(
+        &self,
+        presented: Presented<'_>,
+        hash: TokenHash,
+        candidates: &[usize],
+    ) -> (usize, Result<Arc<Principal>, Rejection>) {
+        let token = presented.token();
+        let mut first_refusal: Option<(usize, &'static str)> = None;
+        let mut unavailable: Option<(usize, Duration)> = None;
+        for &i in candidates {
+            match &self.providers[i] {
+                Provider::Jwt(v) => match v.verify(token).await {
+                    Ok(p) => return (i, Ok(Arc::new(p))),
+                    Err(JwtFailure::Expired(at)) => {
+                        return (i, Err(Rejection::TokenExpired { expired_at: at }))
+                    }
+                    Err(JwtFailure::Invalid(reason)) => {
+                        return (i, Err(Rejection::InvalidToken { reason }))
+                    }
+                    Err(JwtFailure::NotMine(reason)) => {
+                        first_refusal.get_or_insert((i, reason));
+                    }
+                    Err(JwtFailure::Unavailable) => {
+                        unavailable.get_or_insert((i, jwks::MIN_REFETCH));
+                    }
+                },
+                Provider::Introspection(x) => {
+                    match self.single_flight.run((hash, i), x, token).await {
+                        Ok(p) => return (i, Ok(Arc::new(p))),
+                        Err(IntrospectionFailure::Inactive) => {
+                            first_refusal.get_or_insert((i, "token is not active"));
+                        }
+                        Err(IntrospectionFailure::Malformed(reason)) => {
+                            return (i, Err(Rejection::InvalidToken { reason }));
+                        }
+                        Err(IntrospectionFailure::Unavailable) => {
+                            unavailable.get_or_insert((i, INTROSPECTION_RETRY));
+                        }
+                    }
+                }
+                Provider::ApiKey(k) => match k.verify(token) {
+                    Some(p) => return (i, Ok(Arc::new(p))),
+                    None => {
+                        first_refusal.get_or_insert((i, "unknown API key"));
+                    }
+                },
+            }
         }
+        if let Some((i, retry_after)) = unavailable {
+            return (i, Err(Rejection::AuthUnavailable { retry_after }));
+        }
+        let (i, reason) = first_refusal.unwrap_or((candidates[0], "not accepted"));
+        (i, Err(Rejection::InvalidToken { reason }))
     }
 }
 
@@ -382,7 +665,10 @@ mod tests {
             scopes: vec!["read".into(), "write".into()],
             provider: "p".into(),
             expires_at: None,
+            valid_until: None,
             credential_id: None,
+            jti: None,
+            issued_at: None,
         });
         assert!(check_scopes(p.clone(), &["read".into()]).is_ok());
         assert!(check_scopes(p.clone(), &[]).is_ok());

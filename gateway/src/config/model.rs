@@ -128,7 +128,7 @@ pub struct AuthSettings {
     pub cache: TokenCacheSettings,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenCacheSettings {
     pub max_entries: u64,
     pub max_ttl: Duration,

@@ -2,6 +2,7 @@
 
 use super::respond::{RateLimitInfo, Rejection};
 use super::Snapshot;
+use crate::auth::cache::{Tier, TokenHash};
 use crate::auth::{Identity, Outcome};
 use crate::deadline::Deadline;
 use std::net::IpAddr;
@@ -24,6 +25,10 @@ pub struct RequestCtx {
     pub admitted: Option<Admitted>,
     /// What authentication decided, when the route has auth.
     pub auth_outcome: Option<Outcome>,
+    /// Which token-cache tier answered.
+    pub token_cache: Option<Tier>,
+    /// Hash of the presented credential, for `revokes_token` routes.
+    pub token_hash: Option<TokenHash>,
     /// An answer decided in a later phase, rendered by `fail_to_proxy`.
     pub rejection: Option<Rejection>,
     pub request_body_bytes: u64,
@@ -59,6 +64,8 @@ impl RequestCtx {
             rewritten_path: None,
             admitted: None,
             auth_outcome: None,
+            token_cache: None,
+            token_hash: None,
             rejection: None,
             request_body_bytes: 0,
             upstream_started: None,

@@ -201,13 +201,16 @@ impl ProxyHttp for Gateway {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         if let (Some(route), Some(elapsed)) = (ctx.route(), ctx.upstream_elapsed) {
             route.upstream_duration.observe(elapsed.as_secs_f64());
             route.upstream.report_success(ctx.upstream_addr);
+        }
+        if resp.status.is_success() {
+            revoke_after_logout(ctx).await;
         }
         Ok(())
     }
@@ -294,6 +297,8 @@ impl Gateway {
         );
         let decision = snapshot.auth.authenticate(&spec.auth, &req.headers).await;
         ctx.auth_outcome = decision.outcome;
+        ctx.token_cache = decision.tier;
+        ctx.token_hash = decision.token_hash;
         let identity = decision.result?;
         if !spec.rate_limits.is_empty() {
             let keys = RequestKeys {
@@ -312,6 +317,34 @@ impl Gateway {
         }
         Ok(Admitted { identity })
     }
+}
+
+/// On a `revokes_token` route (a logout), the upstream's 2xx revokes the presented token here
+/// and, through Redis, on every replica, before the client sees the answer.
+async fn revoke_after_logout(ctx: &RequestCtx) {
+    let (Some(route), Some(snapshot), Some(hash)) =
+        (ctx.route(), ctx.snapshot.as_ref(), ctx.token_hash)
+    else {
+        return;
+    };
+    if !route.spec.revokes_token {
+        return;
+    }
+    let principal = ctx.admitted.as_ref().and_then(|a| a.identity.principal());
+    let ttl = principal
+        .map_or(crate::auth::revoke::DEFAULT_TTL, |p| {
+            crate::auth::cache::ttl_for(p, crate::auth::revoke::DEFAULT_TTL)
+        })
+        .max(Duration::from_secs(1));
+    let revocation = crate::auth::revoke::Revocation::Token {
+        id: hex::encode(hash),
+        ttl_ms: ttl.as_millis() as u64,
+    };
+    snapshot
+        .auth
+        .revocations
+        .revoke(revocation, snapshot.redis.as_deref())
+        .await;
 }
 
 /// Request id and client address, needed by every answer including rejections.

@@ -7,7 +7,7 @@ pub mod headers;
 pub mod respond;
 
 use crate::auth::jwks::JwksStore;
-use crate::auth::{Authenticator, KeyStores};
+use crate::auth::{AuthState, Authenticator, KeyStores};
 use crate::config::model::RouteSpec;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -72,6 +72,7 @@ pub enum Background {
 pub struct Reusable {
     pub key_stores: KeyStores,
     pub limiters: LimiterRegistry,
+    pub auth: AuthState,
     redis: Mutex<Option<(String, Arc<RedisLink>)>>,
 }
 
@@ -93,6 +94,10 @@ impl Reusable {
             }
         }
         let link = RedisLink::new(settings, metrics)?;
+        crate::redis_link::spawn(crate::auth::revoke::listen(
+            Arc::downgrade(&link),
+            Arc::downgrade(&self.auth.revocations),
+        ))?;
         *slot = Some((fingerprint, link.clone()));
         Ok(Some(link))
     }
@@ -106,8 +111,15 @@ impl Snapshot {
         reuse: &Reusable,
     ) -> Result<Self, String> {
         let config = Arc::new(config);
-        let auth = Authenticator::build(&config.auth, &reuse.key_stores, metrics)?;
         let redis = reuse.redis(&config, metrics)?;
+        let auth = Authenticator::build(
+            &config.auth,
+            &reuse.key_stores,
+            &reuse.auth,
+            redis.clone(),
+            generation,
+            metrics,
+        )?;
         let limiters =
             Limiters::build(&config.rate_limits, &reuse.limiters, redis.clone(), metrics);
         let mut upstreams = Vec::with_capacity(config.upstreams.len());

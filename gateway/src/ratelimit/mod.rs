@@ -248,7 +248,10 @@ mod tests {
             scopes: vec![],
             provider: "p".into(),
             expires_at: None,
+            valid_until: None,
             credential_id: None,
+            jti: None,
+            issued_at: None,
         }
     }
 

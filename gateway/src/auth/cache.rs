@@ -1,0 +1,230 @@
+//! The validated-token cache: tier 1 in-process (moka, bounded), tier 2 in Redis
+//! (`tok:<sha256>`), shared by every replica. It holds identities, never a route's decision:
+//! scopes and provider lists are checked against the cached identity on every request.
+
+use super::Principal;
+use crate::config::model::TokenCacheSettings;
+use crate::metrics::Metrics;
+use crate::proxy::respond::Rejection;
+use crate::redis_link::{RedisLink, RedisOp};
+use moka::sync::Cache;
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub type TokenHash = [u8; 32];
+
+/// Where an answer came from, for metrics and the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Local,
+    Redis,
+    /// Verified by a provider just now.
+    Miss,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Local => "local",
+            Tier::Redis => "redis",
+            Tier::Miss => "miss",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum Entry {
+    Valid(Arc<Principal>),
+    /// A definite refusal by exactly the providers in `mask` (of configuration `generation`),
+    /// kept for `negative_ttl`. Routes with other provider lists do not see it.
+    Refused {
+        mask: u64,
+        generation: u64,
+        provider: usize,
+        rejection: Rejection,
+    },
+}
+
+struct Expiry {
+    max_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl moka::Expiry<TokenHash, Entry> for Expiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Entry,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(match value {
+            Entry::Valid(p) => ttl_for(p, self.max_ttl),
+            Entry::Refused { .. } => self.negative_ttl,
+        })
+    }
+}
+
+/// An entry never outlives its token: `min(max_ttl, valid_until - now)`.
+pub fn ttl_for(p: &Principal, max_ttl: Duration) -> Duration {
+    match p.valid_until {
+        Some(until) => until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(max_ttl),
+        None => max_ttl,
+    }
+}
+
+/// The Redis form of a cached identity.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    sub: String,
+    scopes: Vec<String>,
+    provider: String,
+    exp: Option<u64>,
+    valid_until: Option<u64>,
+    cid: Option<String>,
+    jti: Option<String>,
+    iat: Option<u64>,
+}
+
+fn secs(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+}
+
+fn time(s: Option<u64>) -> Option<SystemTime> {
+    s.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+}
+
+pub struct TokenCache {
+    local: Cache<TokenHash, Entry>,
+    pub settings: TokenCacheSettings,
+    local_hit: IntCounter,
+    local_miss: IntCounter,
+    redis_hit: IntCounter,
+    redis_miss: IntCounter,
+}
+
+impl TokenCache {
+    pub fn new(settings: &TokenCacheSettings, metrics: &Metrics) -> Self {
+        let c =
+            |tier: &str, result: &str| metrics.token_cache_total.with_label_values(&[tier, result]);
+        TokenCache {
+            local: Cache::builder()
+                .max_capacity(settings.max_entries)
+                .expire_after(Expiry {
+                    max_ttl: settings.max_ttl,
+                    negative_ttl: settings.negative_ttl,
+                })
+                .build(),
+            settings: settings.clone(),
+            local_hit: c("local", "hit"),
+            local_miss: c("local", "miss"),
+            redis_hit: c("redis", "hit"),
+            redis_miss: c("redis", "miss"),
+        }
+    }
+
+    pub fn get_local(&self, key: &TokenHash) -> Option<Entry> {
+        let e = self.local.get(key);
+        if e.is_some() {
+            &self.local_hit
+        } else {
+            &self.local_miss
+        }
+        .inc();
+        e
+    }
+
+    pub fn put_local(&self, key: TokenHash, entry: Entry) {
+        if let Entry::Valid(p) = &entry {
+            if ttl_for(p, self.settings.max_ttl).is_zero() {
+                return;
+            }
+        }
+        self.local.insert(key, entry);
+    }
+
+    pub fn invalidate(&self, key: &TokenHash) {
+        self.local.invalidate(key);
+    }
+
+    /// After missed revocation events (Redis reconnected), nothing cached can be trusted.
+    pub fn clear(&self) {
+        self.local.invalidate_all();
+    }
+
+    pub fn len(&self) -> u64 {
+        self.local.run_pending_tasks();
+        self.local.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub async fn get_redis(&self, redis: &RedisLink, key: &TokenHash) -> Option<Principal> {
+        let rkey = redis.key("tok", &hex::encode(key));
+        let raw: Option<Option<Vec<u8>>> = redis
+            .run(RedisOp::CacheGet, |mut c| async move {
+                redis::cmd("GET").arg(rkey).query_async(&mut c).await
+            })
+            .await;
+        let found = raw
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Stored>(&b).ok());
+        if found.is_some() {
+            &self.redis_hit
+        } else {
+            &self.redis_miss
+        }
+        .inc();
+        let s = found?;
+        Some(Principal {
+            subject: s.sub,
+            scopes: s.scopes,
+            provider: s.provider.into(),
+            expires_at: time(s.exp),
+            valid_until: time(s.valid_until),
+            credential_id: s.cid.map(Into::into),
+            jti: s.jti,
+            issued_at: time(s.iat),
+        })
+    }
+
+    pub async fn put_redis(&self, redis: &RedisLink, key: &TokenHash, p: &Principal) {
+        let ttl = ttl_for(p, self.settings.max_ttl);
+        if ttl < Duration::from_millis(1) {
+            return;
+        }
+        let stored = Stored {
+            sub: p.subject.clone(),
+            scopes: p.scopes.clone(),
+            provider: p.provider.to_string(),
+            exp: secs(p.expires_at),
+            valid_until: secs(p.valid_until),
+            cid: p.credential_id.as_deref().map(str::to_owned),
+            jti: p.jti.clone(),
+            iat: secs(p.issued_at),
+        };
+        let Ok(body) = serde_json::to_vec(&stored) else {
+            return;
+        };
+        let rkey = redis.key("tok", &hex::encode(key));
+        let ms = ttl.as_millis() as u64;
+        let _: Option<()> = redis
+            .run(RedisOp::CacheSet, |mut c| async move {
+                redis::cmd("SET")
+                    .arg(rkey)
+                    .arg(body)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+}

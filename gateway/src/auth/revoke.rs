@@ -1,0 +1,320 @@
+//! Revocation: tokens (by hash), `jti`s and subjects refused from a point on, on this replica
+//! at once and on every replica through Redis (keys for late joiners, pub/sub for the rest).
+
+use super::cache::{TokenCache, TokenHash};
+use super::Principal;
+use crate::redis_link::{RedisLink, RedisOp};
+use arc_swap::ArcSwapOption;
+use moka::sync::Cache;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a revocation is kept when the token's own expiry is unknown.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+const MAX_ENTRIES: u64 = 1_000_000;
+
+/// One revocation, as published on the events channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Revocation {
+    /// Lowercase hex SHA-256 of the token.
+    Token {
+        id: String,
+        ttl_ms: u64,
+    },
+    Jti {
+        id: String,
+        ttl_ms: u64,
+    },
+    /// Tokens of the subject issued before `not_before_ms` (Unix ms) are refused.
+    Subject {
+        id: String,
+        not_before_ms: u64,
+        ttl_ms: u64,
+    },
+}
+
+#[derive(Clone)]
+struct Held {
+    ttl: Duration,
+    not_before_ms: u64,
+}
+
+struct HeldExpiry;
+
+impl<K> moka::Expiry<K, Held> for HeldExpiry {
+    fn expire_after_create(&self, _k: &K, v: &Held, _now: Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _k: &K,
+        v: &Held,
+        _now: Instant,
+        _d: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+fn held_cache<K: std::hash::Hash + Eq + Send + Sync + 'static>() -> Cache<K, Held> {
+    Cache::builder()
+        .max_capacity(MAX_ENTRIES)
+        .expire_after(HeldExpiry)
+        .build()
+}
+
+pub struct Revocations {
+    tokens: Cache<TokenHash, Held>,
+    jtis: Cache<String, Held>,
+    subjects: Cache<String, Held>,
+    /// Set by the first revocation ever seen, so that until then a check costs one load.
+    any: AtomicBool,
+    /// The token cache in use, whose entries a revocation removes.
+    cache: ArcSwapOption<TokenCache>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Revocations {
+    pub fn new() -> Self {
+        Revocations {
+            tokens: held_cache(),
+            jtis: held_cache(),
+            subjects: held_cache(),
+            any: AtomicBool::new(false),
+            cache: ArcSwapOption::empty(),
+        }
+    }
+
+    pub fn use_cache(&self, cache: &Arc<TokenCache>) {
+        self.cache.store(Some(cache.clone()));
+    }
+
+    fn clear_cache(&self) {
+        if let Some(c) = self.cache.load_full() {
+            c.clear();
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.any.load(Ordering::Acquire)
+    }
+
+    pub fn token_revoked(&self, hash: &TokenHash) -> bool {
+        self.any() && self.tokens.contains_key(hash)
+    }
+
+    /// Whether the identity is refused by a `jti` or subject revocation.
+    pub fn principal_revoked(&self, p: &Principal) -> bool {
+        if !self.any() {
+            return false;
+        }
+        if p.jti.as_deref().is_some_and(|j| self.jtis.contains_key(j)) {
+            return true;
+        }
+        match self.subjects.get(p.subject.as_str()) {
+            Some(h) => issued_ms(p).is_none_or(|iat| iat < h.not_before_ms),
+            None => false,
+        }
+    }
+
+    /// Applies a revocation to this replica.
+    pub fn apply(&self, r: &Revocation) {
+        let held = |ttl_ms: u64, not_before_ms: u64| Held {
+            ttl: Duration::from_millis(ttl_ms.max(1)),
+            not_before_ms,
+        };
+        match r {
+            Revocation::Token { id, ttl_ms } => {
+                let Some(hash) = hex::decode(id)
+                    .ok()
+                    .and_then(|b| <TokenHash>::try_from(b).ok())
+                else {
+                    return;
+                };
+                self.tokens.insert(hash, held(*ttl_ms, 0));
+                if let Some(c) = self.cache.load_full() {
+                    c.invalidate(&hash);
+                }
+            }
+            Revocation::Jti { id, ttl_ms } => self.jtis.insert(id.clone(), held(*ttl_ms, 0)),
+            Revocation::Subject {
+                id,
+                not_before_ms,
+                ttl_ms,
+            } => self
+                .subjects
+                .insert(id.clone(), held(*ttl_ms, *not_before_ms)),
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Applies locally, stores in Redis with its TTL, and tells the other replicas. Returns
+    /// whether Redis took it (the local part always happens).
+    pub async fn revoke(&self, r: Revocation, redis: Option<&RedisLink>) -> bool {
+        self.apply(&r);
+        let Some(redis) = redis else { return false };
+        let (key, value, ttl_ms) = match &r {
+            Revocation::Token { id, ttl_ms } | Revocation::Jti { id, ttl_ms } => {
+                (redis.key("revoked", id), "1".to_string(), *ttl_ms)
+            }
+            Revocation::Subject {
+                id,
+                not_before_ms,
+                ttl_ms,
+            } => (
+                redis.key("revoked-subject", id),
+                not_before_ms.to_string(),
+                *ttl_ms,
+            ),
+        };
+        let Ok(event) = serde_json::to_string(&r) else {
+            return false;
+        };
+        let channel = format!("{}events", redis.prefix);
+        // A revoked token's shared cache entry goes too.
+        let cached = match &r {
+            Revocation::Token { id, .. } => Some(redis.key("tok", id)),
+            _ => None,
+        };
+        let stored: Option<()> = redis
+            .run(RedisOp::Revoke, |mut c| async move {
+                let mut pipe = redis::pipe();
+                if let Some(k) = cached {
+                    pipe.cmd("DEL").arg(k).ignore();
+                }
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(event)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        stored.is_some()
+    }
+
+    /// For an identity just verified (not from a cache): whether another replica revoked it
+    /// before this one started listening. One round trip.
+    pub async fn revoked_in_redis(
+        &self,
+        redis: &RedisLink,
+        hash: &TokenHash,
+        p: &Principal,
+    ) -> bool {
+        let token_key = redis.key("revoked", &hex::encode(hash));
+        let jti_key = p.jti.as_deref().map(|j| redis.key("revoked", j));
+        let subject_key = redis.key("revoked-subject", &p.subject);
+        let values: Option<Vec<Option<String>>> = redis
+            .run(RedisOp::RevokeCheck, |mut c| async move {
+                let mut cmd = redis::cmd("MGET");
+                cmd.arg(&token_key).arg(&subject_key);
+                if let Some(j) = &jti_key {
+                    cmd.arg(j);
+                }
+                cmd.query_async(&mut c).await
+            })
+            .await;
+        let Some(values) = values else { return false };
+        let token_revoked = values.first().is_some_and(Option::is_some);
+        let subject_nbf = values
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok());
+        let jti_revoked = values.get(2).is_some_and(Option::is_some);
+        if token_revoked {
+            self.apply(&Revocation::Token {
+                id: hex::encode(hash),
+                ttl_ms: DEFAULT_TTL.as_millis() as u64,
+            });
+        }
+        let subject_revoked =
+            subject_nbf.is_some_and(|nbf| issued_ms(p).is_none_or(|iat| iat < nbf));
+        if let Some(nbf) = subject_nbf {
+            self.apply(&Revocation::Subject {
+                id: p.subject.clone(),
+                not_before_ms: nbf,
+                ttl_ms: DEFAULT_TTL.as_millis() as u64,
+            });
+        }
+        token_revoked || jti_revoked || subject_revoked
+    }
+
+    pub fn subject_now(subject: &str, ttl: Duration) -> Revocation {
+        Revocation::Subject {
+            id: subject.to_string(),
+            not_before_ms: now_ms(),
+            ttl_ms: ttl.as_millis() as u64,
+        }
+    }
+}
+
+fn issued_ms(p: &Principal) -> Option<u64> {
+    p.issued_at
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+}
+
+/// Listens on `<prefix>events` and applies what other replicas revoke, reconnecting as
+/// needed. After any gap the local token cache is cleared: events may have been missed.
+pub async fn listen(link: Weak<RedisLink>, revocations: Weak<Revocations>) {
+    use futures_util::StreamExt;
+    let mut first = true;
+    loop {
+        let Some(l) = link.upgrade() else { return };
+        let channel = format!("{}events", l.prefix);
+        let client = l.client.clone();
+        drop(l);
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(&channel).await.is_ok() {
+                    if !first {
+                        if let Some(r) = revocations.upgrade() {
+                            r.clear_cache();
+                        }
+                        tracing::info!("revocation events: resubscribed; token cache cleared");
+                    }
+                    let mut stream = pubsub.on_message();
+                    while let Some(msg) = stream.next().await {
+                        let Some(r) = revocations.upgrade() else {
+                            return;
+                        };
+                        let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                        match serde_json::from_slice::<Revocation>(&payload) {
+                            Ok(event) => r.apply(&event),
+                            Err(_) => tracing::warn!("ignoring a malformed revocation event"),
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                if let Some(l) = link.upgrade() {
+                    l.count_error(RedisOp::Subscribe);
+                }
+            }
+        }
+        // Gone or never there: whatever arrives later, the cache is stale from here.
+        first = false;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
