@@ -3,6 +3,8 @@
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond::rfc3339_millis;
 use pingora_proxy::Session;
+use serde_json::{json, Value};
+use std::io::Write;
 use std::time::SystemTime;
 
 pub fn record(session: &Session, ctx: &RequestCtx) {
@@ -13,43 +15,56 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
         let metrics = ctx.route().map_or(&snap.unmatched, |r| &r.metrics);
         metrics.observe(method, status, elapsed.as_secs_f64());
     }
-    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-        return;
+    // The level check is one atomic load; nothing is formatted when the log is off.
+    if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        write_access_line(&access_line(
+            session,
+            ctx,
+            status,
+            elapsed.as_secs_f64() * 1000.0,
+        ));
     }
-    let route = ctx.route().map_or("unmatched", |r| r.spec.name.as_str());
-    let upstream = ctx
-        .route()
-        .filter(|_| ctx.upstream_started.is_some())
-        .map(|r| r.upstream.spec.name.as_str());
-    let subject = ctx
-        .admitted
-        .as_ref()
-        .and_then(|a| a.identity.principal())
-        .map(|p| p.subject.as_str());
+}
+
+/// The access-log line: every field present (null when it does not apply), never a token,
+/// a secret or a query string.
+fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f64) -> Value {
+    let route = ctx.route();
+    let principal = ctx.admitted.as_ref().and_then(|a| a.identity.principal());
     let auth = match (ctx.auth_outcome, &ctx.admitted) {
-        (Some(o), _) => o.as_str(),
-        (None, Some(_)) => "anonymous",
-        (None, None) => "-",
+        (Some(o), _) => Some(o.as_str()),
+        (None, Some(_)) => Some("anonymous"),
+        (None, None) => None,
     };
-    tracing::info!(
-        target: "access",
-        kind = "access",
-        ts = %rfc3339_millis(SystemTime::now()),
-        request_id = %ctx.request_id,
-        route,
-        method = %method,
-        path = %session.req_header().uri.path(),
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        upstream,
-        upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
-        subject,
-        auth,
-        token_cache = ctx.token_cache.map_or("-", |t| t.as_str()),
-        rate_limit = match (&ctx.limited_by, &ctx.rate_limit) {
-            (Some(_), _) => "limited",
-            (None, Some(_)) => "allowed",
-            (None, None) => "-",
-        },
-    );
+    let rate_limit = match (&ctx.limited_by, &ctx.rate_limit) {
+        (Some(_), _) => Some("limited"),
+        (None, Some(_)) => Some("allowed"),
+        (None, None) => None,
+    };
+    let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
+    json!({
+        "ts": rfc3339_millis(SystemTime::now()),
+        "level": "INFO",
+        "kind": "access",
+        "request_id": ctx.request_id,
+        "route": route.map_or("unmatched", |r| r.spec.name.as_str()),
+        "method": session.req_header().method.as_str(),
+        "path": session.req_header().uri.path(),
+        "status": status,
+        "duration_ms": round(duration_ms),
+        "upstream": route.filter(|_| ctx.upstream_started.is_some()).map(|r| r.upstream.spec.name.as_str()),
+        "upstream_ms": ctx.upstream_elapsed.map(|d| round(d.as_secs_f64() * 1000.0)),
+        "subject": principal.map(|p| p.subject.as_str()),
+        "auth": auth,
+        "token_cache": ctx.token_cache.map(|t| t.as_str()),
+        "rate_limit": rate_limit,
+        "policy": ctx.limited_by,
+    })
+}
+
+fn write_access_line(line: &Value) {
+    let mut buf = line.to_string().into_bytes();
+    buf.push(b'\n');
+    // One write per line, so lines from different threads never interleave.
+    let _ = std::io::stderr().lock().write_all(&buf);
 }

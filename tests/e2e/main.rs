@@ -5,5 +5,6 @@
 mod deadline;
 mod foundation;
 mod jwt;
+mod observe;
 mod ratelimit;
 mod tokens;
