@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod redis_link;
 pub mod reload;
+pub mod respcache;
 pub mod route;
 pub mod runtime;
 pub mod upstream;

@@ -36,6 +36,13 @@ pub fn compile(file: ConfigFile, ctx: &Context<'_>) -> Result<Config, Vec<Config
     let auth = c.auth(&file.auth);
     let rate_limits = c.rate_limits(&file.rate_limits, redis.is_some());
     let routes = c.routes(&file.routes, &upstreams, &auth, &rate_limits);
+    let response_cache = ResponseCacheSettings {
+        max_size: file.response_cache.max_size.0,
+        max_entry_size: file.response_cache.max_entry_size.0,
+    };
+    if response_cache.max_entry_size > response_cache.max_size {
+        c.err("response_cache.max_entry_size", "must not exceed max_size");
+    }
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -44,6 +51,7 @@ pub fn compile(file: ConfigFile, ctx: &Context<'_>) -> Result<Config, Vec<Config
             upstreams,
             auth,
             rate_limits,
+            response_cache,
             routes,
         })
     } else {

@@ -92,6 +92,9 @@ fn scan_items(text: &str) -> Vec<ConfigError> {
             "redis" => check::<raw::RedisConfig>("redis", value, &mut errors),
             "upstreams" => each_entry::<raw::UpstreamConfig>("upstreams", value, &mut errors),
             "rate_limits" => each_entry::<raw::RateLimitConfig>("rate_limits", value, &mut errors),
+            "response_cache" => {
+                check::<raw::ResponseCacheConfig>("response_cache", value, &mut errors)
+            }
             "auth" => {
                 if let Value::Mapping(m) = value {
                     let mut rest = m.clone();

@@ -37,7 +37,14 @@ pub struct Config {
     pub upstreams: Vec<Arc<UpstreamSpec>>,
     pub auth: AuthSettings,
     pub rate_limits: Vec<Arc<RatePolicy>>,
+    pub response_cache: ResponseCacheSettings,
     pub routes: Vec<Arc<RouteSpec>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseCacheSettings {
+    pub max_size: u64,
+    pub max_entry_size: u64,
 }
 
 impl Config {

@@ -22,7 +22,35 @@ pub struct ConfigFile {
     pub auth: AuthConfig,
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    #[serde(default)]
+    pub response_cache: ResponseCacheConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// The response cache shared by every route with `cache:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseCacheConfig {
+    #[serde(default = "default_cache_size")]
+    pub max_size: ByteSize,
+    #[serde(default = "default_cache_entry_size")]
+    pub max_entry_size: ByteSize,
+}
+
+fn default_cache_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_cache_entry_size() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+impl Default for ResponseCacheConfig {
+    fn default() -> Self {
+        ResponseCacheConfig {
+            max_size: default_cache_size(),
+            max_entry_size: default_cache_entry_size(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub healthy_endpoints: IntGaugeVec,
     pub rate_limit_keys: IntGaugeVec,
+    pub response_cache_total: IntCounterVec,
     pub rate_limit_fallbacks_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
@@ -124,6 +125,11 @@ impl Metrics {
                 "authgate_upstream_healthy_endpoints",
                 "Endpoints of each upstream currently in rotation.",
                 &["upstream"],
+            ),
+            response_cache_total: counter(
+                "authgate_response_cache_total",
+                "Response-cache outcomes on routes with a cache.",
+                &["route", "result"],
             ),
             rate_limit_keys: gauge(
                 "authgate_rate_limit_keys",

@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub rate_limit: Option<RateLimitInfo>,
     /// The policy that refused the request, for the access log.
     pub limited_by: Option<String>,
+    /// Response-cache state on routes with a cache.
+    pub cache: Option<super::caching::CacheCtx>,
     /// Whether the one retry on another endpoint has been used.
     pub retried: bool,
     _in_flight: InFlight,
@@ -74,6 +76,7 @@ impl RequestCtx {
             deadline: None,
             rate_limit: None,
             limited_by: None,
+            cache: None,
             retried: false,
             _in_flight: InFlight(in_flight),
         }

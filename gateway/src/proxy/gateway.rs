@@ -1,12 +1,14 @@
 //! The pingora `ProxyHttp` implementation. Each phase is a few calls to named steps, so the
 //! file reads as a request's journey: route -> authenticate -> limit -> forward -> log.
 
+use super::caching;
 use super::ctx::{Admitted, RequestCtx};
 use super::headers;
 use super::respond::Rejection;
 use super::{Shared, Snapshot};
 use crate::deadline::{self, Deadline};
 use crate::ratelimit::RequestKeys;
+use crate::respcache::CacheResult;
 use crate::route::path::normalize_path;
 use crate::upstream::ErrorKind;
 use async_trait::async_trait;
@@ -46,6 +48,11 @@ impl ProxyHttp for Gateway {
         match verdict {
             Ok(admitted) => {
                 ctx.admitted = Some(admitted);
+                // Only now, after auth and limits, may the cache answer.
+                if let Some((entry, result)) = caching::lookup(session, ctx).await {
+                    caching::serve(session, ctx, &entry, result).await?;
+                    return Ok(true);
+                }
                 Ok(false)
             }
             Err(rejection) => {
@@ -209,10 +216,27 @@ impl ProxyHttp for Gateway {
             route.upstream_duration.observe(elapsed.as_secs_f64());
             route.upstream.report_success(ctx.upstream_addr);
         }
+        if caching::on_upstream_header(ctx, resp) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(resp.status.as_u16()),
+                "upstream error; a stale cached answer is served instead",
+            );
+        }
         if resp.status.is_success() {
             revoke_after_logout(ctx).await;
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        caching::on_upstream_body(session, ctx, body, end_of_stream);
+        Ok(None)
     }
 
     async fn response_filter(
@@ -229,6 +253,10 @@ impl ProxyHttp for Gateway {
             resp.insert_header("ratelimit-remaining", info.remaining.to_string())?;
             resp.insert_header("ratelimit-reset", info.reset_s.to_string())?;
         }
+        if let Some(c) = &ctx.cache {
+            resp.insert_header("x-cache", c.result.header())?;
+            caching::count(ctx, c.result);
+        }
         Ok(())
     }
 
@@ -238,6 +266,25 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let upstream_failed = e.esource() == &ErrorSource::Upstream
+            || matches!(e.etype(), ErrorType::HTTPStatus(c) if *c >= 500)
+            || matches!(
+                ctx.rejection,
+                Some(Rejection::UpstreamUnavailable | Rejection::UpstreamTimeout { .. })
+            );
+        if let Some(stale) = caching::stale_for_error(ctx).filter(|_| upstream_failed) {
+            if session.response_written().is_none()
+                && caching::serve(session, ctx, &stale, CacheResult::Stale)
+                    .await
+                    .is_ok()
+            {
+                ctx.rejection = None;
+                return FailToProxy {
+                    error_code: stale.status,
+                    can_reuse_downstream: false,
+                };
+            }
+        }
         let rejection = ctx.rejection.take().or_else(|| rejection_for(e, ctx));
         let code = match &rejection {
             Some(r) if session.response_written().is_none() => {
@@ -386,6 +433,17 @@ fn check_hygiene(
         if q.len() > max {
             return Err(Rejection::BadRequest(
                 "the query string is longer than this route allows (max_query_length)",
+            ));
+        }
+    }
+    if let (Some(max), Some(q)) = (spec.max_page_size, req.uri.query()) {
+        let too_big = q
+            .split('&')
+            .filter_map(|p| p.strip_prefix("page_size="))
+            .any(|v| v.parse::<u64>().map_or(v.len() > 20, |n| n > max));
+        if too_big {
+            return Err(Rejection::BadRequest(
+                "page_size is larger than this route allows (max_page_size)",
             ));
         }
     }

@@ -1,6 +1,7 @@
 //! The request path: shared state, the per-request context, and the pingora `ProxyHttp`
 //! implementation that walks each request through route -> authenticate -> limit -> forward.
 
+pub mod caching;
 pub mod ctx;
 pub mod gateway;
 pub mod headers;
@@ -8,11 +9,12 @@ pub mod respond;
 
 use crate::auth::jwks::JwksStore;
 use crate::auth::{AuthState, Authenticator, KeyStores};
-use crate::config::model::RouteSpec;
+use crate::config::model::{ResponseCacheSettings, RouteSpec};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::{LimiterRegistry, Limiters};
 use crate::redis_link::RedisLink;
+use crate::respcache::{CacheResult, ResponseCache};
 use crate::route::Router;
 use crate::upstream::UpstreamPool;
 use arc_swap::ArcSwap;
@@ -34,6 +36,7 @@ pub struct Snapshot {
     pub auth: Authenticator,
     pub limiters: Limiters,
     pub redis: Option<Arc<RedisLink>>,
+    pub response_cache: Arc<ResponseCache>,
     /// Metrics for requests no route accepted (404, malformed paths).
     pub unmatched: RouteMetrics,
 }
@@ -47,6 +50,8 @@ pub struct RouteRuntime {
     pub timeouts: IntCounter,
     /// `authgate_rate_limited_total{route, policy}`, aligned with `spec.rate_limits`.
     pub rate_limited: Vec<IntCounter>,
+    /// `authgate_response_cache_total{route, result}` by `CacheResult`; empty without a cache.
+    pub cache_results: Vec<IntCounter>,
 }
 
 pub struct NotReady<'a> {
@@ -74,9 +79,26 @@ pub struct Reusable {
     pub limiters: LimiterRegistry,
     pub auth: AuthState,
     redis: Mutex<Option<(String, Arc<RedisLink>)>>,
+    response_cache: Mutex<Option<Arc<ResponseCache>>>,
 }
 
 impl Reusable {
+    fn response_cache(&self, s: &ResponseCacheSettings) -> Arc<ResponseCache> {
+        let mut slot = self
+            .response_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot
+            .as_ref()
+            .filter(|c| c.max_size == s.max_size && c.max_entry_size as u64 == s.max_entry_size)
+        {
+            return c.clone();
+        }
+        let cache = Arc::new(ResponseCache::new(s.max_size, s.max_entry_size));
+        *slot = Some(cache.clone());
+        cache
+    }
+
     fn redis(&self, config: &Config, metrics: &Metrics) -> Result<Option<Arc<RedisLink>>, String> {
         let Some(settings) = &config.redis else {
             return Ok(None);
@@ -148,6 +170,18 @@ impl Snapshot {
                                 .with_label_values(&[&spec.name, &config.rate_limits[i].name])
                         })
                         .collect(),
+                    cache_results: if spec.cache.is_some() {
+                        CacheResult::ALL
+                            .iter()
+                            .map(|r| {
+                                metrics
+                                    .response_cache_total
+                                    .with_label_values(&[&spec.name, r.label()])
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                     upstream,
                     spec: spec.clone(),
                 }
@@ -167,6 +201,7 @@ impl Snapshot {
             auth,
             limiters,
             redis,
+            response_cache: reuse.response_cache(&config.response_cache),
             unmatched: metrics.route("unmatched"),
             config,
         })
