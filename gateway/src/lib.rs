@@ -19,4 +19,5 @@ pub mod reload;
 pub mod respcache;
 pub mod route;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;

@@ -64,6 +64,12 @@ impl Reloader {
                 "changed setting takes effect only after a restart"
             );
         }
+        // A renewed certificate under the same (or a new) file name takes effect now.
+        if let (Some(cert), Some(tls)) = (&self.shared.tls_cert, &config.server.tls) {
+            if let Err(reason) = cert.reload(&tls.cert_file, &tls.key_file) {
+                return ReloadOutcome::Rejected { reason };
+            }
+        }
         let generation = self.shared.next_generation();
         match Snapshot::build(config, generation, &self.shared.metrics, &self.shared.reuse) {
             Ok(snapshot) => {

@@ -8,8 +8,10 @@ use crate::metrics::Metrics;
 use crate::proxy::gateway::Gateway;
 use crate::proxy::{Background, Shared, Snapshot};
 use crate::reload::Reloader;
+use crate::tls::ReloadableCert;
 use crate::upstream::run_health_checks;
 use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -37,19 +39,27 @@ pub fn run(source: Source) -> Result<(), String> {
         ..ServerConf::default()
     };
     let listen = server_settings.listen.clone();
+    let tls = server_settings.tls.clone();
+    let tls_cert = match &tls {
+        Some(t) => Some(Arc::new(ReloadableCert::load(&t.cert_file, &t.key_file)?)),
+        None => None,
+    };
     let admin_listen = config.admin.listen.clone();
     let grace = server_settings.grace_period;
 
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
-    let shared = Arc::new(Shared::new(
-        |metrics, reuse| {
-            let snapshot = Snapshot::build(config, 1, metrics, reuse)?;
-            load_new_key_sets(&snapshot)?;
-            Ok(snapshot)
-        },
-        metrics,
-        health_tx,
-    )?);
+    let shared = Arc::new(
+        Shared::new(
+            |metrics, reuse| {
+                let snapshot = Snapshot::build(config, 1, metrics, reuse)?;
+                load_new_key_sets(&snapshot)?;
+                Ok(snapshot)
+            },
+            metrics,
+            health_tx,
+        )?
+        .with_tls_cert(tls_cert.clone()),
+    );
     let reloader = Arc::new(Reloader::new(source, shared.clone()));
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -62,6 +72,14 @@ pub fn run(source: Source) -> Result<(), String> {
     );
     for addr in &listen {
         proxy.add_tcp(addr);
+    }
+    if let (Some(t), Some(cert)) = (&tls, tls_cert) {
+        // A resolver instead of file paths, so a reload can swap in a renewed certificate.
+        let mut settings =
+            TlsSettings::intermediate("", "").map_err(|e| format!("server.tls: {e}"))?;
+        settings.set_cert_resolver(cert);
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&t.listen, None, settings);
     }
     server.add_service(proxy);
 

@@ -8,4 +8,5 @@ mod foundation;
 mod jwt;
 mod observe;
 mod ratelimit;
+mod tls;
 mod tokens;

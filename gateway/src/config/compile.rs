@@ -132,10 +132,21 @@ impl Compiler<'_> {
             self.socket_addr("server.tls.listen", &t.listen);
             let cert = self.file("server.tls.cert_file", &t.cert_file);
             let key = self.file("server.tls.key_file", &t.key_file);
+            let hsts = match t.hsts.as_str() {
+                "off" => None,
+                v => match http::HeaderValue::from_str(v) {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        self.err("server.tls.hsts", "not a valid header value");
+                        None
+                    }
+                },
+            };
             Some(TlsSettings {
                 listen: t.listen.clone(),
                 cert_file: cert?,
                 key_file: key?,
+                hsts,
             })
         });
         let threads = match s.threads {
@@ -814,6 +825,19 @@ impl Compiler<'_> {
                     0
                 }
             };
+            let mut response_headers = Vec::new();
+            for (name, value) in &r.response_headers {
+                match (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    http::HeaderValue::from_str(value),
+                ) {
+                    (Ok(n), Ok(v)) => response_headers.push((n, v)),
+                    _ => self.err(
+                        format!("{path}.response_headers.{name}"),
+                        "not a valid header name and value",
+                    ),
+                }
+            }
             let Some(path_match) = path_match else {
                 continue;
             };
@@ -833,6 +857,7 @@ impl Compiler<'_> {
                 max_page_size: r.max_page_size,
                 revokes_token: r.revokes_token,
                 forward_authorization: r.forward_authorization,
+                response_headers,
                 upstream,
             }));
         }

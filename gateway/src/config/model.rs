@@ -77,6 +77,7 @@ pub struct TlsSettings {
     pub listen: String,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// Peers whose `X-Forwarded-For` is believed.
@@ -256,6 +257,7 @@ pub struct RouteSpec {
     pub max_page_size: Option<u64>,
     pub revokes_token: bool,
     pub forward_authorization: bool,
+    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub upstream: usize,
 }
 

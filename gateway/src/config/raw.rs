@@ -105,6 +105,13 @@ pub struct TlsConfig {
     pub listen: String,
     pub cert_file: String,
     pub key_file: String,
+    /// `Strict-Transport-Security` sent on TLS answers; `off` sends none.
+    #[serde(default = "default_hsts")]
+    pub hsts: String,
+}
+
+fn default_hsts() -> String {
+    "max-age=31536000".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +391,9 @@ pub struct RouteConfig {
     pub revokes_token: bool,
     #[serde(default = "default_true")]
     pub forward_authorization: bool,
+    /// Headers added to every answer on this route (security headers and the like).
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
     pub upstream: String,
 }
 

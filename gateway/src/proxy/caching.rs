@@ -157,6 +157,7 @@ pub async fn serve(
         h.insert_header("ratelimit-remaining", info.remaining.to_string())?;
         h.insert_header("ratelimit-reset", info.reset_s.to_string())?;
     }
+    super::gateway::decorate(session, ctx, &mut h)?;
     count(ctx, result);
     let no_body = head || entry.body.is_empty();
     session.write_response_header(Box::new(h), no_body).await?;

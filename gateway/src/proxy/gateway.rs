@@ -241,7 +241,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -257,7 +257,7 @@ impl ProxyHttp for Gateway {
             resp.insert_header("x-cache", c.result.header())?;
             caching::count(ctx, c.result);
         }
-        Ok(())
+        decorate(session, ctx, resp)
     }
 
     async fn fail_to_proxy(
@@ -450,6 +450,28 @@ fn check_hygiene(
     Ok(())
 }
 
+/// Headers every answer gets, whoever made it: HSTS on TLS connections and the route's own
+/// `response_headers`.
+pub fn decorate(session: &Session, ctx: &RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+    let over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    if over_tls {
+        let hsts = ctx
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.config.server.tls.as_ref())
+            .and_then(|t| t.hsts.clone());
+        if let Some(v) = hsts {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v)?;
+        }
+    }
+    if let Some(route) = ctx.route() {
+        for (k, v) in &route.spec.response_headers {
+            resp.insert_header(k.clone(), v.clone())?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a gateway-made answer; the connection is kept only when the rejection allows it.
 async fn send_rejection(
     session: &mut Session,
@@ -461,10 +483,11 @@ async fn send_rejection(
         .as_ref()
         .map(|s| Cow::Borrowed(&s.auth_texts))
         .unwrap_or_default();
-    let rendered = rejection.render(&ctx.request_id, &texts);
+    let mut rendered = rejection.render(&ctx.request_id, &texts);
     if !rendered.keepalive {
         session.set_keepalive(None);
     }
+    decorate(session, ctx, &mut rendered.header)?;
     session
         .write_response_header(Box::new(rendered.header), false)
         .await?;

@@ -232,6 +232,8 @@ pub struct Shared {
     pub in_flight: Arc<AtomicUsize>,
     /// Background work for new pools and key stores.
     background: UnboundedSender<Background>,
+    /// The TLS listener's certificate, re-read on reload.
+    pub tls_cert: Option<Arc<crate::tls::ReloadableCert>>,
 }
 
 impl Shared {
@@ -251,9 +253,16 @@ impl Shared {
             reuse,
             in_flight: Arc::new(AtomicUsize::new(0)),
             background,
+            tls_cert: None,
         };
         shared.start_background(&shared.snapshot());
         Ok(shared)
+    }
+
+    /// Sets the listener certificate (once, before serving).
+    pub fn with_tls_cert(mut self, cert: Option<Arc<crate::tls::ReloadableCert>>) -> Self {
+        self.tls_cert = cert;
+        self
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

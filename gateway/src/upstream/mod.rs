@@ -103,6 +103,8 @@ pub struct UpstreamPool {
     endpoints: Vec<Endpoint>,
     epoch: Instant,
     errors: [prometheus::IntCounter; 8],
+    /// CA bundle for `tls: true` upstreams; `None` means the system roots.
+    ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -172,7 +174,15 @@ impl UpstreamPool {
                 out_until_ms: AtomicU64::new(0),
             })
             .collect();
+        let ca = match (&spec.tls, &spec.ca_file) {
+            (true, Some(path)) => Some(
+                crate::tls::load_ca_bundle(path)
+                    .map_err(|e| format!("upstreams.{}.ca_file: {e}", spec.name))?,
+            ),
+            _ => None,
+        };
         Ok(UpstreamPool {
+            ca,
             spec,
             lb,
             first_check_done: AtomicBool::new(false),
@@ -247,6 +257,11 @@ impl UpstreamPool {
         };
         let mut peer = HttpPeer::new(addr, self.spec.tls, sni);
         let o = &mut peer.options;
+        if self.spec.tls {
+            o.verify_cert = true;
+            o.verify_hostname = true;
+            o.ca = self.ca.clone();
+        }
         o.connection_timeout = Some(self.spec.connect_timeout);
         o.total_connection_timeout = Some(self.spec.connect_timeout * 2);
         o.read_timeout = Some(self.spec.read_timeout);

@@ -1,0 +1,78 @@
+//! TLS: the listener's certificate (swapped on reload, so renewed certificates need no
+//! restart) and CA bundles for upstreams with `tls: true`.
+
+use arc_swap::ArcSwap;
+use pingora_core::protocols::tls::CaType;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
+use pingora_rustls::sign::CertifiedKey;
+use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The listener certificate, read from its files at start and again on every reload.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ReloadableCert {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, String> {
+        Ok(ReloadableCert {
+            current: ArcSwap::from(load_certified_key(cert, key)?),
+        })
+    }
+
+    /// Re-reads the files; on any problem the current certificate stays.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        self.current.store(load_certified_key(cert, key)?);
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    pingora_rustls::install_default_crypto_provider();
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let (certs, key_der) = match pingora_rustls::load_certs_and_key_files(&c, &k) {
+        Ok(Some(pair)) => pair,
+        _ => {
+            return Err(format!(
+                "server.tls: cannot load a certificate from {c} and a private key from {k}"
+            ))
+        }
+    };
+    let provider = CryptoProvider::get_default().ok_or("server.tls: no TLS crypto provider")?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| format!("server.tls.key_file: unsupported private key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+}
+
+/// Every certificate in a PEM bundle, as pingora's per-peer CA list.
+pub fn load_ca_bundle(path: &PathBuf) -> Result<Arc<CaType>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut cas = Vec::new();
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let der = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        let der = der.to_vec();
+        // pingora's parse_x509 panics on bad DER, so each block is checked first.
+        if x509_parser::parse_x509_certificate(&der).is_err() {
+            return Err(format!(
+                "{}: a certificate in the CA file is not valid X.509",
+                path.display()
+            ));
+        }
+        cas.push(WrappedX509::new(der, parse_x509));
+    }
+    if cas.is_empty() {
+        return Err(format!("{}: no certificate in the CA file", path.display()));
+    }
+    Ok(Arc::from(cas.into_boxed_slice()))
+}
