@@ -98,6 +98,7 @@ mod tests {
             max_page_size: None,
             revokes_token: false,
             forward_authorization: true,
+            response_headers: vec![],
             upstream: 0,
         })
     }
