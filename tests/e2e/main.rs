@@ -5,6 +5,7 @@
 mod cache;
 mod deadline;
 mod foundation;
+mod hostile;
 mod jwt;
 mod observe;
 mod ratelimit;

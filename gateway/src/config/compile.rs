@@ -5,7 +5,7 @@ use super::env::Env;
 use super::error::ConfigError;
 use super::model::*;
 use super::raw::{self, ConfigFile, LimitScope, ProviderConfig, RouteAuthConfig};
-use crate::route::path::{normalize_path, PathError};
+use crate::route::path::normalize_path;
 use base64::Engine;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -880,9 +880,7 @@ impl Compiler<'_> {
                 );
                 None
             }
-            Err(PathError::EncodedSlash)
-            | Err(PathError::BadEscape)
-            | Err(PathError::NotAbsolute) => {
+            Err(_) => {
                 self.err(path, format!("{p:?} is not a valid path"));
                 None
             }

@@ -325,6 +325,7 @@ impl Gateway {
         snapshot: &Snapshot,
     ) -> std::result::Result<Admitted, Rejection> {
         let req = session.req_header();
+        check_framing(req)?;
         let path = normalize_path(req.uri.path().as_bytes())
             .map_err(|e| Rejection::BadRequest(e.message()))?;
         let host = host_of(req);
@@ -413,6 +414,35 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
     })
+}
+
+/// Limits on the request itself, before anything looks at what it asks for. pingora's parser
+/// already refuses malformed heads (obs-fold, control characters in headers, conflicting
+/// Content-Length) with a bare 400.
+fn check_framing(req: &RequestHeader) -> std::result::Result<(), Rejection> {
+    const MAX_REQUEST_LINE: usize = 8 * 1024;
+    const MAX_HEADER_BLOCK: usize = 64 * 1024;
+    let line = req.method.as_str().len() + req.raw_path().len() + " HTTP/1.1\r\n".len() + 1;
+    if line > MAX_REQUEST_LINE {
+        return Err(Rejection::UriTooLong);
+    }
+    let block: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if block > MAX_HEADER_BLOCK {
+        return Err(Rejection::HeadersTooLarge);
+    }
+    // Both framings at once is the classic request-smuggling shape: refuse, do not pick one.
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && req.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Err(Rejection::BadRequest(
+            "Content-Length and Transfer-Encoding together are not accepted",
+        ));
+    }
+    Ok(())
 }
 
 fn check_hygiene(

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rejection {
     BadRequest(&'static str),
+    UriTooLong,
+    HeadersTooLarge,
     NotFound,
     PayloadTooLarge { limit: u64 },
     MissingToken,
@@ -53,6 +55,8 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Rejection::BadRequest(_) => 400,
+            Rejection::UriTooLong => 414,
+            Rejection::HeadersTooLarge => 431,
             Rejection::MissingToken
             | Rejection::TokenExpired { .. }
             | Rejection::InvalidToken { .. } => 401,
@@ -70,6 +74,8 @@ impl Rejection {
     pub fn code(&self) -> &'static str {
         match self {
             Rejection::BadRequest(_) => "bad_request",
+            Rejection::UriTooLong => "uri_too_long",
+            Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::NotFound => "not_found",
             Rejection::PayloadTooLarge { .. } => "payload_too_large",
             Rejection::MissingToken => "missing_token",
@@ -88,6 +94,8 @@ impl Rejection {
     fn message(&self) -> String {
         match self {
             Rejection::BadRequest(why) => (*why).to_string(),
+            Rejection::UriTooLong => "The request line is longer than 8 KiB.".into(),
+            Rejection::HeadersTooLarge => "The request headers are larger than 64 KiB.".into(),
             Rejection::NotFound => "No route matches this request.".into(),
             Rejection::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the {limit} bytes this gateway accepts.")
@@ -127,6 +135,9 @@ impl Rejection {
         !matches!(
             self,
             Rejection::PayloadTooLarge { .. }
+                | Rejection::BadRequest(_)
+                | Rejection::UriTooLong
+                | Rejection::HeadersTooLarge
                 | Rejection::UpstreamUnavailable
                 | Rejection::UpstreamTimeout { .. }
                 | Rejection::Internal

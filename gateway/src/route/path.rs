@@ -15,6 +15,8 @@ pub enum PathError {
     /// `%2F` or `%5C`: an encoded separator that upstream frameworks may decode into a real one
     /// after routing, so it is refused rather than guessed at.
     EncodedSlash,
+    /// A control character (`%00`-`%1F`, `%7F`), raw or encoded: no legitimate path has one.
+    ControlChar,
 }
 
 impl PathError {
@@ -23,6 +25,7 @@ impl PathError {
             PathError::NotAbsolute => "the request path must start with /",
             PathError::BadEscape => "the request path has a malformed percent-escape",
             PathError::EncodedSlash => "encoded slashes (%2F, %5C) are not allowed in the path",
+            PathError::ControlChar => "control characters are not allowed in the path",
         }
     }
 }
@@ -141,6 +144,9 @@ fn decode_segment(seg: &[u8]) -> Result<String, PathError> {
             if v == b'/' || v == b'\\' {
                 return Err(PathError::EncodedSlash);
             }
+            if v < 0x20 || v == 0x7f {
+                return Err(PathError::ControlChar);
+            }
             if is_unreserved(v) {
                 out.push(v as char);
             } else {
@@ -150,6 +156,9 @@ fn decode_segment(seg: &[u8]) -> Result<String, PathError> {
         } else {
             if b == b'\\' {
                 return Err(PathError::EncodedSlash);
+            }
+            if b < 0x20 || b == 0x7f {
+                return Err(PathError::ControlChar);
             }
             if is_pchar(b) {
                 out.push(b as char);
@@ -237,6 +246,10 @@ mod tests {
         assert_eq!(n("/a%2f..%2fb"), Err(PathError::EncodedSlash));
         assert_eq!(n("/a%5cb"), Err(PathError::EncodedSlash));
         assert_eq!(n("/a\\b"), Err(PathError::EncodedSlash));
+        assert_eq!(n("/a%00b"), Err(PathError::ControlChar));
+        assert_eq!(n("/a%1fb"), Err(PathError::ControlChar));
+        assert_eq!(n("/a\u{1}b"), Err(PathError::ControlChar));
+        assert_eq!(n("/a%7F"), Err(PathError::ControlChar));
         assert_eq!(n("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(n("/a%4"), Err(PathError::BadEscape));
         assert_eq!(n("*"), Err(PathError::NotAbsolute));
