@@ -4,6 +4,7 @@
 
 mod cache;
 mod deadline;
+mod faults;
 mod foundation;
 mod hostile;
 mod jwt;
