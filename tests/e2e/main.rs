@@ -4,6 +4,7 @@
 
 mod cache;
 mod deadline;
+mod deploy;
 mod faults;
 mod foundation;
 mod hostile;

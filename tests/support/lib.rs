@@ -18,8 +18,18 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A binary of this workspace, built by `cargo build --workspace` next to the test binary.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/e2e-xxxx -> target/debug/NAME
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/debug/deps/e2e-xxxx -> target/debug/NAME; AUTHGATE_BIN_DIR overrides (soak, bench).
+    let dir = match std::env::var_os("AUTHGATE_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let parent = exe.parent().expect("exe dir");
+            if parent.ends_with("deps") {
+                parent.parent().expect("target dir").to_path_buf()
+            } else {
+                parent.to_path_buf()
+            }
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -147,6 +147,10 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Both series exist from the start, so `increase()` sees a replica's first failure.
+        for result in ["ok", "error"] {
+            m.config_reloads_total.with_label_values(&[result]);
+        }
         m
     }
 
