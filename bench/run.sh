@@ -1,0 +1,776 @@
+#!/usr/bin/env bash
+# authgate benchmark (issue 9): authgate and its anchors measured side by side in one run.
+#
+#   bench/run.sh            full run: ROUNDS (3) interleaved rounds of DURATION (10) s per target,
+#                           medians written to bench/RESULTS.md
+#   bench/run.sh --smoke    1 round of 1 s per target: checks that every target answers 2xx and
+#                           that the results can be produced (bench/out/RESULTS-smoke.md); no
+#                           assertion on speed. CI runs this.
+#   bench/run.sh --no-build reuse the release binaries already in target/release
+#
+# Environment: DURATION (s, default 10), ROUNDS (3), CONNECTIONS (32), WARMUP (s, default 2;
+# 0 skips the warm-up), BENCH_NOTE (a sentence added to RESULTS.md), TARGETS (space-separated
+# subset of target names, default all), MEM_KEYS / MEM_TOKENS (memory probe sizes).
+#
+# It installs what is missing with apt (nginx-light, haproxy, wrk, redis-server, procps, curl),
+# builds the release binaries, starts on loopback only: an nginx upstream serving a small fixed
+# JSON body (one worker), upstream-mock (JWKS, introspection, token minting), a redis-server of
+# its own (no persistence), and every proxy with one worker thread. Every process it starts is
+# killed on exit. Raw wrk outputs go to bench/out/ (git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SMOKE=0
+BUILD=1
+for arg in "$@"; do
+    case "$arg" in
+        --smoke) SMOKE=1 ;;
+        --no-build) BUILD=0 ;;
+        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+if [[ $SMOKE == 1 ]]; then
+    DURATION=1
+    ROUNDS=1
+    WARMUP=0
+fi
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-32}
+WARMUP=${WARMUP:-2}
+WRK_THREADS=1
+MEM_KEYS=${MEM_KEYS:-1000000}
+MEM_TOKENS=${MEM_TOKENS:-100000}
+JWT_SECRET_VALUE="bench-hs256-secret-0123456789abcdef"
+INTROSPECTION_CLIENT="authgate:bench-introspection-secret"
+REQ_PATH="/api/bench/items/?page=1"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# ---------------------------------------------------------------- packages
+SUDO=""
+if [[ $(id -u) != 0 ]]; then
+    command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+fi
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need nginx nginx-light
+need haproxy haproxy
+need wrk wrk
+need redis-server redis-server
+need redis-cli redis-tools
+need pgrep procps
+need curl curl
+need getconf libc-bin
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} with apt"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || { [[ " ${missing[*]} " == *" nginx-light "* ]] \
+             && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+                    "${missing[@]/nginx-light/nginx}" >/dev/null; } \
+        || die "apt-get install ${missing[*]}"
+fi
+# Debian's packages start the services on install on real machines; the bench uses its own.
+
+# ---------------------------------------------------------------- build
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+if [[ $BUILD == 1 ]]; then
+    log "building release binaries"
+    cargo build --release --locked -p authgate -p upstream-mock -p pingora-plain
+fi
+for b in authgate upstream-mock pingora-plain authgate-memory; do
+    [[ -x $BIN/$b ]] || die "$BIN/$b is missing (build first, or drop --no-build)"
+done
+
+# ---------------------------------------------------------------- run folder, cleanup
+STAMP=$(date +%Y%m%d-%H%M%S)
+if [[ $SMOKE == 1 ]]; then
+    RUN=$ROOT/bench/out/smoke
+    RESULTS=$ROOT/bench/out/RESULTS-smoke.md
+else
+    RUN=$ROOT/bench/out/run-$STAMP
+    RESULTS=$ROOT/bench/RESULTS.md
+fi
+rm -rf "$RUN"
+mkdir -p "$RUN"
+log "run folder: ${RUN#"$ROOT"/}"
+
+PIDS=()
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 1 30); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Loopback ports below the ephemeral range, checked free, never handed out twice.
+# `free_port VAR` sets VAR (not a subshell, so the bookkeeping survives).
+NEXT_PORT=$((20000 + RANDOM % 8000))
+free_port() {
+    local p
+    for _ in $(seq 1 500); do
+        p=$NEXT_PORT
+        NEXT_PORT=$((NEXT_PORT + 1))
+        ((NEXT_PORT > 31000)) && NEXT_PORT=20000
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            printf -v "$1" '%s' "$p"
+            return 0
+        fi
+    done
+    die "no free loopback port"
+}
+
+# Waits (bounded) until an HTTP server answers anything on the port.
+wait_http() {
+    local name=$1 port=$2 pid=$3 logf=$4
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || { tail -20 "$logf" >&2 || true; die "$name exited during start-up"; }
+        if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    tail -20 "$logf" >&2 || true
+    die "$name did not answer on 127.0.0.1:$port within 15 s"
+}
+
+# ---------------------------------------------------------------- upstream nginx
+free_port UP_PORT
+UP_BODY='{"id":1,"name":"bench","status":"ok","items":[1,2,3]}'
+mkdir -p "$RUN/nginx-upstream"
+cat >"$RUN/nginx-upstream/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $RUN/nginx-upstream/nginx.pid;
+error_log $RUN/nginx-upstream/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $RUN/nginx-upstream/tmp;
+    proxy_temp_path $RUN/nginx-upstream/tmp;
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location / {
+            default_type application/json;
+            return 200 '$UP_BODY';
+        }
+    }
+}
+EOF
+nginx -p "$RUN/nginx-upstream" -c "$RUN/nginx-upstream/nginx.conf" -e "$RUN/nginx-upstream/error.log" \
+    >"$RUN/nginx-upstream/stdout.log" 2>&1 &
+UP_PID=$!
+PIDS+=("$UP_PID")
+wait_http "upstream nginx" "$UP_PORT" "$UP_PID" "$RUN/nginx-upstream/error.log"
+
+# ---------------------------------------------------------------- upstream-mock, redis
+free_port MOCK_PORT
+RUST_LOG=warn "$BIN/upstream-mock" --listen "127.0.0.1:$MOCK_PORT" --jwt-secret "$JWT_SECRET_VALUE" \
+    --introspection-client "$INTROSPECTION_CLIENT" --keys-dir "$ROOT/upstream-mock/keys" \
+    --access-ttl 7200 >"$RUN/upstream-mock.log" 2>&1 &
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+wait_http "upstream-mock" "$MOCK_PORT" "$MOCK_PID" "$RUN/upstream-mock.log"
+
+free_port REDIS_PORT
+mkdir -p "$RUN/redis"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    --dir "$RUN/redis" --logfile "$RUN/redis/redis.log" &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+for _ in $(seq 1 100); do
+    [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
+    kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited (see $RUN/redis/redis.log)"
+    sleep 0.1
+done
+[[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] || die "redis-server did not answer"
+
+# ---------------------------------------------------------------- tokens
+mint() { "$BIN/upstream-mock" mint --sub 42 --ttl 7200 --scope "read write" "$@"; }
+TOKEN_HS256=$(mint --alg HS256 --jwt-secret "$JWT_SECRET_VALUE") || die "minting the HS256 token"
+TOKEN_RS256=$(mint --alg RS256 --kid rsa-1 --keys-dir "$ROOT/upstream-mock/keys") || die "minting the RS256 token"
+TOKEN_OPAQUE=$(curl -sf --max-time 5 -H 'content-type: application/json' \
+    -d '{"sub":"42","scope":"read write","ttl_s":7200}' "http://127.0.0.1:$MOCK_PORT/__mock/opaque" \
+    | sed -n 's/.*"token" *: *"\([^"]*\)".*/\1/p') || true
+[[ -n $TOKEN_HS256 && -n $TOKEN_RS256 && -n $TOKEN_OPAQUE ]] || die "could not get the bench tokens"
+
+# ---------------------------------------------------------------- anchors
+free_port NGINX_PORT
+mkdir -p "$RUN/nginx-proxy"
+cat >"$RUN/nginx-proxy/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $RUN/nginx-proxy/nginx.pid;
+error_log $RUN/nginx-proxy/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $RUN/nginx-proxy/tmp;
+    proxy_temp_path $RUN/nginx-proxy/tmp;
+    upstream fast {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://fast;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+nginx -p "$RUN/nginx-proxy" -c "$RUN/nginx-proxy/nginx.conf" -e "$RUN/nginx-proxy/error.log" \
+    >"$RUN/nginx-proxy/stdout.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_http "nginx proxy" "$NGINX_PORT" "$NGINX_PID" "$RUN/nginx-proxy/error.log"
+
+HAPROXY_VERSION=$(haproxy -v 2>/dev/null | sed -n '1s/^HA-\{0,1\}Proxy version \([^ ]*\).*/\1/p')
+HAPROXY_JWT=0
+HAPROXY_BUILD=$(haproxy -vv 2>/dev/null || true)
+if [[ $HAPROXY_BUILD == *USE_OPENSSL=1* ]]; then
+    # jwt_verify exists from 2.5 on, in OpenSSL builds; the config check below is the real test.
+    HAPROXY_JWT=1
+fi
+free_port HAPROXY_PORT
+HAPROXY_NOTE=""
+write_haproxy_cfg() {
+    local jwt=$1
+    {
+        cat <<EOF
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+    option http-keep-alive
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    http-request set-var(txn.bearer) http_auth_bearer
+EOF
+        if [[ $jwt == 1 ]]; then
+            cat <<EOF
+    # HS256 JWT: algorithm pinned, signature, then exp (as authgate does), subject for the limit.
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny deny_status 401 unless { var(txn.alg) -m str HS256 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$JWT_SECRET_VALUE") -m int 1 }
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date
+    http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+    http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('\$.user_id','int')
+EOF
+        else
+            cat <<EOF
+    # Fallback without jwt_verify: only checks that a bearer token is present.
+    http-request deny deny_status 401 unless { var(txn.bearer) -m found }
+    http-request set-var(txn.sub) var(txn.bearer),crc32
+EOF
+        fi
+        cat <<EOF
+    # Stick-table rate limit keyed by subject, with a limit nothing reaches.
+    http-request track-sc0 var(txn.sub) table per_subject
+    http-request deny deny_status 429 if { sc_http_req_rate(0,per_subject) gt 1000000000 }
+    default_backend fast
+backend per_subject
+    stick-table type integer size 1m expire 60s store http_req_rate(10s)
+backend fast
+    http-reuse safe
+    server up 127.0.0.1:$UP_PORT
+EOF
+    } >"$RUN/haproxy.cfg"
+}
+write_haproxy_cfg "$HAPROXY_JWT"
+if ! haproxy -c -q -f "$RUN/haproxy.cfg" >"$RUN/haproxy-check.log" 2>&1; then
+    if [[ $HAPROXY_JWT == 1 ]]; then
+        HAPROXY_JWT=0
+        HAPROXY_NOTE="haproxy $HAPROXY_VERSION refused the jwt_verify configuration ($(head -c 300 "$RUN/haproxy-check.log" | tr '\n' ' ')); the HAProxy row only checks that a bearer token is present plus the stick-table limit, so it is cheaper than a real JWT check."
+        write_haproxy_cfg 0
+        haproxy -c -q -f "$RUN/haproxy.cfg" >"$RUN/haproxy-check.log" 2>&1 || die "haproxy config: $(cat "$RUN/haproxy-check.log")"
+    else
+        die "haproxy config: $(cat "$RUN/haproxy-check.log")"
+    fi
+elif [[ $HAPROXY_JWT == 0 ]]; then
+    HAPROXY_NOTE="haproxy $HAPROXY_VERSION is built without OpenSSL, so it has no jwt_verify; the HAProxy row only checks that a bearer token is present plus the stick-table limit."
+fi
+haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
+HAPROXY_PID=$!
+PIDS+=("$HAPROXY_PID")
+wait_http "haproxy" "$HAPROXY_PORT" "$HAPROXY_PID" "$RUN/haproxy.log"
+
+free_port PLAIN_PORT
+"$BIN/pingora-plain" --listen "127.0.0.1:$PLAIN_PORT" --upstream "127.0.0.1:$UP_PORT" --threads 1 \
+    >"$RUN/pingora-plain.log" 2>&1 &
+PLAIN_PID=$!
+PIDS+=("$PLAIN_PID")
+wait_http "pingora-plain" "$PLAIN_PORT" "$PLAIN_PID" "$RUN/pingora-plain.log"
+
+# ---------------------------------------------------------------- authgate scenarios
+# name:config:RUST_LOG
+SCENARIOS=(
+    "ag-public:a-public.yaml:warn"
+    "ag-local-limit:local-limit.yaml:warn"
+    "ag-shared-limit:e-shared-limit.yaml:warn"
+    "ag-hs256:b-hs256.yaml:warn"
+    "ag-rs256:c-rs256.yaml:warn"
+    "ag-opaque:d-opaque.yaml:warn"
+    "ag-all:f-all.yaml:info"
+)
+declare -A PORT PIDOF HEADER DESC
+for s in "${SCENARIOS[@]}"; do
+    IFS=: read -r name cfg level <<<"$s"
+    free_port port
+    free_port admin
+    errlog=$RUN/$name.log
+    # The access log of the "all" scenario is written in full by the smoke run (to check it), and
+    # thrown away by measuring runs (it would be hundreds of MB; /dev/null still pays formatting).
+    if [[ $name == ag-all && $SMOKE == 0 ]]; then errlog=/dev/null; fi
+    BENCH_LISTEN="127.0.0.1:$port" BENCH_ADMIN="127.0.0.1:$admin" BENCH_UPSTREAM="127.0.0.1:$UP_PORT" \
+        BENCH_MOCK="127.0.0.1:$MOCK_PORT" BENCH_REDIS="127.0.0.1:$REDIS_PORT" \
+        JWT_SECRET="$JWT_SECRET_VALUE" INTROSPECTION_SECRET="${INTROSPECTION_CLIENT#*:}" \
+        BENCH_CONFIG="$ROOT/bench/configs/$cfg" \
+        bash -c '"$0" check --config "$BENCH_CONFIG"' "$BIN/authgate" >"$RUN/$name.check.txt" 2>&1 \
+        || die "authgate check of bench/configs/$cfg: $(cat "$RUN/$name.check.txt")"
+    BENCH_LISTEN="127.0.0.1:$port" BENCH_ADMIN="127.0.0.1:$admin" BENCH_UPSTREAM="127.0.0.1:$UP_PORT" \
+        BENCH_MOCK="127.0.0.1:$MOCK_PORT" BENCH_REDIS="127.0.0.1:$REDIS_PORT" \
+        JWT_SECRET="$JWT_SECRET_VALUE" INTROSPECTION_SECRET="${INTROSPECTION_CLIENT#*:}" \
+        RUST_LOG=$level "$BIN/authgate" --config "$ROOT/bench/configs/$cfg" 2>"$errlog" >/dev/null &
+    pid=$!
+    PIDS+=("$pid")
+    PORT[$name]=$port
+    PIDOF[$name]=$pid
+    [[ $name == ag-all ]] && ALL_ADMIN=$admin
+    wait_http "authgate $name" "$port" "$pid" "$RUN/$name.log"
+done
+
+# ---------------------------------------------------------------- targets
+# Anchors first, then authgate; every round runs them all in this order.
+PORT[direct]=$UP_PORT
+PORT[nginx]=$NGINX_PORT
+PORT[haproxy-jwt]=$HAPROXY_PORT
+PORT[pingora-plain]=$PLAIN_PORT
+HEADER[haproxy-jwt]=$TOKEN_HS256
+HEADER[ag-hs256]=$TOKEN_HS256
+HEADER[ag-rs256]=$TOKEN_RS256
+HEADER[ag-opaque]=$TOKEN_OPAQUE
+HEADER[ag-all]=$TOKEN_HS256
+DESC[direct]="upstream nginx hit directly (CPU: the upstream's own)"
+DESC[nginx]="nginx plain proxy_pass, upstream keepalive"
+if [[ $HAPROXY_JWT == 1 ]]; then
+    DESC[haproxy-jwt]="HAProxy $HAPROXY_VERSION, HS256 jwt_verify + exp + stick-table limit"
+else
+    DESC[haproxy-jwt]="HAProxy $HAPROXY_VERSION, bearer present (NO jwt_verify) + stick-table limit"
+fi
+DESC[pingora-plain]="stock pingora 0.9 plain proxy, defaults"
+DESC[ag-public]="authgate (a) public route"
+DESC[ag-local-limit]="authgate public route + local limit"
+DESC[ag-shared-limit]="authgate (e) public route + Redis-shared limit"
+DESC[ag-hs256]="authgate (b) HS256 JWT + local limit"
+DESC[ag-rs256]="authgate (c) RS256 JWT (cached) + local limit"
+DESC[ag-opaque]="authgate (d) opaque token, tier-1 cache + local limit"
+DESC[ag-all]="authgate (f) JWT + local + shared limit, metrics, access log"
+
+ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain ag-public ag-local-limit ag-shared-limit ag-hs256 ag-rs256 ag-opaque ag-all)
+if [[ -n ${TARGETS:-} ]]; then
+    read -r -a RUN_TARGETS <<<"$TARGETS"
+    for t in "${RUN_TARGETS[@]}"; do [[ -n ${DESC[$t]:-} ]] || die "unknown target $t"; done
+else
+    RUN_TARGETS=("${ALL_TARGETS[@]}")
+fi
+
+# Process ids whose CPU time is charged to a target (nginx: master + worker).
+pids_of() {
+    case "$1" in
+        direct) echo "$UP_PID $(pgrep -P "$UP_PID" | tr '\n' ' ')" ;;
+        nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" ;;
+        haproxy-jwt) echo "$HAPROXY_PID" ;;
+        pingora-plain) echo "$PLAIN_PID" ;;
+        *) echo "${PIDOF[$1]}" ;;
+    esac
+}
+
+# utime + stime of the processes (all their threads), in clock ticks.
+cpu_ticks() {
+    local total=0 p s f
+    for p in "$@"; do
+        [[ -r /proc/$p/stat ]] || continue
+        s=$(<"/proc/$p/stat")
+        s=${s##*) }
+        read -r -a f <<<"$s"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# One request before measuring: must be 2xx.
+check_target() {
+    local t=$1 code
+    local -a h=()
+    [[ -n ${HEADER[$t]:-} ]] && h=(-H "Authorization: Bearer ${HEADER[$t]}")
+    code=$(curl -s -o "$RUN/check-$t.body" -w '%{http_code}' --max-time 5 "${h[@]}" \
+        "http://127.0.0.1:${PORT[$t]}$REQ_PATH") || code=000
+    if [[ $code != 2?? ]]; then
+        log "target $t answered $code: $(head -c 400 "$RUN/check-$t.body" 2>/dev/null)"
+        return 1
+    fi
+    echo "$code"
+}
+
+# "commands scripts reads": Redis commands (INFO excluded), EVAL/EVALSHA calls, and read
+# system calls of redis-server (one per batch of commands a client sends: its round trips).
+# Authenticated targets must refuse a forged token (so no target passes by not checking).
+check_refuses_forgery() {
+    local t=$1 code forged
+    [[ -n ${HEADER[$t]:-} ]] || return 0
+    # Flip the token's last character: a bad signature (JWT) or an unknown opaque token.
+    forged=${HEADER[$t]%?}
+    if [[ ${HEADER[$t]: -1} == A ]]; then forged+=B; else forged+=A; fi
+    code=$(curl -s -o "$RUN/forged-$t.body" -w '%{http_code}' --max-time 5 \
+        -H "Authorization: Bearer $forged" "http://127.0.0.1:${PORT[$t]}$REQ_PATH") || code=000
+    if [[ $code != 401 ]]; then
+        log "target $t answered $code to a forged token (expected 401)"
+        return 1
+    fi
+}
+
+redis_calls() {
+    local reads
+    reads=$(awk '/^syscr:/ { print $2 }' "/proc/$REDIS_PID/io" 2>/dev/null || echo 0)
+    redis-cli -p "$REDIS_PORT" info commandstats 2>/dev/null | tr -d '\r' \
+        | awk -F'[:=,]' -v reads="${reads:-0}" '/^cmdstat_/ { n = substr($1, 9); if (n != "info") { tot += $3; if (n == "evalsha" || n == "eval") ev += $3 } }
+                         END { printf "%d %d %d\n", tot, ev, reads }'
+}
+
+busy_others() {
+    # Other heavy processes on the machine (builds), to flag shared-machine runs.
+    { pgrep -x 'rustc|cargo|cc1|cc1plus|ld|ld.lld|mold' 2>/dev/null || true; } | wc -l
+}
+
+# to_ms VALUE: "512.00us" / "1.20ms" / "1.01s" -> milliseconds
+RAW=$RUN/raw.tsv
+printf 'target\tround\trps\tp50_ms\tp99_ms\tcpu_us\trequests\tnon2xx\tsock_err\tredis_cmds\tredis_scripts\tbusy\tredis_reads\n' >"$RAW"
+
+run_wrk() {
+    local t=$1 round=$2 dur=$3 out=$4
+    local -a h=()
+    [[ -n ${HEADER[$t]:-} ]] && h=(-H "Authorization: Bearer ${HEADER[$t]}")
+    timeout $((dur + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${dur}s" --latency "${h[@]}" \
+        "http://127.0.0.1:${PORT[$t]}$REQ_PATH" >"$out" 2>&1
+}
+
+measure() {
+    local t=$1 round=$2 out pids c0 c1 r0 r1 busy
+    out=$RUN/wrk-$t-r$round.txt
+    pids=$(pids_of "$t")
+    busy=$(busy_others)
+    r0=$(redis_calls)
+    # shellcheck disable=SC2086
+    c0=$(cpu_ticks $pids)
+    run_wrk "$t" "$round" "$DURATION" "$out" || die "wrk against $t failed: $(tail -5 "$out")"
+    # shellcheck disable=SC2086
+    c1=$(cpu_ticks $pids)
+    r1=$(redis_calls)
+    if [[ $t == ag-shared-limit || $t == ag-all ]]; then
+        redis-cli -p "$REDIS_PORT" info commandstats >"$RUN/redis-commandstats-after-$t-r$round.txt" 2>&1 || true
+    fi
+    busy=$((busy + $(busy_others)))
+    awk -v t="$t" -v round="$round" -v ticks=$((c1 - c0)) -v hz="$CLK_TCK" -v r0="$r0" -v r1="$r1" -v busy="$busy" '
+        function ms(v) {
+            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+            if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+            return v + 0
+        }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        $2 == "requests" && $3 == "in" { reqs = $1 }
+        $1 == "Requests/sec:" { rps = $2 }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { gsub(/,/, ""); serr = $4 + $6 + $8 + $10 }
+        END {
+            split(r0, a, " "); split(r1, b, " ")
+            cpu = reqs > 0 ? ticks * 1e6 / hz / reqs : 0
+            rc = reqs > 0 ? (b[1] - a[1]) / reqs : 0
+            rs = reqs > 0 ? (b[2] - a[2]) / reqs : 0
+            rr = reqs > 0 ? (b[3] - a[3]) / reqs : 0
+            printf "%s\t%d\t%.0f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%.3f\t%.3f\t%d\t%.3f\n",
+                t, round, rps, p50, p99, cpu, reqs, non2xx + 0, serr + 0, rc, rs, busy, rr
+        }' "$out" >>"$RAW"
+    local line
+    line=$(tail -1 "$RAW")
+    log "$(awk -F'\t' '{ printf "%-16s round %s: %7d req/s  p50 %6.3f ms  p99 %6.3f ms  CPU %6.2f us/req  non-2xx %d", $1, $2, $3, $4, $5, $6, $8 }' <<<"$line")"
+    [[ $(cut -f8 <<<"$line") == 0 ]] || die "$t answered non-2xx during the run ($out)"
+}
+
+# ---------------------------------------------------------------- checks, warm-up, rounds
+for t in "${RUN_TARGETS[@]}"; do
+    check_target "$t" >/dev/null || die "target $t did not answer 2xx"
+    check_refuses_forgery "$t" || die "target $t does not check its tokens"
+done
+log "every target answered 2xx (and 401 to a forged token where it authenticates)"
+
+if [[ $WARMUP -gt 0 ]]; then
+    log "warm-up: ${WARMUP}s per target"
+    for t in "${RUN_TARGETS[@]}"; do run_wrk "$t" 0 "$WARMUP" "$RUN/warmup-$t.txt" || die "warm-up of $t"; done
+fi
+
+for round in $(seq 1 "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    for t in "${RUN_TARGETS[@]}"; do measure "$t" "$round"; done
+done
+
+# The access log of the "all" scenario must have been written when it was kept.
+if [[ $SMOKE == 1 && " ${RUN_TARGETS[*]} " == *" ag-all "* ]]; then
+    grep -q '"kind":"access"\|"kind": "access"' "$RUN/ag-all.log" \
+        || log "warning: no access-log line found in $RUN/ag-all.log"
+fi
+if [[ -n ${ALL_ADMIN:-} ]]; then
+    curl -s --max-time 5 "http://127.0.0.1:$ALL_ADMIN/metrics" >"$RUN/ag-all.metrics.txt" || true
+fi
+
+# ---------------------------------------------------------------- memory probe
+log "memory probe: $MEM_KEYS limiter keys, $MEM_TOKENS cached tokens"
+MEM=$RUN/memory.txt
+{
+    timeout 300 "$BIN/authgate-memory" limiter "$MEM_KEYS"
+    timeout 300 "$BIN/authgate-memory" tokens "$MEM_TOKENS"
+    timeout 300 "$BIN/authgate-memory" principals "$MEM_TOKENS"
+} >"$MEM" 2>"$RUN/memory.err" || die "memory probe failed: $(cat "$RUN/memory.err")"
+cat "$MEM" >&2
+
+# ---------------------------------------------------------------- RESULTS.md
+cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+mem_total=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+git_rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+nginx_v=$(nginx -v 2>&1 | sed 's/^nginx version: //' || true)
+wrk_v=$( (wrk -v 2>&1 || true) | awk 'NR == 1 { print $2 }')
+redis_v=$(redis-server --version 2>/dev/null | sed -n 's/.*v=\([^ ]*\).*/\1/p' || true)
+rustc_v=$(rustc --version 2>/dev/null || echo unknown)
+
+for t in "${RUN_TARGETS[@]}"; do printf '%s\t%s\n' "$t" "${DESC[$t]}"; done >"$RUN/desc.tsv"
+
+{
+    if [[ $SMOKE == 1 ]]; then
+        echo "# authgate benchmark: SMOKE run (1 s per target, not a measurement)"
+    else
+        echo "# authgate benchmark results"
+    fi
+    echo
+    echo "Generated by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'), authgate \`$git_rev\`."
+    echo "Regenerate with \`bench/run.sh\` (see bench/README.md); raw wrk outputs are in"
+    echo "\`bench/out/${RUN#"$ROOT"/bench/out/}/\` (not committed)."
+    echo
+    if [[ -n ${BENCH_NOTE:-} ]]; then
+        echo "**Note:** $BENCH_NOTE"
+        echo
+    fi
+    busy_runs=$(awk -F'\t' 'NR > 1 && $12 > 0 { n++ } END { print n + 0 }' "$RAW")
+    total_runs=$(awk 'END { print NR - 1 }' "$RAW")
+    if [[ $busy_runs -gt 0 ]]; then
+        echo "**Shared machine:** compilers or linkers (cargo/rustc/cc/ld) were running during"
+        echo "$busy_runs of the $total_runs measured runs, so absolute figures are low and noisy; ratios"
+        echo "within a round are less affected but still suspect."
+        echo
+    fi
+    if [[ -n $HAPROXY_NOTE ]]; then
+        echo "**HAProxy:** $HAPROXY_NOTE"
+        echo
+    fi
+    echo "## Machine"
+    echo
+    echo "- CPU: $cpu_model, $(nproc) cores online; memory $mem_total"
+    echo "- Kernel: $(uname -sr); $(sed -n 's/^PRETTY_NAME="\(.*\)"/\1/p' /etc/os-release 2>/dev/null)"
+    echo "- Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- nginx $nginx_v, HAProxy $HAPROXY_VERSION, wrk $wrk_v, redis $redis_v, $rustc_v"
+    echo
+    echo "## Settings"
+    echo
+    echo "- \`wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, \`GET $REQ_PATH\`, on loopback."
+    echo "- $ROUNDS round(s), interleaved: each round runs every target once, in the order of the table;"
+    echo "  figures are the median over rounds. Warm-up: ${WARMUP} s per target before round 1."
+    echo "- Every proxy has one worker thread (nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`,"
+    echo "  pingora/authgate \`threads: 1\`). The upstream is an nginx with one worker answering a fixed"
+    echo "  ${#UP_BODY}-byte JSON body; wrk, the upstream and the proxy share the $(nproc) cores."
+    echo "- CPU µs/req: utime+stime of the proxy process (all threads; nginx: master + worker) from"
+    echo "  \`/proc/<pid>/stat\` over the wrk run, divided by the requests wrk counted (CLK_TCK $CLK_TCK)."
+    echo "- authgate logs at RUST_LOG=warn in (a)-(e), info in (f) (access log on, written to"
+    if [[ $SMOKE == 1 ]]; then echo "  a file)."; else echo "  /dev/null)."; fi
+    echo "  Every rate limit is far above the load (nothing is refused); tokens are valid for 2 h."
+    echo
+    echo "## Results (median of $ROUNDS round(s))"
+    echo
+    echo "| target | what | req/s | p50 ms | p99 ms | CPU µs/req |"
+    echo "|---|---|---:|---:|---:|---:|"
+    awk -F'\t' '
+        function median(s,   n, a, i, j, x) {
+            n = split(s, a, " ")
+            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        FNR == NR { desc[$1] = $2; order[++no] = $1; next }
+        FNR > 1 { rps[$1] = rps[$1] " " $3; p50[$1] = p50[$1] " " $4; p99[$1] = p99[$1] " " $5; cpu[$1] = cpu[$1] " " $6 }
+        END {
+            for (i = 1; i <= no; i++) {
+                t = order[i]
+                printf "| %s | %s | %.0f | %.3f | %.3f | %.2f |\n", t, desc[t], median(rps[t]), median(p50[t]), median(p99[t]), median(cpu[t])
+            }
+        }' "$RUN/desc.tsv" "$RAW"
+    echo
+} >"$RESULTS.tmp"
+
+# Medians per target for the ratio table.
+declare -A M_RPS M_CPU M_RCMD M_RSCR M_RRD
+while IFS=$'\t' read -r t rps cpu rc rs rr; do
+    M_RPS[$t]=$rps
+    M_CPU[$t]=$cpu
+    M_RCMD[$t]=$rc
+    M_RSCR[$t]=$rs
+    M_RRD[$t]=$rr
+done < <(awk -F'\t' '
+    function median(s,   n, a, i, j, x) {
+        n = split(s, a, " ")
+        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    NR > 1 { if (!($1 in seen)) { seen[$1] = 1; order[++no] = $1 }
+             rps[$1] = rps[$1] " " $3; cpu[$1] = cpu[$1] " " $6; rc[$1] = rc[$1] " " $10; rs[$1] = rs[$1] " " $11; rr[$1] = rr[$1] " " $13 }
+    END { for (i = 1; i <= no; i++) { t = order[i]; printf "%s\t%s\t%s\t%s\t%s\t%s\n", t, median(rps[t]), median(cpu[t]), median(rc[t]), median(rs[t]), median(rr[t]) } }' "$RAW")
+
+# verdict KIND MEASURED LIMIT: KIND "max" (measured must be <= limit) or "min" (>=).
+verdict() {
+    awk -v kind="$1" -v m="$2" -v l="$3" 'BEGIN {
+        if (m == "" || l == "") { print "n/a"; exit }
+        if (kind == "max") {
+            if (m <= l) printf "PASS (%.1f %% under the limit)", (l - m) / l * 100
+            else printf "**MISS** by %.1f %% (%.3g over)", (m - l) / l * 100, m - l
+        } else {
+            if (m >= l) printf "PASS (%.1f %% above the limit)", (m - l) / l * 100
+            else printf "**MISS** by %.1f %% (%.3g short)", (l - m) / l * 100, l - m
+        }
+    }'
+}
+ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print ""; else printf "%.3f", a / b }'; }
+
+{
+    echo "## Ratios against the budgets of issue 9 (same run)"
+    echo
+    echo "| budget | measured | limit | verdict |"
+    echo "|---|---:|---:|---|"
+    row() { # label measured kind limit-text limit
+        local v
+        v=$(verdict "$3" "$2" "$5")
+        echo "| $1 | ${2:-n/a} | $4 | $v |"
+    }
+    row "authgate public CPU/req ÷ pingora-plain CPU/req" "$(ratio "${M_CPU[ag-public]:-}" "${M_CPU[pingora-plain]:-}")" max "≤ 0.85" 0.85
+    row "authgate HS256+local limit CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-hs256]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.25" 1.25
+    row "authgate HS256+local limit req/s ÷ HAProxy-jwt req/s" "$(ratio "${M_RPS[ag-hs256]:-}" "${M_RPS[haproxy-jwt]:-}")" min "≥ 0.80" 0.80
+    row "cached RS256 CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-rs256]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10
+    row "cached opaque CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-opaque]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10
+    row "shared limit req/s ÷ local limit req/s" "$(ratio "${M_RPS[ag-shared-limit]:-}" "${M_RPS[ag-local-limit]:-}")" min "≥ 0.50" 0.50
+    # Two decimals: wrk does not count the up to $CONNECTIONS requests in flight when it stops.
+    row "shared limit: Redis requests per request (EVAL/EVALSHA; each is one round trip)" \
+        "$(awk -v v="${M_RSCR[ag-shared-limit]:-}" 'BEGIN { if (v != "") printf "%.2f", v }')" max "≤ 1.00" 1.0
+    echo
+    echo "Context (no budget):"
+    echo
+    echo "| ratio | value |"
+    echo "|---|---:|"
+    echo "| authgate public CPU/req ÷ nginx CPU/req | $(ratio "${M_CPU[ag-public]:-}" "${M_CPU[nginx]:-}") |"
+    echo "| authgate public req/s ÷ pingora-plain req/s | $(ratio "${M_RPS[ag-public]:-}" "${M_RPS[pingora-plain]:-}") |"
+    echo "| authgate all (f) CPU/req ÷ HAProxy-jwt CPU/req | $(ratio "${M_CPU[ag-all]:-}" "${M_CPU[haproxy-jwt]:-}") |"
+    echo "| authgate all (f) req/s ÷ HAProxy-jwt req/s | $(ratio "${M_RPS[ag-all]:-}" "${M_RPS[haproxy-jwt]:-}") |"
+    echo "| authgate local limit CPU/req ÷ authgate public CPU/req | $(ratio "${M_CPU[ag-local-limit]:-}" "${M_CPU[ag-public]:-}") |"
+    echo "| authgate HS256 CPU/req ÷ authgate public CPU/req | $(ratio "${M_CPU[ag-hs256]:-}" "${M_CPU[ag-public]:-}") |"
+    echo "| nginx proxy req/s ÷ upstream direct req/s | $(ratio "${M_RPS[nginx]:-}" "${M_RPS[direct]:-}") |"
+    echo "| Redis script calls (EVAL/EVALSHA) per request, shared limit (e) / all (f) | ${M_RSCR[ag-shared-limit]:-n/a} / ${M_RSCR[ag-all]:-n/a} |"
+    echo "| Redis commands per request incl. those run inside scripts, (e) / (f) | ${M_RCMD[ag-shared-limit]:-n/a} / ${M_RCMD[ag-all]:-n/a} |"
+    echo "| redis-server reads per request, (e) / (f) | ${M_RRD[ag-shared-limit]:-n/a} / ${M_RRD[ag-all]:-n/a} |"
+    echo
+    echo "Redis figures are deltas over the run divided by wrk's requests (which leave out the requests"
+    echo "in flight when wrk stops). Commands come from \`INFO commandstats\`; the second row also"
+    echo "counts the TIME/GET/SET a script runs inside Redis, which cost no round trip. Reads are the"
+    echo "read system calls of redis-server (\`syscr\` of /proc/<pid>/io): one per batch a client"
+    echo "writes, so under 1 per request means concurrent requests share writes on the multiplexed"
+    echo "connection (pipelining)."
+    echo
+    echo "## Memory (authgate's public API, \`authgate-memory\`, mimalloc as in the binary)"
+    echo
+    echo "| what | entries | RSS growth | bytes/entry | budget | verdict |"
+    echo "|---|---:|---:|---:|---|---|"
+    while read -r what rest; do
+        declare -A kv=()
+        for pair in $rest; do kv[${pair%%=*}]=${pair#*=}; done
+        entries=${kv[entries]}
+        delta=${kv[rss_delta]}
+        per=${kv[bytes_per_entry]}
+        if [[ $what == principals ]]; then
+            printf '| (context) the same identities in a plain Vec, no cache | %s | %s MB | %s | | |\n' "${kv[entries]}" \
+                "$(awk -v d="${kv[rss_delta]}" 'BEGIN { printf "%.1f", d / 1e6 }')" "${kv[bytes_per_entry]}"
+            unset kv
+            continue
+        elif [[ $what == limiter ]]; then
+            label="local limiter, distinct keys"; budget_total=150000000; budget_n=1000000; btxt="1,000,000 keys ≤ 150 MB"
+        else
+            label="token cache tier 1, cached identities"; budget_total=50000000; budget_n=100000; btxt="100,000 tokens ≤ 50 MB"
+        fi
+        # Scaled to the budget's entry count when the probe ran smaller.
+        projected=$(awk -v p="$per" -v n="$budget_n" 'BEGIN { printf "%.0f", p * n }')
+        v=$(verdict max "$projected" "$budget_total")
+        printf '| %s | %s | %s MB | %s | %s (at this rate: %s MB) | %s |\n' "$label" "$entries" \
+            "$(awk -v d="$delta" 'BEGIN { printf "%.1f", d / 1e6 }')" "$per" "$btxt" \
+            "$(awk -v d="$projected" 'BEGIN { printf "%.1f", d / 1e6 }')" "$v"
+        unset kv
+    done <"$MEM"
+    echo
+    echo "MB = 10^6 bytes. RSS from \`/proc/self/status\` (VmRSS) before creating the structure and after"
+    echo "filling it, each in a fresh process."
+    echo
+    if [[ -f $ROOT/bench/ANALYSIS.md ]]; then
+        echo "## Analysis"
+        echo
+        echo "(kept in bench/ANALYSIS.md, included verbatim)"
+        echo
+        cat "$ROOT/bench/ANALYSIS.md"
+        echo
+    fi
+    echo "## Every run"
+    echo
+    echo "| target | round | req/s | p50 ms | p99 ms | CPU µs/req | requests | builds running |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, ($12 > 0 ? "yes" : "") }' "$RAW"
+} >>"$RESULTS.tmp"
+mv "$RESULTS.tmp" "$RESULTS"
+cp "$RESULTS" "$RUN/RESULTS.md"
+
+# Smoke: every target must appear with a non-zero rate in the results.
+for t in "${RUN_TARGETS[@]}"; do
+    grep -q "^| $t | " "$RESULTS" || die "$t missing from $RESULTS"
+done
+log "results written to ${RESULTS#"$ROOT"/}"
+if [[ $SMOKE == 1 ]]; then log "smoke OK"; fi
