@@ -197,44 +197,60 @@ fn info(
     }
 }
 
+/// What a bucket is keyed by, without allocating for the common cases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyValue<'a> {
+    Ip(Option<IpAddr>),
+    Str(&'a str),
+    /// The first 128 bits of a header value's SHA-256.
+    Digest([u8; 16]),
+}
+
+impl std::fmt::Display for KeyValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyValue::Ip(Some(ip)) => write!(f, "{ip}"),
+            KeyValue::Ip(None) => f.write_str("unknown"),
+            KeyValue::Str(s) => f.write_str(s),
+            KeyValue::Digest(d) => f.write_str(&hex::encode(d)),
+        }
+    }
+}
+
 /// The bucket a request falls into. Subject and API-key policies fall back to the client IP
 /// for requests without that identity (DRF's anonymous tier). Header values are hashed: they
 /// may be credentials, and never go to Redis as they are.
-fn key_of<'a>(key: &LimitKey, k: &'a RequestKeys<'_>) -> (&'static str, std::borrow::Cow<'a, str>) {
-    use std::borrow::Cow;
-    let ip = || {
-        (
-            "ip",
-            Cow::Owned(
-                k.client_ip
-                    .map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
-            ),
-        )
-    };
+fn key_of<'a>(key: &LimitKey, k: &'a RequestKeys<'_>) -> (&'static str, KeyValue<'a>) {
+    let ip = ("ip", KeyValue::Ip(k.client_ip));
     match key {
-        LimitKey::ClientIp => ip(),
+        LimitKey::ClientIp => ip,
         LimitKey::Subject => match k.principal {
-            Some(p) => ("sub", Cow::Borrowed(p.subject.as_str())),
-            None => ip(),
+            Some(p) => ("sub", KeyValue::Str(p.subject.as_str())),
+            None => ip,
         },
         LimitKey::ApiKey => match k.principal.and_then(|p| p.credential_id.as_deref()) {
-            Some(id) => ("key", Cow::Borrowed(id)),
-            None => ip(),
+            Some(id) => ("key", KeyValue::Str(id)),
+            None => ip,
         },
         LimitKey::Header(name) => match k.headers.get(name) {
-            Some(v) => (
-                "hdr",
-                Cow::Owned(hex::encode(&Sha256::digest(v.as_bytes())[..16])),
-            ),
-            None => ip(),
+            Some(v) => {
+                let mut d = [0u8; 16];
+                d.copy_from_slice(&Sha256::digest(v.as_bytes())[..16]);
+                ("hdr", KeyValue::Digest(d))
+            }
+            None => ip,
         },
     }
 }
 
-fn hash_key(kind: &str, value: &str) -> u64 {
+fn hash_key(kind: &str, value: &KeyValue<'_>) -> u64 {
     let mut h = HASHER.build_hasher();
     kind.hash(&mut h);
-    value.hash(&mut h);
+    match value {
+        KeyValue::Ip(ip) => ip.hash(&mut h),
+        KeyValue::Str(s) => s.hash(&mut h),
+        KeyValue::Digest(d) => d.hash(&mut h),
+    }
     h.finish()
 }
 
@@ -270,9 +286,19 @@ mod tests {
             principal: Some(&p),
             headers: &headers,
         };
-        assert_eq!(key_of(&LimitKey::Subject, &user), ("sub", "42".into()));
-        assert_eq!(key_of(&LimitKey::Subject, &anon), ("ip", "10.1.2.3".into()));
-        assert_eq!(key_of(&LimitKey::ApiKey, &user), ("ip", "10.1.2.3".into()));
+        assert_eq!(
+            key_of(&LimitKey::Subject, &user),
+            ("sub", KeyValue::Str("42"))
+        );
+        assert_eq!(
+            key_of(&LimitKey::Subject, &anon),
+            ("ip", KeyValue::Ip(Some(ip)))
+        );
+        assert_eq!(
+            key_of(&LimitKey::ApiKey, &user),
+            ("ip", KeyValue::Ip(Some(ip)))
+        );
+        assert_eq!(key_of(&LimitKey::ClientIp, &anon).1.to_string(), "10.1.2.3");
         let name = http::HeaderName::from_static("x-tenant");
         assert_eq!(key_of(&LimitKey::Header(name.clone()), &anon).0, "ip");
         let mut h = HeaderMap::new();
@@ -284,7 +310,11 @@ mod tests {
         };
         let (kind, value) = key_of(&LimitKey::Header(name), &with);
         assert_eq!(kind, "hdr");
-        assert!(!value.contains("secret"), "header values are hashed");
+        assert!(
+            !value.to_string().contains("secret"),
+            "header values are hashed"
+        );
+        assert_eq!(value.to_string().len(), 32);
     }
 
     #[test]
