@@ -27,7 +27,7 @@ for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
         --no-build) BUILD=0 ;;
-        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -179,6 +179,8 @@ nginx -p "$RUN/nginx-upstream" -c "$RUN/nginx-upstream/nginx.conf" -e "$RUN/ngin
 UP_PID=$!
 PIDS+=("$UP_PID")
 wait_http "upstream nginx" "$UP_PORT" "$UP_PID" "$RUN/nginx-upstream/error.log"
+# Its worker too, in case the master has to be killed hard (workers outlive a SIGKILLed master).
+for p in $(pgrep -P "$UP_PID" || true); do PIDS+=("$p"); done
 
 # ---------------------------------------------------------------- upstream-mock, redis
 free_port MOCK_PORT
@@ -246,6 +248,7 @@ nginx -p "$RUN/nginx-proxy" -c "$RUN/nginx-proxy/nginx.conf" -e "$RUN/nginx-prox
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 wait_http "nginx proxy" "$NGINX_PORT" "$NGINX_PID" "$RUN/nginx-proxy/error.log"
+for p in $(pgrep -P "$NGINX_PID" || true); do PIDS+=("$p"); done
 
 HAPROXY_VERSION=$(haproxy -v 2>/dev/null | sed -n '1s/^HA-\{0,1\}Proxy version \([^ ]*\).*/\1/p')
 HAPROXY_JWT=0
@@ -344,22 +347,20 @@ SCENARIOS=(
 declare -A PORT PIDOF HEADER DESC
 for s in "${SCENARIOS[@]}"; do
     IFS=: read -r name cfg level <<<"$s"
+    port="" admin=""
     free_port port
     free_port admin
     errlog=$RUN/$name.log
     # The access log of the "all" scenario is written in full by the smoke run (to check it), and
     # thrown away by measuring runs (it would be hundreds of MB; /dev/null still pays formatting).
     if [[ $name == ag-all && $SMOKE == 0 ]]; then errlog=/dev/null; fi
-    BENCH_LISTEN="127.0.0.1:$port" BENCH_ADMIN="127.0.0.1:$admin" BENCH_UPSTREAM="127.0.0.1:$UP_PORT" \
-        BENCH_MOCK="127.0.0.1:$MOCK_PORT" BENCH_REDIS="127.0.0.1:$REDIS_PORT" \
-        JWT_SECRET="$JWT_SECRET_VALUE" INTROSPECTION_SECRET="${INTROSPECTION_CLIENT#*:}" \
-        BENCH_CONFIG="$ROOT/bench/configs/$cfg" \
-        bash -c '"$0" check --config "$BENCH_CONFIG"' "$BIN/authgate" >"$RUN/$name.check.txt" 2>&1 \
+    # The environment the configuration expands (${BENCH_*}) and its secrets.
+    ag_env=(BENCH_LISTEN="127.0.0.1:$port" BENCH_ADMIN="127.0.0.1:$admin" BENCH_UPSTREAM="127.0.0.1:$UP_PORT"
+        BENCH_MOCK="127.0.0.1:$MOCK_PORT" BENCH_REDIS="127.0.0.1:$REDIS_PORT"
+        JWT_SECRET="$JWT_SECRET_VALUE" INTROSPECTION_SECRET="${INTROSPECTION_CLIENT#*:}")
+    env "${ag_env[@]}" "$BIN/authgate" check --config "$ROOT/bench/configs/$cfg" >"$RUN/$name.check.txt" 2>&1 \
         || die "authgate check of bench/configs/$cfg: $(cat "$RUN/$name.check.txt")"
-    BENCH_LISTEN="127.0.0.1:$port" BENCH_ADMIN="127.0.0.1:$admin" BENCH_UPSTREAM="127.0.0.1:$UP_PORT" \
-        BENCH_MOCK="127.0.0.1:$MOCK_PORT" BENCH_REDIS="127.0.0.1:$REDIS_PORT" \
-        JWT_SECRET="$JWT_SECRET_VALUE" INTROSPECTION_SECRET="${INTROSPECTION_CLIENT#*:}" \
-        RUST_LOG=$level "$BIN/authgate" --config "$ROOT/bench/configs/$cfg" 2>"$errlog" >/dev/null &
+    env "${ag_env[@]}" RUST_LOG="$level" "$BIN/authgate" --config "$ROOT/bench/configs/$cfg" 2>"$errlog" >/dev/null &
     pid=$!
     PIDS+=("$pid")
     PORT[$name]=$port
@@ -448,9 +449,13 @@ check_target() {
 check_refuses_forgery() {
     local t=$1 code forged
     [[ -n ${HEADER[$t]:-} ]] || return 0
-    # Flip the token's last character: a bad signature (JWT) or an unknown opaque token.
-    forged=${HEADER[$t]%?}
-    if [[ ${HEADER[$t]: -1} == A ]]; then forged+=B; else forged+=A; fi
+    # Change one character of the signature (not the last: its low bits can be base64 padding that
+    # decoders ignore): a bad signature for a JWT, an unknown token for an opaque one.
+    local tok=${HEADER[$t]} i c
+    i=$((${#tok} - 5))
+    c=${tok:i:1}
+    if [[ $c == A ]]; then c=B; else c=A; fi
+    forged=${tok:0:i}$c${tok:i+1}
     code=$(curl -s -o "$RUN/forged-$t.body" -w '%{http_code}' --max-time 5 \
         -H "Authorization: Bearer $forged" "http://127.0.0.1:${PORT[$t]}$REQ_PATH") || code=000
     if [[ $code != 401 ]]; then
@@ -467,6 +472,24 @@ redis_calls() {
                          END { printf "%d %d %d\n", tot, ev, reads }'
 }
 
+# Busy CPU ticks of the whole machine: user, nice, system, irq, softirq (loopback traffic is
+# mostly softirq work done on behalf of the processes sending it), steal.
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+# CPU ticks of everything this script started: its services, and its finished children (wrk,
+# curl...) as the shell's `times` reports them. `our_ticks VAR` sets VAR: `times` must run in
+# this shell, not in a $(...) subshell, to see this shell's children.
+our_ticks() {
+    local own kids
+    own=$(cpu_ticks "${PIDS[@]}")
+    times >"$RUN/.times"
+    kids=$(awk -v hz="$CLK_TCK" 'NR == 2 {
+            t = 0
+            for (i = 1; i <= 2; i++) { v = $i; m = v; sub(/m.*/, "", m); sec = v; sub(/^[0-9]+m/, "", sec); sub(/s$/, "", sec); t += m * 60 + sec }
+            printf "%.0f", t * hz }' "$RUN/.times")
+    printf -v "$1" '%s' $((own + kids))
+}
+
 busy_others() {
     # Other heavy processes on the machine (builds), to flag shared-machine runs.
     { pgrep -x 'rustc|cargo|cc1|cc1plus|ld|ld.lld|mold' 2>/dev/null || true; } | wc -l
@@ -474,7 +497,7 @@ busy_others() {
 
 # to_ms VALUE: "512.00us" / "1.20ms" / "1.01s" -> milliseconds
 RAW=$RUN/raw.tsv
-printf 'target\tround\trps\tp50_ms\tp99_ms\tcpu_us\trequests\tnon2xx\tsock_err\tredis_cmds\tredis_scripts\tbusy\tredis_reads\n' >"$RAW"
+printf 'target\tround\trps\tp50_ms\tp99_ms\tcpu_us\trequests\tnon2xx\tsock_err\tredis_cmds\tredis_scripts\tbusy\tredis_reads\tother_cores\n' >"$RAW"
 
 run_wrk() {
     local t=$1 round=$2 dur=$3 out=$4
@@ -485,22 +508,27 @@ run_wrk() {
 }
 
 measure() {
-    local t=$1 round=$2 out pids c0 c1 r0 r1 busy
+    local t=$1 round=$2 out pids c0 c1 r0 r1 m0 m1 o0 o1 busy
     out=$RUN/wrk-$t-r$round.txt
     pids=$(pids_of "$t")
     busy=$(busy_others)
     r0=$(redis_calls)
+    m0=$(machine_ticks)
+    our_ticks o0
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $pids)
     run_wrk "$t" "$round" "$DURATION" "$out" || die "wrk against $t failed: $(tail -5 "$out")"
     # shellcheck disable=SC2086
     c1=$(cpu_ticks $pids)
+    our_ticks o1
+    m1=$(machine_ticks)
     r1=$(redis_calls)
     if [[ $t == ag-shared-limit || $t == ag-all ]]; then
         redis-cli -p "$REDIS_PORT" info commandstats >"$RUN/redis-commandstats-after-$t-r$round.txt" 2>&1 || true
     fi
     busy=$((busy + $(busy_others)))
-    awk -v t="$t" -v round="$round" -v ticks=$((c1 - c0)) -v hz="$CLK_TCK" -v r0="$r0" -v r1="$r1" -v busy="$busy" '
+    awk -v t="$t" -v round="$round" -v ticks=$((c1 - c0)) -v hz="$CLK_TCK" -v r0="$r0" -v r1="$r1" -v busy="$busy" \
+        -v other=$(((m1 - m0) - (o1 - o0))) -v dur="$DURATION" '
         function ms(v) {
             if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
             if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
@@ -519,8 +547,9 @@ measure() {
             rc = reqs > 0 ? (b[1] - a[1]) / reqs : 0
             rs = reqs > 0 ? (b[2] - a[2]) / reqs : 0
             rr = reqs > 0 ? (b[3] - a[3]) / reqs : 0
-            printf "%s\t%d\t%.0f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%.3f\t%.3f\t%d\t%.3f\n",
-                t, round, rps, p50, p99, cpu, reqs, non2xx + 0, serr + 0, rc, rs, busy, rr
+            oc = other / hz / dur
+            printf "%s\t%d\t%.0f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%.3f\t%.3f\t%d\t%.3f\t%.2f\n",
+                t, round, rps, p50, p99, cpu, reqs, non2xx + 0, serr + 0, rc, rs, busy, rr, oc
         }' "$out" >>"$RAW"
     local line
     line=$(tail -1 "$RAW")
@@ -592,6 +621,14 @@ for t in "${RUN_TARGETS[@]}"; do printf '%s\t%s\n' "$t" "${DESC[$t]}"; done >"$R
     fi
     busy_runs=$(awk -F'\t' 'NR > 1 && $12 > 0 { n++ } END { print n + 0 }' "$RAW")
     total_runs=$(awk 'END { print NR - 1 }' "$RAW")
+    other_runs=$(awk -F'\t' 'NR > 1 && $14 > 0.25 { n++ } END { print n + 0 }' "$RAW")
+    other_max=$(awk -F'\t' 'NR > 1 && $14 > m { m = $14 } END { printf "%.2f", m }' "$RAW")
+    if [[ $other_runs -gt 0 ]]; then
+        echo "**Shared machine:** processes this script did not start used more than a quarter of a core during"
+        echo "$other_runs of the $total_runs measured runs (up to $other_max cores; column \"other load\" of the last"
+        echo "table), so those runs are noisy."
+        echo
+    fi
     if [[ $busy_runs -gt 0 ]]; then
         echo "**Shared machine:** compilers or linkers (cargo/rustc/cc/ld) were running during"
         echo "$busy_runs of the $total_runs measured runs, so absolute figures are low and noisy; ratios"
@@ -660,17 +697,19 @@ done < <(awk -F'\t' '
     }
     NR > 1 { if (!($1 in seen)) { seen[$1] = 1; order[++no] = $1 }
              rps[$1] = rps[$1] " " $3; cpu[$1] = cpu[$1] " " $6; rc[$1] = rc[$1] " " $10; rs[$1] = rs[$1] " " $11; rr[$1] = rr[$1] " " $13 }
-    END { for (i = 1; i <= no; i++) { t = order[i]; printf "%s\t%s\t%s\t%s\t%s\t%s\n", t, median(rps[t]), median(cpu[t]), median(rc[t]), median(rs[t]), median(rr[t]) } }' "$RAW")
+    END { for (i = 1; i <= no; i++) { t = order[i]; printf "%s\t%.0f\t%.3f\t%.3f\t%.3f\t%.3f\n", t, median(rps[t]), median(cpu[t]), median(rc[t]), median(rs[t]), median(rr[t]) } }' "$RAW")
 
 # verdict KIND MEASURED LIMIT: KIND "max" (measured must be <= limit) or "min" (>=).
 verdict() {
     awk -v kind="$1" -v m="$2" -v l="$3" 'BEGIN {
         if (m == "" || l == "") { print "n/a"; exit }
         if (kind == "max") {
-            if (m <= l) printf "PASS (%.1f %% under the limit)", (l - m) / l * 100
+            if (m == l) printf "PASS (at the limit)"
+            else if (m < l) printf "PASS (%.1f %% under the limit)", (l - m) / l * 100
             else printf "**MISS** by %.1f %% (%.3g over)", (m - l) / l * 100, m - l
         } else {
-            if (m >= l) printf "PASS (%.1f %% above the limit)", (m - l) / l * 100
+            if (m == l) printf "PASS (at the limit)"
+            else if (m > l) printf "PASS (%.1f %% above the limit)", (m - l) / l * 100
             else printf "**MISS** by %.1f %% (%.3g short)", (l - m) / l * 100, l - m
         }
     }'
@@ -721,33 +760,45 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     echo
     echo "## Memory (authgate's public API, \`authgate-memory\`, mimalloc as in the binary)"
     echo
-    echo "| what | entries | RSS growth | bytes/entry | budget | verdict |"
+    echo "| what | entries | RSS growth | bytes/entry | budget | at the budget's size: verdict |"
     echo "|---|---:|---:|---:|---|---|"
+    TOKENS_PER="" PRINCIPALS_PER="" ENTRY_SIZE="" PRINCIPAL_SIZE=""
     while read -r what rest; do
         declare -A kv=()
         for pair in $rest; do kv[${pair%%=*}]=${pair#*=}; done
-        entries=${kv[entries]}
-        delta=${kv[rss_delta]}
-        per=${kv[bytes_per_entry]}
-        if [[ $what == principals ]]; then
-            printf '| (context) the same identities in a plain Vec, no cache | %s | %s MB | %s | | |\n' "${kv[entries]}" \
-                "$(awk -v d="${kv[rss_delta]}" 'BEGIN { printf "%.1f", d / 1e6 }')" "${kv[bytes_per_entry]}"
-            unset kv
-            continue
-        elif [[ $what == limiter ]]; then
-            label="local limiter, distinct keys"; budget_total=150000000; budget_n=1000000; btxt="1,000,000 keys ≤ 150 MB"
-        else
-            label="token cache tier 1, cached identities"; budget_total=50000000; budget_n=100000; btxt="100,000 tokens ≤ 50 MB"
-        fi
-        # Scaled to the budget's entry count when the probe ran smaller.
-        projected=$(awk -v p="$per" -v n="$budget_n" 'BEGIN { printf "%.0f", p * n }')
-        v=$(verdict max "$projected" "$budget_total")
-        printf '| %s | %s | %s MB | %s | %s (at this rate: %s MB) | %s |\n' "$label" "$entries" \
-            "$(awk -v d="$delta" 'BEGIN { printf "%.1f", d / 1e6 }')" "$per" "$btxt" \
-            "$(awk -v d="$projected" 'BEGIN { printf "%.1f", d / 1e6 }')" "$v"
+        mb() { awk -v d="$1" 'BEGIN { printf "%.1f", d / 1e6 }'; }
+        case $what in
+            principals)
+                PRINCIPALS_PER=${kv[bytes_per_entry]}
+                printf '| (context) the same identities in a plain Vec, no cache | %s | %s MB | %s | | |\n' \
+                    "${kv[entries]}" "$(mb "${kv[rss_delta]}")" "${kv[bytes_per_entry]}"
+                ;;
+            limiter | tokens)
+                if [[ $what == limiter ]]; then
+                    label="local limiter, distinct keys"; budget_mb=150; budget_n=1000000; btxt="1,000,000 keys ≤ 150 MB"
+                else
+                    label="token cache tier 1, cached identities"; budget_mb=50; budget_n=100000; btxt="100,000 tokens ≤ 50 MB"
+                    TOKENS_PER=${kv[bytes_per_entry]}
+                    ENTRY_SIZE=${kv[entry_size]:-}
+                    PRINCIPAL_SIZE=${kv[principal_size]:-}
+                fi
+                # Scaled to the budget's entry count (the same when the probe ran at full size).
+                projected_mb=$(awk -v p="${kv[bytes_per_entry]}" -v n="$budget_n" 'BEGIN { printf "%.1f", p * n / 1e6 }')
+                printf '| %s | %s | %s MB | %s | %s | %s MB: %s |\n' "$label" "${kv[entries]}" \
+                    "$(mb "${kv[rss_delta]}")" "${kv[bytes_per_entry]}" "$btxt" "$projected_mb" \
+                    "$(verdict max "$projected_mb" "$budget_mb")"
+                ;;
+        esac
         unset kv
     done <"$MEM"
     echo
+    if [[ -n $TOKENS_PER && -n $PRINCIPALS_PER ]]; then
+        echo "Of the token cache's $TOKENS_PER bytes per entry, about $PRINCIPALS_PER are the cached identity"
+        echo "itself (32-byte key, the ${ENTRY_SIZE:-?}-byte \`Entry\`, the \`Arc<Principal>\` of ${PRINCIPAL_SIZE:-?} bytes plus"
+        echo "its subject, scopes and jti strings: the \"plain Vec\" row) and about"
+        echo "$(awk -v a="$TOKENS_PER" -v b="$PRINCIPALS_PER" 'BEGIN { printf "%.0f", a - b }') the cache's own bookkeeping (moka)."
+        echo
+    fi
     echo "MB = 10^6 bytes. RSS from \`/proc/self/status\` (VmRSS) before creating the structure and after"
     echo "filling it, each in a fresh process."
     echo
@@ -761,9 +812,12 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     fi
     echo "## Every run"
     echo
-    echo "| target | round | req/s | p50 ms | p99 ms | CPU µs/req | requests | builds running |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---|"
-    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, ($12 > 0 ? "yes" : "") }' "$RAW"
+    echo "\"other load\": CPU used by processes this script did not start, in cores (busy ticks of"
+    echo "/proc/stat minus those of the bench's own processes and wrk; ±0.1 is tick noise)."
+    echo
+    echo "| target | round | req/s | p50 ms | p99 ms | CPU µs/req | requests | other load | builds running |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, ($14 > 0 ? $14 : "0.00"), ($12 > 0 ? "yes" : "") }' "$RAW"
 } >>"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
 cp "$RESULTS" "$RUN/RESULTS.md"

@@ -146,7 +146,7 @@ routes:
                             .get(format!(
                                 "{base}/api/products/search/?q=yoga&page={}&delay_ms={}",
                                 i % 20,
-                                if i % 10 == 0 { 500 } else { 0 }
+                                if i.is_multiple_of(10) { 500 } else { 0 }
                             ))
                             .bearer_auth(&jwts[0]),
                         _ => c

@@ -22,7 +22,7 @@ impl ApiKeys {
                 let id: Arc<str> = k.id.as_str().into();
                 let principal = Principal {
                     subject: k.subject.clone(),
-                    scopes: k.scopes.clone(),
+                    scopes: super::scope_set(k.scopes.clone()),
                     provider: name.clone(),
                     expires_at: None,
                     valid_until: None,

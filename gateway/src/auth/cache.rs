@@ -7,8 +7,8 @@ use crate::config::model::TokenCacheSettings;
 use crate::metrics::Metrics;
 use crate::proxy::respond::Rejection;
 use crate::redis_link::{RedisLink, RedisOp};
-use moka::sync::Cache;
 use prometheus::IntCounter;
+use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,33 +37,25 @@ impl Tier {
 #[derive(Clone)]
 pub enum Entry {
     Valid(Arc<Principal>),
-    /// A definite refusal by exactly the providers in `mask` (of configuration `generation`),
-    /// kept for `negative_ttl`. Routes with other provider lists do not see it.
-    Refused {
-        mask: u64,
-        generation: u64,
-        provider: usize,
-        rejection: Rejection,
-    },
+    /// A definite refusal, kept for `negative_ttl` (boxed: rare, and it keeps entries small).
+    Refused(Box<Refusal>),
 }
 
-struct Expiry {
-    max_ttl: Duration,
-    negative_ttl: Duration,
+/// A refusal by exactly the providers in `mask` (of configuration `generation`); routes with
+/// other provider lists do not see it.
+#[derive(Clone)]
+pub struct Refusal {
+    pub mask: u64,
+    pub generation: u64,
+    pub provider: usize,
+    pub rejection: Rejection,
 }
 
-impl moka::Expiry<TokenHash, Entry> for Expiry {
-    fn expire_after_create(
-        &self,
-        _key: &TokenHash,
-        value: &Entry,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(match value {
-            Entry::Valid(p) => ttl_for(p, self.max_ttl),
-            Entry::Refused { .. } => self.negative_ttl,
-        })
-    }
+/// An entry and the moment it stops being served.
+#[derive(Clone)]
+struct Stored {
+    entry: Entry,
+    until: Instant,
 }
 
 /// An entry never outlives its token: `min(max_ttl, valid_until - now)`.
@@ -79,7 +71,7 @@ pub fn ttl_for(p: &Principal, max_ttl: Duration) -> Duration {
 
 /// The Redis form of a cached identity.
 #[derive(Serialize, Deserialize)]
-struct Stored {
+struct Shared {
     sub: String,
     scopes: Vec<String>,
     provider: String,
@@ -99,8 +91,10 @@ fn time(s: Option<u64>) -> Option<SystemTime> {
     s.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
 }
 
+/// Tier 1 is a quick_cache (CLOCK-PRO eviction, a few dozen bytes of overhead per entry);
+/// expiry is checked on every read, so no entry is served past `until`.
 pub struct TokenCache {
-    local: Cache<TokenHash, Entry>,
+    local: Cache<TokenHash, Stored>,
     pub settings: TokenCacheSettings,
     local_hit: IntCounter,
     local_miss: IntCounter,
@@ -113,13 +107,7 @@ impl TokenCache {
         let c =
             |tier: &str, result: &str| metrics.token_cache_total.with_label_values(&[tier, result]);
         TokenCache {
-            local: Cache::builder()
-                .max_capacity(settings.max_entries)
-                .expire_after(Expiry {
-                    max_ttl: settings.max_ttl,
-                    negative_ttl: settings.negative_ttl,
-                })
-                .build(),
+            local: Cache::new(usize::try_from(settings.max_entries).unwrap_or(usize::MAX)),
             settings: settings.clone(),
             local_hit: c("local", "hit"),
             local_miss: c("local", "miss"),
@@ -129,37 +117,51 @@ impl TokenCache {
     }
 
     pub fn get_local(&self, key: &TokenHash) -> Option<Entry> {
-        let e = self.local.get(key);
-        if e.is_some() {
+        let found = match self.local.get(key) {
+            Some(s) if Instant::now() < s.until => Some(s.entry),
+            Some(_) => {
+                self.local.remove(key);
+                None
+            }
+            None => None,
+        };
+        if found.is_some() {
             &self.local_hit
         } else {
             &self.local_miss
         }
         .inc();
-        e
+        found
     }
 
     pub fn put_local(&self, key: TokenHash, entry: Entry) {
-        if let Entry::Valid(p) = &entry {
-            if ttl_for(p, self.settings.max_ttl).is_zero() {
-                return;
-            }
+        let ttl = match &entry {
+            Entry::Valid(p) => ttl_for(p, self.settings.max_ttl),
+            Entry::Refused(_) => self.settings.negative_ttl,
+        };
+        if ttl.is_zero() {
+            return;
         }
-        self.local.insert(key, entry);
+        self.local.insert(
+            key,
+            Stored {
+                entry,
+                until: Instant::now() + ttl,
+            },
+        );
     }
 
     pub fn invalidate(&self, key: &TokenHash) {
-        self.local.invalidate(key);
+        self.local.remove(key);
     }
 
     /// After missed revocation events (Redis reconnected), nothing cached can be trusted.
     pub fn clear(&self) {
-        self.local.invalidate_all();
+        self.local.clear();
     }
 
     pub fn len(&self) -> u64 {
-        self.local.run_pending_tasks();
-        self.local.entry_count()
+        self.local.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,7 +177,7 @@ impl TokenCache {
             .await;
         let found = raw
             .flatten()
-            .and_then(|b| serde_json::from_slice::<Stored>(&b).ok());
+            .and_then(|b| serde_json::from_slice::<Shared>(&b).ok());
         if found.is_some() {
             &self.redis_hit
         } else {
@@ -185,7 +187,7 @@ impl TokenCache {
         let s = found?;
         Some(Principal {
             subject: s.sub,
-            scopes: s.scopes,
+            scopes: super::scope_set(s.scopes),
             provider: s.provider.into(),
             expires_at: time(s.exp),
             valid_until: time(s.valid_until),
@@ -200,9 +202,9 @@ impl TokenCache {
         if ttl < Duration::from_millis(1) {
             return;
         }
-        let stored = Stored {
+        let stored = Shared {
             sub: p.subject.clone(),
-            scopes: p.scopes.clone(),
+            scopes: p.scopes.to_vec(),
             provider: p.provider.to_string(),
             exp: secs(p.expires_at),
             valid_until: secs(p.valid_until),

@@ -108,14 +108,16 @@ impl Introspector {
         }
         Ok(Principal {
             subject,
-            scopes: answer
-                .scope
-                .as_deref()
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter(|s| s.bytes().all(|b| (0x21..0x7f).contains(&b)))
-                .map(str::to_owned)
-                .collect(),
+            scopes: super::scope_set(
+                answer
+                    .scope
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter(|s| s.bytes().all(|b| (0x21..0x7f).contains(&b)))
+                    .map(str::to_owned)
+                    .collect(),
+            ),
             provider: self.name.clone(),
             expires_at,
             valid_until: expires_at,

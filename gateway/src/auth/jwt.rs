@@ -180,7 +180,7 @@ impl JwtVerifier {
             // It is forwarded in a header; refuse what a header cannot carry safely.
             return Err(JwtFailure::Invalid("subject is not printable ASCII"));
         }
-        let scopes = scopes_of(claims.get(&self.scopes_claim));
+        let scopes = super::scope_set(scopes_of(claims.get(&self.scopes_claim)));
         Ok(Principal {
             subject,
             scopes,
@@ -295,10 +295,13 @@ mod tests {
     fn valid_token_gives_a_principal() {
         let p = verify(good(json!({}))).expect("valid");
         assert_eq!(p.subject, "42");
-        assert_eq!(p.scopes, vec!["read".to_string(), "write".to_string()]);
+        assert_eq!(
+            p.scopes.to_vec(),
+            vec!["read".to_string(), "write".to_string()]
+        );
         assert_eq!(&*p.provider, "p");
         let p = verify(good(json!({"scope": ["a", "b"], "user_id": "u-1"}))).expect("valid");
-        assert_eq!(p.scopes, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(p.scopes.to_vec(), vec!["a".to_string(), "b".to_string()]);
         assert_eq!(p.subject, "u-1");
     }
 

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::proxy::respond::Rejection;
 use crate::redis_link::RedisLink;
 use apikey::ApiKeys;
-use cache::{Entry, Tier, TokenCache, TokenHash};
+use cache::{Entry, Refusal, Tier, TokenCache, TokenHash};
 use http::HeaderMap;
 use introspect::{IntrospectionFailure, Introspector};
 use jwks::JwksStore;
@@ -37,7 +37,7 @@ const INTROSPECTION_RETRY: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub subject: String,
-    pub scopes: Vec<String>,
+    pub scopes: Scopes,
     pub provider: Arc<str>,
     pub expires_at: Option<SystemTime>,
     /// When a cached copy must stop being used (`exp` plus the provider's leeway).
@@ -46,6 +46,28 @@ pub struct Principal {
     pub credential_id: Option<Arc<str>>,
     pub jti: Option<String>,
     pub issued_at: Option<SystemTime>,
+}
+
+/// A principal's scopes. Identical sets are shared (see `scope_set`): a cache of 100,000
+/// tokens of a few roles holds a few scope lists, not 100,000.
+pub type Scopes = Arc<[String]>;
+
+/// The shared copy of a scope list.
+pub fn scope_set(list: Vec<String>) -> Scopes {
+    use std::sync::OnceLock;
+    const MAX_SETS: usize = 10_000;
+    static SETS: OnceLock<Mutex<HashMap<Vec<String>, Scopes>>> = OnceLock::new();
+    let sets = SETS.get_or_init(Default::default);
+    let mut map = sets.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = map.get(&list) {
+        return s.clone();
+    }
+    let set: Scopes = Arc::from(list.clone());
+    // Past the cap (tokens with per-user scope lists), lists are simply not shared.
+    if map.len() < MAX_SETS {
+        map.insert(list, set.clone());
+    }
+    set
 }
 
 impl Principal {
@@ -503,13 +525,8 @@ impl Authenticator {
                     return checked(i, p, Tier::Local);
                 }
             }
-            Some(Entry::Refused {
-                mask: m,
-                generation,
-                provider,
-                rejection,
-            }) if Some(m) == mask && generation == self.generation => {
-                return (provider, Err(rejection), Tier::Local);
+            Some(Entry::Refused(r)) if Some(r.mask) == mask && r.generation == self.generation => {
+                return (r.provider, Err(r.rejection), Tier::Local);
             }
             _ => {}
         }
@@ -548,12 +565,12 @@ impl Authenticator {
                 if let Some(mask) = mask {
                     self.cache.put_local(
                         hash,
-                        Entry::Refused {
+                        Entry::Refused(Box::new(Refusal {
                             mask,
                             generation: self.generation,
                             provider,
                             rejection: rejection.clone(),
-                        },
+                        })),
                     );
                 }
             }
@@ -662,7 +679,7 @@ mod tests {
     fn scopes_must_all_be_granted() {
         let p = Arc::new(Principal {
             subject: "s".into(),
-            scopes: vec!["read".into(), "write".into()],
+            scopes: scope_set(vec!["read".into(), "write".into()]),
             provider: "p".into(),
             expires_at: None,
             valid_until: None,

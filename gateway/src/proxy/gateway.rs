@@ -40,6 +40,10 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(self.shared.in_flight.clone())
     }
 
+    /// No downstream modules: pingora's default adds a (disabled) compression module whose
+    /// per-request context and filter calls cost CPU on every request for nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.shared.snapshot();
         identify(session, ctx, &snapshot);

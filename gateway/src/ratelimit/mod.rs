@@ -261,7 +261,7 @@ mod tests {
     fn principal(sub: &str) -> Principal {
         Principal {
             subject: sub.into(),
-            scopes: vec![],
+            scopes: crate::auth::scope_set(vec![]),
             provider: "p".into(),
             expires_at: None,
             valid_until: None,

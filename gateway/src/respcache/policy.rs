@@ -39,7 +39,7 @@ pub fn vary_values(
                 principal.map_or_else(|| "\u{0}anonymous".to_string(), |p| p.subject.clone())
             }
             "scopes" => principal.map_or_else(String::new, |p| {
-                let mut s = p.scopes.clone();
+                let mut s = p.scopes.to_vec();
                 s.sort();
                 s.join(" ")
             }),

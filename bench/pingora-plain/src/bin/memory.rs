@@ -51,7 +51,7 @@ fn mix(i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn report(what: &str, entries: u64, before: u64, after: u64, took: Duration) {
+fn report(what: &str, entries: u64, before: u64, after: u64, took: Duration, extra: &str) {
     let delta = after.saturating_sub(before);
     let per = if entries == 0 {
         0.0
@@ -59,7 +59,7 @@ fn report(what: &str, entries: u64, before: u64, after: u64, took: Duration) {
         delta as f64 / entries as f64
     };
     println!(
-        "{what} entries={entries} rss_before={before} rss_after={after} rss_delta={delta} bytes_per_entry={per:.1} fill_ms={}",
+        "{what} entries={entries} rss_before={before} rss_after={after} rss_delta={delta} bytes_per_entry={per:.1} fill_ms={}{extra}",
         took.as_millis()
     );
 }
@@ -86,7 +86,7 @@ fn limiter(n: u64) -> Result<(), String> {
     if keys < n {
         eprintln!("note: the limiter holds {keys} keys of {n} (its key cap)");
     }
-    report("limiter", keys, before, after, took);
+    report("limiter", keys, before, after, took, "");
     Ok(())
 }
 
@@ -95,7 +95,7 @@ fn limiter(n: u64) -> Result<(), String> {
 fn principal(i: u64, provider: &Arc<str>, now: SystemTime) -> Principal {
     Principal {
         subject: format!("{}", 100_000 + i),
-        scopes: vec!["read".to_string(), "write".to_string()],
+        scopes: authgate::auth::scope_set(vec!["read".to_string(), "write".to_string()]),
         provider: provider.clone(),
         expires_at: Some(now + Duration::from_secs(900)),
         valid_until: Some(now + Duration::from_secs(930)),
@@ -130,7 +130,7 @@ fn principals(n: u64) -> Result<(), String> {
     let took = started.elapsed();
     let after = rss_bytes()?;
     std::hint::black_box(&held);
-    report("principals", held.len() as u64, before, after, took);
+    report("principals", held.len() as u64, before, after, took, "");
     Ok(())
 }
 
@@ -158,12 +158,12 @@ fn tokens(n: u64) -> Result<(), String> {
     if held < n {
         eprintln!("note: the token cache holds {held} entries of {n}");
     }
-    report("tokens", held, before, after, took);
-    eprintln!(
-        "sizes: Entry {} B, Principal {} B (plus its strings on the heap)",
+    let sizes = format!(
+        " entry_size={} principal_size={}",
         std::mem::size_of::<Entry>(),
         std::mem::size_of::<Principal>()
     );
+    report("tokens", held, before, after, took, &sizes);
     Ok(())
 }
 
