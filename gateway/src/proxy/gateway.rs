@@ -44,6 +44,17 @@ impl ProxyHttp for Gateway {
     /// per-request context and filter calls cost CPU on every request for nothing.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // HTTP/1.1 pipelining (RFC 9112 9.3.2): requests queued behind this one are served in
+        // order, each judged on its own, instead of being dropped with the connection.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.shared.snapshot();
         identify(session, ctx, &snapshot);
