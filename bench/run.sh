@@ -10,7 +10,11 @@
 #
 # Environment: DURATION (s, default 10), ROUNDS (3), CONNECTIONS (32), WARMUP (s, default 2;
 # 0 skips the warm-up), BENCH_NOTE (a sentence added to RESULTS.md), TARGETS (space-separated
-# subset of target names, default all), MEM_KEYS / MEM_TOKENS (memory probe sizes).
+# subset of target names, default all; `jwt-verify` selects the verification timer; a subset
+# run writes bench/out/RESULTS-subset.md, not bench/RESULTS.md), RESULTS_FILE (where to write
+# the results instead), MEM_KEYS / MEM_TOKENS (memory probe sizes), UNCACHED_TOKENS (distinct
+# tokens per uncached scenario, 5000), SEARCH_CONNECTIONS (64), SEARCH_DELAY_MS (200),
+# VERIFY_BATCHES (7) / VERIFY_BATCH_MS (200) (the JWT verification timer).
 #
 # It installs what is missing with apt (nginx-light, haproxy, wrk, redis-server, procps, curl),
 # builds the release binaries, starts on loopback only: an nginx upstream serving a small fixed
@@ -27,7 +31,7 @@ for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
         --no-build) BUILD=0 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -36,6 +40,9 @@ if [[ $SMOKE == 1 ]]; then
     DURATION=1
     ROUNDS=1
     WARMUP=0
+    UNCACHED_TOKENS=${UNCACHED_TOKENS:-200}
+    VERIFY_BATCHES=3
+    VERIFY_BATCH_MS=20
 fi
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -44,9 +51,17 @@ WARMUP=${WARMUP:-2}
 WRK_THREADS=1
 MEM_KEYS=${MEM_KEYS:-1000000}
 MEM_TOKENS=${MEM_TOKENS:-100000}
+UNCACHED_TOKENS=${UNCACHED_TOKENS:-5000}
+SEARCH_CONNECTIONS=${SEARCH_CONNECTIONS:-64}
+SEARCH_DELAY_MS=${SEARCH_DELAY_MS:-200}
+VERIFY_BATCHES=${VERIFY_BATCHES:-7}
+VERIFY_BATCH_MS=${VERIFY_BATCH_MS:-200}
 JWT_SECRET_VALUE="bench-hs256-secret-0123456789abcdef"
 INTROSPECTION_CLIENT="authgate:bench-introspection-secret"
 REQ_PATH="/api/bench/items/?page=1"
+SEARCH_CHECK_PATH="/api/products/search/?q=yoga+mat&delay_ms=$SEARCH_DELAY_MS"
+# Whether a target (or `jwt-verify`) is part of this run.
+wanted() { [[ -z ${TARGETS:-} || " $TARGETS " == *" $1 "* ]]; }
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -84,7 +99,7 @@ if [[ $BUILD == 1 ]]; then
     log "building release binaries"
     cargo build --release --locked -p authgate -p upstream-mock -p pingora-plain
 fi
-for b in authgate upstream-mock pingora-plain authgate-memory; do
+for b in authgate upstream-mock pingora-plain authgate-memory authgate-verify; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing (build first, or drop --no-build)"
 done
 
@@ -96,7 +111,10 @@ if [[ $SMOKE == 1 ]]; then
 else
     RUN=$ROOT/bench/out/run-$STAMP
     RESULTS=$ROOT/bench/RESULTS.md
+    # A subset run must not replace the full results.
+    [[ -n ${TARGETS:-} ]] && RESULTS=$ROOT/bench/out/RESULTS-subset.md
 fi
+RESULTS=${RESULTS_FILE:-$RESULTS}
 rm -rf "$RUN"
 mkdir -p "$RUN"
 log "run folder: ${RUN#"$ROOT"/}"
@@ -212,6 +230,49 @@ TOKEN_OPAQUE=$(curl -sf --max-time 5 -H 'content-type: application/json' \
     -d '{"sub":"42","scope":"read write","ttl_s":7200}' "http://127.0.0.1:$MOCK_PORT/__mock/opaque" \
     | sed -n 's/.*"token" *: *"\([^"]*\)".*/\1/p') || true
 [[ -n $TOKEN_HS256 && -n $TOKEN_RS256 && -n $TOKEN_OPAQUE ]] || die "could not get the bench tokens"
+TOKEN_ES256=$(mint --alg ES256 --kid ec-1 --keys-dir "$ROOT/upstream-mock/keys") || die "minting the ES256 token"
+
+# Uncached scenarios (issue 4): UNCACHED_TOKENS distinct tokens each, all for subject 42 with the
+# same scopes as the cached ones (so only the token cache differs): RS256 tokens that differ in
+# their jti, signed by upstream-mock (POST /__mock/mint, claims verbatim), and opaque tokens
+# issued by upstream-mock (POST /__mock/opaque). One curl over one keep-alive connection each.
+# mint_many KIND FILE: KIND rs256 or opaque; writes one token per line.
+mint_many() {
+    local kind=$1 file=$2 cfg=$RUN/mint-$1.curlrc now i
+    now=$(date +%s)
+    {
+        echo 'silent'
+        echo 'fail'
+        echo 'max-time = 300'
+        for ((i = 1; i <= UNCACHED_TOKENS; i++)); do
+            ((i > 1)) && echo 'next'
+            echo 'header = "content-type: application/json"'
+            if [[ $kind == rs256 ]]; then
+                echo "url = \"http://127.0.0.1:$MOCK_PORT/__mock/mint\""
+                printf 'data = "{\\"alg\\":\\"RS256\\",\\"kid\\":\\"rsa-1\\",\\"claims\\":{\\"token_type\\":\\"access\\",\\"exp\\":%d,\\"iat\\":%d,\\"jti\\":\\"bench-uncached-%d\\",\\"user_id\\":42,\\"scope\\":\\"read write\\"}}"\n' \
+                    $((now + 7200)) "$now" "$i"
+            else
+                echo "url = \"http://127.0.0.1:$MOCK_PORT/__mock/opaque\""
+                echo 'data = "{\"sub\":\"42\",\"scope\":\"read write\",\"ttl_s\":7200}"'
+            fi
+        done
+    } >"$cfg"
+    curl -K "$cfg" 2>"$RUN/mint-$kind.err" | grep -o '"token" *: *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' >"$file" || true
+    local n
+    n=$(wc -l <"$file")
+    [[ $n == "$UNCACHED_TOKENS" ]] || die "minting $kind tokens: got $n of $UNCACHED_TOKENS ($(head -c 300 "$RUN/mint-$kind.err"))"
+    [[ $(sort -u "$file" | wc -l) == "$n" ]] || die "minting $kind tokens: duplicates"
+}
+TOKENS_RS256_FILE=$RUN/tokens-rs256.txt
+TOKENS_OPAQUE_FILE=$RUN/tokens-opaque.txt
+if wanted ag-rs256-uncached; then
+    log "minting $UNCACHED_TOKENS distinct RS256 tokens"
+    mint_many rs256 "$TOKENS_RS256_FILE"
+fi
+if wanted ag-opaque-uncached; then
+    log "issuing $UNCACHED_TOKENS distinct opaque tokens"
+    mint_many opaque "$TOKENS_OPAQUE_FILE"
+fi
 
 # ---------------------------------------------------------------- anchors
 free_port NGINX_PORT
@@ -343,8 +404,12 @@ SCENARIOS=(
     "ag-rs256:c-rs256.yaml:warn"
     "ag-opaque:d-opaque.yaml:warn"
     "ag-all:f-all.yaml:info"
+    "ag-rs256-uncached:c-rs256-uncached.yaml:warn"
+    "ag-opaque-uncached:d-opaque-uncached.yaml:warn"
+    "ag-search-uncached:g-search-uncached.yaml:warn"
+    "ag-search-cached:g-search-cached.yaml:warn"
 )
-declare -A PORT PIDOF HEADER DESC
+declare -A PORT PIDOF HEADER DESC ADMIN PATHOF CONNS
 for s in "${SCENARIOS[@]}"; do
     IFS=: read -r name cfg level <<<"$s"
     port="" admin=""
@@ -365,6 +430,7 @@ for s in "${SCENARIOS[@]}"; do
     PIDS+=("$pid")
     PORT[$name]=$port
     PIDOF[$name]=$pid
+    ADMIN[$name]=$admin
     [[ $name == ag-all ]] && ALL_ADMIN=$admin
     wait_http "authgate $name" "$port" "$pid" "$RUN/$name.log"
 done
@@ -380,6 +446,13 @@ HEADER[ag-hs256]=$TOKEN_HS256
 HEADER[ag-rs256]=$TOKEN_RS256
 HEADER[ag-opaque]=$TOKEN_OPAQUE
 HEADER[ag-all]=$TOKEN_HS256
+# The uncached scenarios are checked (2xx, forged 401) with their first token; wrk cycles them all.
+[[ -s $TOKENS_RS256_FILE ]] && HEADER[ag-rs256-uncached]=$(head -1 "$TOKENS_RS256_FILE")
+[[ -s $TOKENS_OPAQUE_FILE ]] && HEADER[ag-opaque-uncached]=$(head -1 "$TOKENS_OPAQUE_FILE")
+for t in ag-search-uncached ag-search-cached; do
+    PATHOF[$t]=$SEARCH_CHECK_PATH
+    CONNS[$t]=$SEARCH_CONNECTIONS
+done
 DESC[direct]="upstream nginx hit directly (CPU: the upstream's own)"
 DESC[nginx]="nginx plain proxy_pass, upstream keepalive"
 if [[ $HAPROXY_JWT == 1 ]]; then
@@ -395,11 +468,22 @@ DESC[ag-hs256]="authgate (b) HS256 JWT + local limit"
 DESC[ag-rs256]="authgate (c) RS256 JWT (cached) + local limit"
 DESC[ag-opaque]="authgate (d) opaque token, tier-1 cache + local limit"
 DESC[ag-all]="authgate (f) JWT + local + shared limit, metrics, access log"
+DESC[ag-rs256-uncached]="authgate (c) RS256 JWT, a different token every request (cache of 1) + local limit"
+DESC[ag-opaque-uncached]="authgate (d) opaque token, a different token every request: introspection each time + local limit"
+DESC[ag-search-uncached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, no response cache (-c$SEARCH_CONNECTIONS)"
+DESC[ag-search-cached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, response cache ttl 60s (-c$SEARCH_CONNECTIONS)"
 
-ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain ag-public ag-local-limit ag-shared-limit ag-hs256 ag-rs256 ag-opaque ag-all)
+ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain ag-public ag-local-limit ag-shared-limit ag-hs256 ag-rs256
+    ag-opaque ag-all ag-rs256-uncached ag-opaque-uncached ag-search-uncached ag-search-cached)
+VERIFY=1
 if [[ -n ${TARGETS:-} ]]; then
-    read -r -a RUN_TARGETS <<<"$TARGETS"
-    for t in "${RUN_TARGETS[@]}"; do [[ -n ${DESC[$t]:-} ]] || die "unknown target $t"; done
+    RUN_TARGETS=()
+    VERIFY=0
+    for t in $TARGETS; do
+        if [[ $t == jwt-verify ]]; then VERIFY=1; continue; fi
+        [[ -n ${DESC[$t]:-} ]] || die "unknown target $t"
+        RUN_TARGETS+=("$t")
+    done
 else
     RUN_TARGETS=("${ALL_TARGETS[@]}")
 fi
@@ -435,7 +519,7 @@ check_target() {
     local -a h=()
     [[ -n ${HEADER[$t]:-} ]] && h=(-H "Authorization: Bearer ${HEADER[$t]}")
     code=$(curl -s -o "$RUN/check-$t.body" -w '%{http_code}' --max-time 5 "${h[@]}" \
-        "http://127.0.0.1:${PORT[$t]}$REQ_PATH") || code=000
+        "http://127.0.0.1:${PORT[$t]}${PATHOF[$t]:-$REQ_PATH}") || code=000
     if [[ $code != 2?? ]]; then
         log "target $t answered $code: $(head -c 400 "$RUN/check-$t.body" 2>/dev/null)"
         return 1
@@ -457,7 +541,7 @@ check_refuses_forgery() {
     if [[ $c == A ]]; then c=B; else c=A; fi
     forged=${tok:0:i}$c${tok:i+1}
     code=$(curl -s -o "$RUN/forged-$t.body" -w '%{http_code}' --max-time 5 \
-        -H "Authorization: Bearer $forged" "http://127.0.0.1:${PORT[$t]}$REQ_PATH") || code=000
+        -H "Authorization: Bearer $forged" "http://127.0.0.1:${PORT[$t]}${PATHOF[$t]:-$REQ_PATH}") || code=000
     if [[ $code != 401 ]]; then
         log "target $t answered $code to a forged token (expected 401)"
         return 1
@@ -501,11 +585,35 @@ printf 'target\tround\trps\tp50_ms\tp99_ms\tcpu_us\trequests\tnon2xx\tsock_err\t
 
 run_wrk() {
     local t=$1 round=$2 dur=$3 out=$4
-    local -a h=()
-    [[ -n ${HEADER[$t]:-} ]] && h=(-H "Authorization: Bearer ${HEADER[$t]}")
-    timeout $((dur + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${dur}s" --latency "${h[@]}" \
-        "http://127.0.0.1:${PORT[$t]}$REQ_PATH" >"$out" 2>&1
+    local -a h=() script=()
+    case $t in
+        ag-rs256-uncached) script=(-s "$ROOT/bench/wrk/tokens.lua") ;;
+        ag-opaque-uncached) script=(-s "$ROOT/bench/wrk/tokens.lua") ;;
+        ag-search-*) script=(-s "$ROOT/bench/wrk/search.lua") ;;
+        *) [[ -n ${HEADER[$t]:-} ]] && h=(-H "Authorization: Bearer ${HEADER[$t]}") ;;
+    esac
+    local -a args=()
+    case $t in
+        ag-rs256-uncached) args=(-- "$TOKENS_RS256_FILE") ;;
+        ag-opaque-uncached) args=(-- "$TOKENS_OPAQUE_FILE") ;;
+        # A nonce unique to this run keeps the tail queries unseen; the seed (the round) gives
+        # the cached and the uncached target the same draw.
+        ag-search-*) args=(-- "r${round}n${RANDOM}${RANDOM}" "$((round + 1))" "$SEARCH_DELAY_MS") ;;
+    esac
+    timeout $((dur + 30)) wrk -t"$WRK_THREADS" -c"${CONNS[$t]:-$CONNECTIONS}" -d"${dur}s" --latency "${h[@]}" \
+        "${script[@]}" "http://127.0.0.1:${PORT[$t]}${PATHOF[$t]:-$REQ_PATH}" "${args[@]}" >"$out" 2>&1
 }
+
+# Counters of authgate's /metrics that tell what the caches did: "series value" lines for
+# authgate_response_cache_total and authgate_token_cache_total.
+cache_counters() {
+    local admin=${ADMIN[$1]:-}
+    [[ -n $admin ]] || return 0
+    curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" 2>/dev/null \
+        | awk '/^authgate_(response|token)_cache_total\{/ { print $1, $2 }' || true
+}
+CACHESTATS=$RUN/cachestats.tsv
+printf 'target\tround\tseries\tdelta\trequests\n' >"$CACHESTATS"
 
 measure() {
     local t=$1 round=$2 out pids c0 c1 r0 r1 m0 m1 o0 o1 busy
@@ -515,11 +623,13 @@ measure() {
     r0=$(redis_calls)
     m0=$(machine_ticks)
     our_ticks o0
+    cache_counters "$t" >"$RUN/.counters0"
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $pids)
     run_wrk "$t" "$round" "$DURATION" "$out" || die "wrk against $t failed: $(tail -5 "$out")"
     # shellcheck disable=SC2086
     c1=$(cpu_ticks $pids)
+    cache_counters "$t" >"$RUN/.counters1"
     our_ticks o1
     m1=$(machine_ticks)
     r1=$(redis_calls)
@@ -553,7 +663,12 @@ measure() {
         }' "$out" >>"$RAW"
     local line
     line=$(tail -1 "$RAW")
-    log "$(awk -F'\t' '{ printf "%-16s round %s: %7d req/s  p50 %6.3f ms  p99 %6.3f ms  CPU %6.2f us/req  non-2xx %d", $1, $2, $3, $4, $5, $6, $8 }' <<<"$line")"
+    # Cache counter deltas over the run, with wrk's request count.
+    awk -v t="$t" -v round="$round" -v reqs="$(cut -f7 <<<"$line")" '
+        FILENAME == ARGV[1] { before[$1] = $2; next }
+        { printf "%s\t%s\t%s\t%.0f\t%s\n", t, round, $1, $2 - before[$1], reqs }' \
+        "$RUN/.counters0" "$RUN/.counters1" >>"$CACHESTATS"
+    log "$(awk -F'\t' '{ printf "%-18s round %s: %7d req/s  p50 %6.3f ms  p99 %6.3f ms  CPU %6.2f us/req  non-2xx %d", $1, $2, $3, $4, $5, $6, $8 }' <<<"$line")"
     [[ $(cut -f8 <<<"$line") == 0 ]] || die "$t answered non-2xx during the run ($out)"
 }
 
@@ -581,6 +696,22 @@ if [[ $SMOKE == 1 && " ${RUN_TARGETS[*]} " == *" ag-all "* ]]; then
 fi
 if [[ -n ${ALL_ADMIN:-} ]]; then
     curl -s --max-time 5 "http://127.0.0.1:$ALL_ADMIN/metrics" >"$RUN/ag-all.metrics.txt" || true
+fi
+
+# ---------------------------------------------------------------- JWT verification timer
+# Issue 3: the verification itself (authgate's JwtVerifier, no token cache), one algorithm at a
+# time in one process, while the services above sit idle.
+VERIFY_OUT=$RUN/verify.txt
+VERIFY_BUSY=0
+if [[ $VERIFY == 1 ]]; then
+    log "JWT verification timer: $VERIFY_BATCHES batches of ~${VERIFY_BATCH_MS} ms per algorithm"
+    VERIFY_BUSY=$(busy_others)
+    timeout 300 "$BIN/authgate-verify" --keys-dir "$ROOT/upstream-mock/keys" --hmac-secret "$JWT_SECRET_VALUE" \
+        --batches "$VERIFY_BATCHES" --batch-ms "$VERIFY_BATCH_MS" \
+        "HS256=$TOKEN_HS256" "RS256=$TOKEN_RS256" "ES256=$TOKEN_ES256" >"$VERIFY_OUT" 2>"$RUN/verify.err" \
+        || die "authgate-verify failed: $(cat "$RUN/verify.err")"
+    VERIFY_BUSY=$((VERIFY_BUSY + $(busy_others)))
+    cat "$VERIFY_OUT" >&2
 fi
 
 # ---------------------------------------------------------------- memory probe
@@ -648,7 +779,10 @@ for t in "${RUN_TARGETS[@]}"; do printf '%s\t%s\n' "$t" "${DESC[$t]}"; done >"$R
     echo
     echo "## Settings"
     echo
-    echo "- \`wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, \`GET $REQ_PATH\`, on loopback."
+    echo "- \`wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, \`GET $REQ_PATH\`, on loopback;"
+    echo "  except: the uncached token targets, \`-s bench/wrk/tokens.lua\` cycling $UNCACHED_TOKENS distinct tokens;"
+    echo "  the search targets (g), \`-c$SEARCH_CONNECTIONS -s bench/wrk/search.lua\` against upstream-mock's"
+    echo "  \`/api/products/search/\` held ${SEARCH_DELAY_MS} ms."
     echo "- $ROUNDS round(s), interleaved: each round runs every target once, in the order of the table;"
     echo "  figures are the median over rounds. Warm-up: ${WARMUP} s per target before round 1."
     echo "- Every proxy has one worker thread (nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`,"
@@ -682,13 +816,15 @@ for t in "${RUN_TARGETS[@]}"; do printf '%s\t%s\n' "$t" "${DESC[$t]}"; done >"$R
 } >"$RESULTS.tmp"
 
 # Medians per target for the ratio table.
-declare -A M_RPS M_CPU M_RCMD M_RSCR M_RRD
-while IFS=$'\t' read -r t rps cpu rc rs rr; do
+declare -A M_RPS M_CPU M_RCMD M_RSCR M_RRD M_P50 M_P99
+while IFS=$'\t' read -r t rps cpu rc rs rr p50 p99; do
     M_RPS[$t]=$rps
     M_CPU[$t]=$cpu
     M_RCMD[$t]=$rc
     M_RSCR[$t]=$rs
     M_RRD[$t]=$rr
+    M_P50[$t]=$p50
+    M_P99[$t]=$p99
 done < <(awk -F'\t' '
     function median(s,   n, a, i, j, x) {
         n = split(s, a, " ")
@@ -696,8 +832,9 @@ done < <(awk -F'\t' '
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
     NR > 1 { if (!($1 in seen)) { seen[$1] = 1; order[++no] = $1 }
-             rps[$1] = rps[$1] " " $3; cpu[$1] = cpu[$1] " " $6; rc[$1] = rc[$1] " " $10; rs[$1] = rs[$1] " " $11; rr[$1] = rr[$1] " " $13 }
-    END { for (i = 1; i <= no; i++) { t = order[i]; printf "%s\t%.0f\t%.3f\t%.3f\t%.3f\t%.3f\n", t, median(rps[t]), median(cpu[t]), median(rc[t]), median(rs[t]), median(rr[t]) } }' "$RAW")
+             rps[$1] = rps[$1] " " $3; cpu[$1] = cpu[$1] " " $6; rc[$1] = rc[$1] " " $10; rs[$1] = rs[$1] " " $11; rr[$1] = rr[$1] " " $13
+             p50[$1] = p50[$1] " " $4; p99[$1] = p99[$1] " " $5 }
+    END { for (i = 1; i <= no; i++) { t = order[i]; printf "%s\t%.0f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\n", t, median(rps[t]), median(cpu[t]), median(rc[t]), median(rs[t]), median(rr[t]), median(p50[t]), median(p99[t]) } }' "$RAW")
 
 # verdict KIND MEASURED LIMIT: KIND "max" (measured must be <= limit) or "min" (>=).
 verdict() {
@@ -758,6 +895,148 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     echo "writes, so under 1 per request means concurrent requests share writes on the multiplexed"
     echo "connection (pipelining)."
     echo
+    # ------------------------------------------------ issue 3: JWT verification cost
+    if [[ -s $VERIFY_OUT ]]; then
+        echo "## JWT verification cost (issue 3, \`authgate-verify\`)"
+        echo
+        echo "\`authgate::auth::jwt::JwtVerifier::verify\` on one valid token per algorithm, no token cache:"
+        echo "header decoding, the signature, the claims (exp, subject, scopes), in one thread of one"
+        echo "process while the services sit idle. Keys: HS256 a 35-byte secret, RS256 \`rsa-1\` (RSA"
+        echo "2048), ES256 \`ec-1\` (P-256), from upstream-mock/keys. Median of $VERIFY_BATCHES batches of"
+        echo "about $VERIFY_BATCH_MS ms each (iterations calibrated per algorithm)."
+        if [[ $VERIFY_BUSY -gt 0 ]]; then
+            echo
+            echo "**Shared machine:** compilers or linkers were running around this measurement; it is noisy."
+        fi
+        echo
+        echo "| algorithm | µs per verification | verifications/s (one core) | batch min–max µs | ÷ HS256 |"
+        echo "|---|---:|---:|---:|---:|"
+        awk '
+            { delete kv; for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
+              alg[++n] = kv["alg"]; us[n] = kv["us_per_verify"]; ps[n] = kv["verifies_per_s"]; lo[n] = kv["min_us"]; hi[n] = kv["max_us"]
+              if (kv["alg"] == "HS256") hs = kv["us_per_verify"] }
+            END { for (i = 1; i <= n; i++)
+                printf "| %s | %.2f | %d | %.2f–%.2f | %s |\n", alg[i], us[i], ps[i], lo[i], hi[i], (hs > 0 ? sprintf("%.1f", us[i] / hs) : "n/a") }' "$VERIFY_OUT"
+        echo
+        v_us() { awk -v a="$1" '$2 == "alg=" a { sub(/us_per_verify=/, "", $3); print $3 }' "$VERIFY_OUT"; }
+        echo "RS256 ÷ HS256: $(ratio "$(v_us RS256)" "$(v_us HS256)"); ES256 ÷ HS256: $(ratio "$(v_us ES256)" "$(v_us HS256)")"
+        echo "(per-verification time). This is the cost the token cache saves on every repeat of a"
+        echo "token; compare with the CPU µs/req of a whole proxied request in the table above."
+        echo
+    fi
+
+    # ------------------------------------------------ cache counters
+    # cache_sum TARGET NAME [LABEL...]: sum over the measured rounds of the counter's deltas.
+    cache_sum() {
+        awk -F'\t' -v t="$1" -v name="$2{" -v l1="${3:-}" -v l2="${4:-}" '
+            NR > 1 && $1 == t && index($3, name) == 1 && index($3, l1) && index($3, l2) { s += $4 }
+            END { print s + 0 }' "$CACHESTATS"
+    }
+    # Requests wrk counted over the rounds that have counters.
+    cache_reqs() { awk -F'\t' -v t="$1" 'NR > 1 && $1 == t && !seen[$2]++ { s += $5 } END { print s + 0 }' "$CACHESTATS"; }
+    per_req() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.3f", a / b; else print "n/a" }'; }
+    fmt() { awk -v v="${1:-}" -v f="$2" 'BEGIN { if (v == "") print "n/a"; else printf f, v }'; }
+    have() { [[ -n ${M_RPS[$1]:-} ]]; }
+
+    # ------------------------------------------------ issue 4: cached vs uncached tokens
+    if have ag-rs256-uncached || have ag-opaque-uncached; then
+        echo "## Token cache: cached vs uncached (issue 4, same run)"
+        echo
+        echo "Cached: one token repeated (\`ag-rs256\`, \`ag-opaque\`: answered from the tier-1 cache after"
+        echo "the first request). Uncached: the same route and limit with \`auth.cache.max_entries: 1\`"
+        echo "and a different token on every request (\`bench/wrk/tokens.lua\` cycling $UNCACHED_TOKENS"
+        echo "tokens for the same subject: RS256 tokens differing in their jti; opaque tokens issued by"
+        echo "upstream-mock), so each request verifies an RSA signature or makes an introspection call."
+        echo "\"misses/req\" is \`authgate_token_cache_total{tier=\"local\",result=\"miss\"}\` over the"
+        echo "measured runs ÷ wrk's requests (wrk leaves out the requests in flight when it stops, so 1"
+        echo "can read a little above 1). CPU µs/req is authgate's alone: for opaque tokens the"
+        echo "introspection work of upstream-mock comes on top, on the same cores."
+        echo
+        echo "| target | token | req/s | p50 ms | p99 ms | CPU µs/req | token-cache misses/req |"
+        echo "|---|---|---:|---:|---:|---:|---:|"
+        for t in ag-rs256 ag-rs256-uncached ag-opaque ag-opaque-uncached; do
+            have "$t" || continue
+            case $t in
+                ag-rs256) what="RS256, one token (cached)" ;;
+                ag-rs256-uncached) what="RS256, new token each request" ;;
+                ag-opaque) what="opaque, one token (cached)" ;;
+                ag-opaque-uncached) what="opaque, new token each request" ;;
+            esac
+            echo "| $t | $what | ${M_RPS[$t]} | $(fmt "${M_P50[$t]}" %.3f) | $(fmt "${M_P99[$t]}" %.3f) | $(fmt "${M_CPU[$t]}" %.2f) | $(per_req "$(cache_sum "$t" authgate_token_cache_total 'tier="local"' 'result="miss"')" "$(cache_reqs "$t")") |"
+        done
+        echo
+        echo "| ratio | RS256 JWT | opaque (introspection) |"
+        echo "|---|---:|---:|"
+        echo "| req/s cached ÷ uncached | $(fmt "$(ratio "${M_RPS[ag-rs256]:-}" "${M_RPS[ag-rs256-uncached]:-}")" %s) | $(fmt "$(ratio "${M_RPS[ag-opaque]:-}" "${M_RPS[ag-opaque-uncached]:-}")" %s) |"
+        echo "| p50 cached ÷ uncached | $(fmt "$(ratio "${M_P50[ag-rs256]:-}" "${M_P50[ag-rs256-uncached]:-}")" %s) | $(fmt "$(ratio "${M_P50[ag-opaque]:-}" "${M_P50[ag-opaque-uncached]:-}")" %s) |"
+        echo "| p99 cached ÷ uncached | $(fmt "$(ratio "${M_P99[ag-rs256]:-}" "${M_P99[ag-rs256-uncached]:-}")" %s) | $(fmt "$(ratio "${M_P99[ag-opaque]:-}" "${M_P99[ag-opaque-uncached]:-}")" %s) |"
+        echo "| CPU µs/req uncached ÷ cached | $(fmt "$(ratio "${M_CPU[ag-rs256-uncached]:-}" "${M_CPU[ag-rs256]:-}")" %s) | $(fmt "$(ratio "${M_CPU[ag-opaque-uncached]:-}" "${M_CPU[ag-opaque]:-}")" %s) |"
+        echo
+        echo "The uncached targets are driven through a wrk Lua script (requests pre-built, one table"
+        echo "lookup per request); the cached ones with a fixed header. wrk shares the cores, so"
+        echo "the script's small cost lowers the uncached req/s a little; authgate's CPU µs/req is"
+        echo "not affected."
+        echo
+    fi
+
+    # ------------------------------------------------ issue 7: search with and without the response cache
+    if have ag-search-uncached || have ag-search-cached; then
+        echo "## Search with and without the response cache (issue 7, same run)"
+        echo
+        echo "\`GET /api/products/search/?...&delay_ms=$SEARCH_DELAY_MS\` through authgate to upstream-mock, which"
+        echo "holds every answer ${SEARCH_DELAY_MS} ms; route with \`auth: none\`, \`deadline: 5s\`, and"
+        echo "\`cache: { ttl: 60s }\` (cached) or no cache (uncached). \`bench/wrk/search.lua\`, -c$SEARCH_CONNECTIONS:"
+        echo "80 % of requests draw one of 20 popular searches (weight 1/rank), 20 % are searches never"
+        echo "made before (unique per run); both targets get the same draw. A cached answer costs no"
+        echo "upstream time; a miss holds its connection ${SEARCH_DELAY_MS} ms (wrk is closed-loop, so req/s follows"
+        echo "from the miss rate)."
+        echo
+        # Mean latency from Little's law (closed loop: every connection always has one request out).
+        mean_ms() {
+            awk -F'\t' -v t="$1" -v c="$SEARCH_CONNECTIONS" -v d="$DURATION" '
+                function median(s,   n, a, i, j, x) {
+                    n = split(s, a, " ")
+                    for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
+                    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+                }
+                NR > 1 && $1 == t && $7 > 0 { v = v " " c * d * 1000 / $7 }
+                END { if (v != "") printf "%.1f", median(v) }' "$RAW"
+        }
+        echo "| target | req/s | p50 ms | p99 ms | mean ms (Little) | CPU µs/req |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        for t in ag-search-uncached ag-search-cached; do
+            have "$t" || continue
+            echo "| $t | ${M_RPS[$t]} | $(fmt "${M_P50[$t]}" %.3f) | $(fmt "${M_P99[$t]}" %.3f) | $(fmt "$(mean_ms "$t")" %s) | $(fmt "${M_CPU[$t]}" %.2f) |"
+        done
+        echo
+        echo "p50/p99 are wrk's, and wrk 4 \"corrects\" its latency histogram for coordinated omission:"
+        echo "every response slower than the mean interval per connection adds synthetic samples in"
+        echo "steps of that interval. With this bimodal mix (sub-ms hits, ${SEARCH_DELAY_MS} ms misses) that"
+        echo "moves the cached target's p50 from a hit's latency up to tens of ms, so read it as an upper"
+        echo "bound; \"mean ms (Little)\" is connections × seconds ÷ requests, the true mean per request."
+        echo
+        echo "| ratio | value |"
+        echo "|---|---:|"
+        echo "| req/s cached ÷ uncached | $(fmt "$(ratio "${M_RPS[ag-search-cached]:-}" "${M_RPS[ag-search-uncached]:-}")" %s) |"
+        echo "| p50 cached ÷ uncached | $(fmt "$(ratio "${M_P50[ag-search-cached]:-}" "${M_P50[ag-search-uncached]:-}")" %s) |"
+        echo "| p99 cached ÷ uncached | $(fmt "$(ratio "${M_P99[ag-search-cached]:-}" "${M_P99[ag-search-uncached]:-}")" %s) |"
+        if have ag-search-cached; then
+            rc_hit=$(cache_sum ag-search-cached authgate_response_cache_total 'result="hit"')
+            rc_miss=$(cache_sum ag-search-cached authgate_response_cache_total 'result="miss"')
+            rc_stale=$(cache_sum ag-search-cached authgate_response_cache_total 'result="stale"')
+            rc_bypass=$(cache_sum ag-search-cached authgate_response_cache_total 'result="bypass"')
+            rc_all=$((rc_hit + rc_miss + rc_stale + rc_bypass))
+            echo "| X-Cache HIT ratio, \`ag-search-cached\` (authgate_response_cache_total over the measured runs) | $(per_req "$rc_hit" "$rc_all") |"
+            echo
+            echo "Response-cache outcomes of \`ag-search-cached\` over the measured runs: HIT $rc_hit, MISS $rc_miss,"
+            echo "STALE $rc_stale, BYPASS $rc_bypass (wrk counted $(cache_reqs ag-search-cached) requests). A fifth of the"
+            echo "requests sent are never-seen searches, which can only miss; the counters count answered"
+            echo "requests, and the ones still waiting on the upstream when wrk stops are mostly misses, so"
+            echo "short runs read a little above 0.80."
+        fi
+        echo
+    fi
+
     echo "## Memory (authgate's public API, \`authgate-memory\`, mimalloc as in the binary)"
     echo
     echo "| what | entries | RSS growth | bytes/entry | budget | at the budget's size: verdict |"

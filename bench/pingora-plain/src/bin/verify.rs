@@ -1,0 +1,229 @@
+//! Per-request JWT verification cost (issue 3), through authgate's public API: one
+//! `authgate::auth::jwt::JwtVerifier` per algorithm, built from a `JwtSpec` with one static key
+//! exactly as a `type: jwt` provider with `keys:` is, and `verify(token)` timed in a loop. No
+//! token cache is involved: every call decodes the header, checks the signature and the claims.
+//!
+//! ```text
+//! authgate-verify --keys-dir DIR --hmac-secret SECRET [--batches N] [--batch-ms MS] \
+//!     HS256=<token> RS256=<token> ES256=<token>
+//! ```
+//!
+//! Keys: HS256 uses SECRET, RS256 `DIR/rsa-1.pub.pem` (kid rsa-1), ES256 `DIR/ec-1.pub.pem`
+//! (kid ec-1). The tokens come from outside (bench/run.sh mints them with `upstream-mock mint`),
+//! so this binary needs no signing library of its own.
+//!
+//! Before timing, each token must verify, and a copy with one signature character changed must
+//! be refused (so nothing is timed on a path that skips the signature). Then, per algorithm, the
+//! iteration count is calibrated so one batch takes about MS milliseconds, N batches run, and one
+//! line is printed:
+//!
+//! ```text
+//! verify alg=RS256 us_per_verify=21.40 verifies_per_s=46729 batches=7 iters_per_batch=9345 min_us=21.31 max_us=21.77
+//! ```
+//!
+//! `verify` is async (a JWKS lookup may wait); with static keys only it never waits, so it is
+//! driven by polling with a no-op waker on this thread, the cost a current-thread runtime adds
+//! being none. (A tokio dependency here would change the workspace's Cargo.lock.)
+
+use authgate::auth::jwt::JwtVerifier;
+use authgate::config::model::{JwtSpec, KeyMaterial, Secret, StaticKey};
+use mimalloc::MiMalloc;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// Drives a future that is expected to complete without waiting on anything.
+fn block_on<F: Future>(fut: F) -> Result<F::Output, String> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..1000 {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return Ok(v);
+        }
+        std::thread::yield_now();
+    }
+    Err("verify() kept waiting (it should not with static keys)".into())
+}
+
+struct Args {
+    keys_dir: PathBuf,
+    hmac_secret: String,
+    batches: usize,
+    batch_ms: u64,
+    tokens: Vec<(String, String)>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut keys_dir = None;
+    let mut hmac_secret = None;
+    let mut batches = 7;
+    let mut batch_ms = 200;
+    let mut tokens = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--keys-dir" => keys_dir = Some(PathBuf::from(value("--keys-dir")?)),
+            "--hmac-secret" => hmac_secret = Some(value("--hmac-secret")?),
+            "--batches" => {
+                batches = value("--batches")?
+                    .parse()
+                    .map_err(|e| format!("--batches: {e}"))?
+            }
+            "--batch-ms" => {
+                batch_ms = value("--batch-ms")?
+                    .parse()
+                    .map_err(|e| format!("--batch-ms: {e}"))?
+            }
+            "-h" | "--help" => {
+                return Err("usage: authgate-verify --keys-dir DIR --hmac-secret SECRET \
+                            [--batches N] [--batch-ms MS] HS256=<token> RS256=<token> ES256=<token>"
+                    .into())
+            }
+            other => match other.split_once('=') {
+                Some((alg, tok)) if !tok.is_empty() => tokens.push((alg.to_string(), tok.to_string())),
+                _ => return Err(format!("unknown argument {other} (see --help)")),
+            },
+        }
+    }
+    if tokens.is_empty() {
+        return Err("no ALG=<token> given (see --help)".into());
+    }
+    Ok(Args {
+        keys_dir: keys_dir.ok_or("--keys-dir is required")?,
+        hmac_secret: hmac_secret.ok_or("--hmac-secret is required")?,
+        batches: batches.max(1),
+        batch_ms: batch_ms.max(1),
+        tokens,
+    })
+}
+
+/// The provider a config with `algorithms: [alg]` and one static key compiles to.
+fn verifier(alg: &str, args: &Args) -> Result<JwtVerifier, String> {
+    let pem = |file: &str| -> Result<Arc<[u8]>, String> {
+        let p = args.keys_dir.join(file);
+        std::fs::read(&p)
+            .map(Arc::from)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (kid, material) = match alg {
+        "HS256" | "HS384" | "HS512" => (
+            None,
+            KeyMaterial::Hmac(Secret::new(args.hmac_secret.as_bytes().to_vec())),
+        ),
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => (
+            Some("rsa-1".to_string()),
+            KeyMaterial::RsaPem(pem("rsa-1.pub.pem")?),
+        ),
+        "ES256" => (
+            Some("ec-1".to_string()),
+            KeyMaterial::EcPem(pem("ec-1.pub.pem")?),
+        ),
+        other => return Err(format!("unsupported algorithm {other}")),
+    };
+    let spec = JwtSpec {
+        algorithms: vec![alg
+            .parse()
+            .map_err(|_| format!("unknown algorithm {alg}"))?],
+        keys: vec![StaticKey { kid, material }],
+        jwks_url: None,
+        jwks_refresh: Duration::from_secs(300),
+        issuer: None,
+        audience: Vec::new(),
+        leeway: Duration::from_secs(30),
+        subject_claim: "user_id".into(),
+        scopes_claim: "scope".into(),
+    };
+    JwtVerifier::new(&format!("bench-{}", alg.to_ascii_lowercase()), &spec, None)
+}
+
+/// The token with one signature character changed (not the last: its low bits may be padding).
+fn forged(token: &str) -> String {
+    let mut b = token.as_bytes().to_vec();
+    let i = b.len().saturating_sub(5);
+    if let Some(c) = b.get_mut(i) {
+        *c = if *c == b'A' { b'B' } else { b'A' };
+    }
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+fn time_batch(v: &JwtVerifier, token: &str, iters: u64) -> Result<Duration, String> {
+    let started = Instant::now();
+    for _ in 0..iters {
+        let r = block_on(v.verify(std::hint::black_box(token)))?;
+        if r.is_err() {
+            return Err("a valid token was refused during the timing".into());
+        }
+        std::hint::black_box(&r);
+    }
+    Ok(started.elapsed())
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    for (alg, token) in &args.tokens {
+        let v = verifier(alg, &args)?;
+        match block_on(v.verify(token))? {
+            Ok(p) if p.subject.is_empty() => return Err(format!("{alg}: empty subject")),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{alg}: the bench token was refused: {e:?}")),
+        }
+        if block_on(v.verify(&forged(token)))?.is_ok() {
+            return Err(format!("{alg}: a forged token was accepted"));
+        }
+        // Calibrate: double the count until a run takes a tenth of a batch, then scale.
+        let target = Duration::from_millis(args.batch_ms);
+        let mut iters: u64 = 16;
+        loop {
+            let took = time_batch(&v, token, iters)?;
+            if took * 10 >= target || iters >= 1 << 30 {
+                let per = took.as_secs_f64() / iters as f64;
+                iters = ((target.as_secs_f64() / per.max(1e-9)) as u64).max(1);
+                break;
+            }
+            iters *= 2;
+        }
+        let mut per_us = Vec::with_capacity(args.batches);
+        for _ in 0..args.batches {
+            let took = time_batch(&v, token, iters)?;
+            per_us.push(took.as_secs_f64() * 1e6 / iters as f64);
+        }
+        let min = per_us.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = per_us.iter().copied().fold(0.0, f64::max);
+        let med = median(per_us);
+        println!(
+            "verify alg={alg} us_per_verify={med:.2} verifies_per_s={:.0} batches={} iters_per_batch={iters} min_us={min:.2} max_us={max:.2}",
+            1e6 / med,
+            args.batches
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authgate-verify: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
