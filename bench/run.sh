@@ -1075,7 +1075,7 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
         echo "Of the token cache's $TOKENS_PER bytes per entry, about $PRINCIPALS_PER are the cached identity"
         echo "itself (32-byte key, the ${ENTRY_SIZE:-?}-byte \`Entry\`, the \`Arc<Principal>\` of ${PRINCIPAL_SIZE:-?} bytes plus"
         echo "its subject, scopes and jti strings: the \"plain Vec\" row) and about"
-        echo "$(awk -v a="$TOKENS_PER" -v b="$PRINCIPALS_PER" 'BEGIN { printf "%.0f", a - b }') the cache's own bookkeeping (moka)."
+        echo "$(awk -v a="$TOKENS_PER" -v b="$PRINCIPALS_PER" 'BEGIN { printf "%.0f", a - b }') the cache's own bookkeeping (quick_cache)."
         echo
     fi
     echo "MB = 10^6 bytes. RSS from \`/proc/self/status\` (VmRSS) before creating the structure and after"
