@@ -557,7 +557,10 @@ fn rejection_for(e: &Error, ctx: &RequestCtx) -> Option<Rejection> {
     );
     match (e.etype(), e.esource()) {
         (HTTPStatus(413), _) => Some(Rejection::PayloadTooLarge {
-            limit: ctx.snapshot.as_ref().map_or(0, |s| s.config.server.max_request_body),
+            limit: ctx
+                .snapshot
+                .as_ref()
+                .map_or(0, |s| s.config.server.max_request_body),
         }),
         (_, ErrorSource::Upstream) if timed_out => match ctx.deadline {
             Some(d) if d.passed(Instant::now()) => {
