@@ -71,6 +71,21 @@ pub fn scope_set(list: Vec<String>) -> Scopes {
 }
 
 impl Principal {
+    /// A principal with only a subject and scopes, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(subject: &str, scopes: &[&str]) -> Self {
+        Principal {
+            subject: subject.into(),
+            scopes: scope_set(scopes.iter().map(|s| s.to_string()).collect()),
+            provider: "p".into(),
+            expires_at: None,
+            valid_until: None,
+            credential_id: None,
+            jti: None,
+            issued_at: None,
+        }
+    }
+
     fn expired(&self, now: SystemTime) -> bool {
         self.valid_until.is_some_and(|v| now > v)
     }
@@ -677,16 +692,7 @@ mod tests {
 
     #[test]
     fn scopes_must_all_be_granted() {
-        let p = Arc::new(Principal {
-            subject: "s".into(),
-            scopes: scope_set(vec!["read".into(), "write".into()]),
-            provider: "p".into(),
-            expires_at: None,
-            valid_until: None,
-            credential_id: None,
-            jti: None,
-            issued_at: None,
-        });
+        let p = Arc::new(Principal::for_tests("s", &["read", "write"]));
         assert!(check_scopes(p.clone(), &["read".into()]).is_ok());
         assert!(check_scopes(p.clone(), &[]).is_ok());
         assert_eq!(

@@ -259,16 +259,7 @@ mod tests {
     use super::*;
 
     fn principal(sub: &str) -> Principal {
-        Principal {
-            subject: sub.into(),
-            scopes: crate::auth::scope_set(vec![]),
-            provider: "p".into(),
-            expires_at: None,
-            valid_until: None,
-            credential_id: None,
-            jti: None,
-            issued_at: None,
-        }
+        Principal::for_tests(sub, &[])
     }
 
     #[test]
