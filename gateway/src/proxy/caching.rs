@@ -53,8 +53,13 @@ pub async fn lookup(
     let path = ctx.rewritten_path.as_deref().unwrap_or(req.uri.path());
     let principal = ctx.admitted.as_ref().and_then(|a| a.identity.principal());
     let vary = policy::vary_values(&spec.vary, principal, &req.headers);
-    let scope = format!("{}\u{0}{}", route.spec.name, route.upstream.spec.name);
-    let primary = policy::primary_key(&scope, path, req.uri.query(), &vary);
+    let primary = policy::primary_key(
+        &route.spec.name,
+        &route.upstream.spec.name,
+        path,
+        req.uri.query(),
+        &vary,
+    );
     let mut state = CacheCtx {
         primary,
         result: CacheResult::Miss,

@@ -312,7 +312,7 @@ impl ProxyHttp for Gateway {
             Some(r) => r.status(),
             None => 0,
         };
-        let can_reuse = rejection.as_ref().is_some_and(|r| r.render_keepalive());
+        let can_reuse = rejection.as_ref().is_some_and(|r| r.keepalive());
         ctx.rejection = rejection;
         FailToProxy {
             error_code: code,
@@ -542,12 +542,6 @@ async fn send_rejection(
     Ok(())
 }
 
-impl Rejection {
-    fn render_keepalive(&self) -> bool {
-        self.render("", &Default::default()).keepalive
-    }
-}
-
 /// pingora's errors that the gateway answers itself; others (a client that went away) get none.
 fn rejection_for(e: &Error, ctx: &RequestCtx) -> Option<Rejection> {
     use ErrorType::*;
@@ -646,7 +640,7 @@ fn prepare_upstream_request(
         req.insert_header("x-forwarded-proto", proto)?;
     }
     if !(trusted_peer && downstream.headers.contains_key("x-forwarded-host")) {
-        match host_of(downstream).map(str::to_owned) {
+        match host_of(downstream) {
             Some(host) => req.insert_header("x-forwarded-host", host)?,
             None => {
                 req.remove_header("x-forwarded-host");
@@ -654,14 +648,13 @@ fn prepare_upstream_request(
         }
     }
 
-    let route = ctx.route().map(|r| r.spec.clone());
-    if let (Some(admitted), Some(route)) = (&ctx.admitted, route) {
+    if let (Some(admitted), Some(route)) = (&ctx.admitted, ctx.route()) {
         if let Some(p) = admitted.identity.principal() {
             req.insert_header("x-auth-subject", p.subject.as_str())?;
             req.insert_header("x-auth-scopes", p.scopes.join(" "))?;
             req.insert_header("x-auth-provider", &*p.provider)?;
         }
-        if !route.forward_authorization {
+        if !route.spec.forward_authorization {
             req.remove_header(&http::header::AUTHORIZATION);
         }
     }

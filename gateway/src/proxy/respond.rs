@@ -131,7 +131,7 @@ impl Rejection {
     /// Whether the connection can carry another request. Answers given before the body was
     /// read (413) or after an upstream failure close it, so no half-read body or broken state
     /// leaks into the next request.
-    fn keepalive(&self) -> bool {
+    pub fn keepalive(&self) -> bool {
         !matches!(
             self,
             Rejection::PayloadTooLarge { .. }

@@ -51,11 +51,18 @@ pub fn vary_values(
         .collect()
 }
 
-/// The primary key: method, normalised path, sorted query, route `vary` values.
-pub fn primary_key(route: &str, path: &str, query: Option<&str>, vary: &[String]) -> CacheKey {
+/// The primary key: route and upstream, method, normalised path, sorted query, route `vary`
+/// values.
+pub fn primary_key(
+    route: &str,
+    upstream: &str,
+    path: &str,
+    query: Option<&str>,
+    vary: &[String],
+) -> CacheKey {
     let mut h = Sha256::new();
     // GET and HEAD share entries: HEAD is GET without the body.
-    for part in [route, "GET", path, &sorted_query(query)] {
+    for part in [route, upstream, "GET", path, &sorted_query(query)] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -181,14 +188,14 @@ mod tests {
             sorted_query(Some("tag=b&tag=a"))
         );
         assert_eq!(sorted_query(None), "");
-        let k1 = primary_key("r", "/s", Some("q=1&c=2"), &[]);
-        let k2 = primary_key("r", "/s", Some("c=2&q=1"), &[]);
+        let k1 = primary_key("r", "u", "/s", Some("q=1&c=2"), &[]);
+        let k2 = primary_key("r", "u", "/s", Some("c=2&q=1"), &[]);
         assert_eq!(k1, k2);
         assert_ne!(
             k1,
-            primary_key("r", "/s", Some("c=2&q=1"), &["alice".into()])
+            primary_key("r", "u", "/s", Some("c=2&q=1"), &["alice".into()])
         );
-        assert_ne!(k1, primary_key("other", "/s", Some("c=2&q=1"), &[]));
+        assert_ne!(k1, primary_key("other", "u", "/s", Some("c=2&q=1"), &[]));
     }
 
     #[test]
