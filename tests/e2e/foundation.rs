@@ -487,6 +487,15 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     assert!(done_at >= signalled);
 }
 
+/// Runs `authgate check --config FILE`.
+fn check(file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(bin("authgate"))
+        .args(["check", "--config"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_subcommand_reports_good_and_bad_files() {
     let dir = TestDir::new("check");
@@ -496,11 +505,7 @@ fn check_subcommand_reports_good_and_bad_files() {
         "upstreams: { lms: { endpoints: ['127.0.0.1:8000'] } }\nroutes: [{ name: a, path_prefix: /, auth: none, upstream: lms }]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin("authgate"))
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -512,11 +517,7 @@ fn check_subcommand_reports_good_and_bad_files() {
         "server:\n  grace_period: soon\nupstreams:\n  lms: { endpoints: [] }\nroutes:\n  - { name: a, path_prefix: /, auth: none, upstream: ghost }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin("authgate"))
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check(&bad);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("server.grace_period"), "{stderr}");
@@ -524,11 +525,7 @@ fn check_subcommand_reports_good_and_bad_files() {
 
     // Structurally valid but semantically wrong: every problem listed.
     std::fs::write(&bad, "upstreams:\n  lms: { endpoints: [] }\nroutes:\n  - { name: a, path_prefix: /, auth: none, upstream: ghost }\n").unwrap();
-    let out = std::process::Command::new(bin("authgate"))
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check(&bad);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("upstreams.lms.endpoints"), "{stderr}");
