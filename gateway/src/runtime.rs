@@ -6,6 +6,7 @@ use crate::config::model::ProviderKind;
 use crate::config::{env::ProcessEnv, Source};
 use crate::metrics::Metrics;
 use crate::proxy::gateway::Gateway;
+use crate::proxy::head_timeout::HeadTimeout;
 use crate::proxy::{Background, Shared, Snapshot};
 use crate::reload::Reloader;
 use crate::tls::ReloadableCert;
@@ -65,10 +66,10 @@ pub fn run(source: Source) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "authgate proxy",
+    let http = pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let mut proxy = Service::new(
+        "authgate proxy".to_string(),
+        HeadTimeout::new(http, shared.clone()),
     );
     for addr in &listen {
         proxy.add_tcp(addr);

@@ -158,3 +158,124 @@ fn path_and_host_tricks_stay_under_the_right_policy() {
     let forwarded = cases.iter().filter(|c| c.2 == 200).count() as u64 + 1;
     assert_eq!(mock.total(), forwarded);
 }
+
+/// Dribbles `bytes` one at a time, `gap` apart, then keeps dribbling header bytes until the
+/// gateway closes the connection. Returns how long after the first byte the connection was
+/// closed and what the gateway sent before closing; `None` if still open after `give_up`.
+fn dribble_until_closed(
+    s: &mut std::net::TcpStream,
+    bytes: &[u8],
+    gap: std::time::Duration,
+    give_up: std::time::Duration,
+) -> Option<(std::time::Duration, Vec<u8>)> {
+    use std::io::{ErrorKind, Read, Write};
+    s.set_read_timeout(Some(gap)).unwrap();
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut filler = b"X-Slow: ".iter().chain(std::iter::repeat(&b'a'));
+    let mut next = bytes.iter().chain(&mut filler);
+    while start.elapsed() < give_up {
+        if s.write_all(&[*next.next().unwrap()]).is_err() {
+            return Some((start.elapsed(), got));
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => return Some((start.elapsed(), got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some((start.elapsed(), got)),
+        }
+    }
+    None
+}
+
+#[test]
+fn slow_clients_are_disconnected_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let mock = Mock::start("m");
+    let yaml = config(&mock).replace(
+        "grace_period: 1s }",
+        "grace_period: 1s, header_timeout: 1s }",
+    );
+    let gw = Gateway::start(&yaml, &[]);
+    let gap = Duration::from_millis(100);
+    let give_up = Duration::from_secs(15);
+
+    // Slowloris: a head that never ends is cut after the timeout (pingora alone waits 60 s
+    // per read, forever in total), with nothing sent back and nothing forwarded.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    let (after, got) = dribble_until_closed(
+        &mut s,
+        b"GET /echo/slow HTTP/1.1\r\nHost: h\r\n",
+        gap,
+        give_up,
+    )
+    .expect("a slow head is disconnected");
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed too early: {after:?}"
+    );
+    assert!(after < Duration::from_secs(8), "closed late: {after:?}");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+
+    // A client that connects and sends nothing is cut as well.
+    let mut idle = std::net::TcpStream::connect(gw.addr).unwrap();
+    idle.set_read_timeout(Some(give_up)).unwrap();
+    let start = Instant::now();
+    assert_eq!(idle.read(&mut [0u8; 64]).unwrap_or(0), 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // A head sent in pieces but completed within the timeout is served; so is a request
+    // whose upstream takes longer than the header timeout: only the head is timed.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    for piece in [
+        &b"GET /echo/pieces?delay_ms=1500 HTTP/1.1\r\n"[..],
+        b"Host: h\r\n",
+        b"Connection: close\r\n\r\n",
+    ] {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.set_read_timeout(Some(give_up)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(mock.total(), 1);
+
+    // On a kept-alive connection the next head gets the same limit: the first request is
+    // answered, the dribbled second one is cut and never forwarded.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GET /echo/first HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(give_up)).unwrap();
+    let mut first = [0u8; 4096];
+    let n = s.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    let (after, got) = dribble_until_closed(&mut s, b"GET /echo/second HTTP/1.1\r\n", gap, give_up)
+        .expect("a slow second head is disconnected");
+    assert!(after < Duration::from_secs(8), "closed late: {after:?}");
+    let got = String::from_utf8_lossy(&got);
+    assert!(!got.contains("HTTP/1.1"), "a second answer: {got:?}");
+    assert_eq!(
+        mock.total(),
+        2,
+        "only the two complete heads were forwarded"
+    );
+
+    // Every cut connection is counted; normal traffic still flows.
+    let text = gw.metrics();
+    assert_eq!(metric(&text, "authgate_header_timeouts_total", &[]), 3.0);
+    assert_eq!(
+        client().get(gw.url("/echo/after")).send().unwrap().status(),
+        200
+    );
+}

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub rate_limit_keys: IntGaugeVec,
     pub response_cache_total: IntCounterVec,
     pub rate_limit_fallbacks_total: IntCounterVec,
+    pub header_timeouts_total: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -141,6 +142,17 @@ impl Metrics {
                 "Shared-policy checks answered by the local limiter because Redis did not answer.",
                 &["policy"],
             ),
+            header_timeouts_total: {
+                let c = IntCounter::new(
+                    "authgate_header_timeouts_total",
+                    "Connections closed because a request head took longer than server.header_timeout.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             build_info: gauge("authgate_build_info", "Build information.", &["version"]),
             registry,
         };
@@ -274,6 +286,7 @@ mod tests {
             "authgate_jwks_refresh_total",
             "authgate_config_reloads_total",
             "authgate_build_info",
+            "authgate_header_timeouts_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

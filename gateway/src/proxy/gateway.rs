@@ -3,6 +3,7 @@
 
 use super::caching;
 use super::ctx::{Admitted, RequestCtx};
+use super::head_timeout;
 use super::headers;
 use super::respond::Rejection;
 use super::{Shared, Snapshot};
@@ -37,6 +38,8 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        // pingora makes the context right after a request head has been read.
+        head_timeout::head_received();
         RequestCtx::new(self.shared.in_flight.clone())
     }
 
@@ -327,6 +330,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         crate::observe::record(session, ctx);
+        head_timeout::awaiting_next_head();
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod caching;
 pub mod ctx;
 pub mod gateway;
+pub mod head_timeout;
 pub mod headers;
 pub mod respond;
 
