@@ -46,7 +46,7 @@ fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f6
         "ts": rfc3339_millis(SystemTime::now()),
         "level": "INFO",
         "kind": "access",
-        "request_id": ctx.request_id,
+        "request_id": ctx.request_id.as_str(),
         "route": route.map_or("unmatched", |r| r.spec.name.as_str()),
         "method": session.req_header().method.as_str(),
         "path": session.req_header().uri.path(),

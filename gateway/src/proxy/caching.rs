@@ -2,6 +2,7 @@
 //! misses, and fall back to a stale answer when the upstream fails.
 
 use super::ctx::RequestCtx;
+use super::headers;
 use crate::respcache::policy::{self, CacheKey, Storability};
 use crate::respcache::{self, CacheResult, CachedResponse, Claim, FillGuard, Freshness};
 use bytes::Bytes;
@@ -150,19 +151,19 @@ pub async fn serve(
 ) -> Result<()> {
     let head = session.req_header().method == Method::HEAD;
     let mut h = ResponseHeader::build(entry.status, Some(entry.headers.len() + 8))?;
-    for (k, v) in &entry.headers {
-        h.append_header(k.clone(), v.clone())?;
-    }
-    h.insert_header(http::header::CONTENT_LENGTH, entry.body.len().to_string())?;
-    h.insert_header("x-cache", result.header())?;
-    h.insert_header(http::header::AGE, entry.age().as_secs().to_string())?;
-    h.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if let Some(info) = &ctx.rate_limit {
-        h.insert_header("ratelimit-limit", info.limit.to_string())?;
-        h.insert_header("ratelimit-remaining", info.remaining.to_string())?;
-        h.insert_header("ratelimit-reset", info.reset_s.to_string())?;
-    }
-    super::gateway::decorate(session, ctx, &mut h)?;
+    headers::edit_response(&mut h, |h| {
+        for (k, v) in &entry.headers {
+            h.append(k.clone(), v.clone());
+        }
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        h.insert(headers::X_CACHE, HeaderValue::from_static(result.header()));
+        h.insert(http::header::AGE, HeaderValue::from(entry.age().as_secs()));
+        h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
+        if let Some(info) = &ctx.rate_limit {
+            super::gateway::rate_limit_headers(h, info);
+        }
+    });
+    super::gateway::decorate(session, ctx, &mut h);
     count(ctx, result);
     let no_body = head || entry.body.is_empty();
     session.write_response_header(Box::new(h), no_body).await?;

@@ -16,7 +16,7 @@ pub struct RequestCtx {
     pub snapshot: Option<Arc<Snapshot>>,
     /// Index into `snapshot.routes` once a route matched.
     pub route: Option<usize>,
-    pub request_id: String,
+    pub request_id: super::headers::RequestId,
     pub peer_ip: Option<IpAddr>,
     pub client_ip: Option<IpAddr>,
     /// The normalised path, when it differs from what the client sent.
@@ -60,7 +60,7 @@ impl RequestCtx {
             started: Instant::now(),
             snapshot: None,
             route: None,
-            request_id: String::new(),
+            request_id: Default::default(),
             peer_ip: None,
             client_ip: None,
             rewritten_path: None,

@@ -5,7 +5,7 @@ use super::caching;
 use super::ctx::{Admitted, RequestCtx};
 use super::head_timeout;
 use super::headers;
-use super::respond::Rejection;
+use super::respond::{RateLimitInfo, Rejection};
 use super::{Shared, Snapshot};
 use crate::deadline::{self, Deadline};
 use crate::ratelimit::RequestKeys;
@@ -14,7 +14,7 @@ use crate::route::path::normalize_path;
 use crate::upstream::ErrorKind;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Uri};
+use http::{HeaderValue, Method};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -263,19 +263,21 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-            resp.insert_header("x-request-id", v)?;
-        }
-        if let Some(info) = &ctx.rate_limit {
-            resp.insert_header("ratelimit-limit", info.limit.to_string())?;
-            resp.insert_header("ratelimit-remaining", info.remaining.to_string())?;
-            resp.insert_header("ratelimit-reset", info.reset_s.to_string())?;
-        }
+        let over_tls = over_tls(session);
+        headers::edit_response(resp, |h| {
+            h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
+            if let Some(info) = &ctx.rate_limit {
+                rate_limit_headers(h, info);
+            }
+            if let Some(c) = &ctx.cache {
+                h.insert(headers::X_CACHE, HeaderValue::from_static(c.result.header()));
+            }
+            decorate_headers(over_tls, ctx, h);
+        });
         if let Some(c) = &ctx.cache {
-            resp.insert_header("x-cache", c.result.header())?;
             caching::count(ctx, c.result);
         }
-        decorate(session, ctx, resp)
+        Ok(())
     }
 
     async fn fail_to_proxy(
@@ -417,7 +419,7 @@ async fn revoke_after_logout(ctx: &RequestCtx) {
 /// Request id and client address, needed by every answer including rejections.
 fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
     let req = session.req_header();
-    ctx.request_id = headers::request_id(&req.headers);
+    ctx.request_id = headers::RequestId::of(&req.headers);
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -501,24 +503,35 @@ fn check_hygiene(
 
 /// Headers every answer gets, whoever made it: HSTS on TLS connections and the route's own
 /// `response_headers`.
-pub fn decorate(session: &Session, ctx: &RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
-    let over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+pub fn decorate(session: &Session, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+    let over_tls = over_tls(session);
+    headers::edit_response(resp, |h| decorate_headers(over_tls, ctx, h));
+}
+
+/// HSTS on TLS answers and the route's own response headers.
+fn decorate_headers(over_tls: bool, ctx: &RequestCtx, h: &mut http::HeaderMap) {
+    let snapshot = ctx.snapshot.as_deref();
     if over_tls {
-        let hsts = ctx
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.config.server.tls.as_ref())
-            .and_then(|t| t.hsts.clone());
-        if let Some(v) = hsts {
-            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v)?;
+        if let Some(v) = snapshot.and_then(|s| s.config.server.tls.as_ref()?.hsts.clone()) {
+            h.insert(http::header::STRICT_TRANSPORT_SECURITY, v);
         }
     }
     if let Some(route) = ctx.route() {
         for (k, v) in &route.spec.response_headers {
-            resp.insert_header(k.clone(), v.clone())?;
+            h.insert(k.clone(), v.clone());
         }
     }
-    Ok(())
+}
+
+/// `RateLimit-*` on answers of limited routes.
+pub fn rate_limit_headers(h: &mut http::HeaderMap, info: &RateLimitInfo) {
+    h.insert(headers::RATELIMIT_LIMIT, HeaderValue::from(info.limit));
+    h.insert(headers::RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
+    h.insert(headers::RATELIMIT_RESET, HeaderValue::from(info.reset_s));
+}
+
+fn over_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// Writes a gateway-made answer; the connection is kept only when the rejection allows it.
@@ -532,11 +545,11 @@ async fn send_rejection(
         .as_ref()
         .map(|s| Cow::Borrowed(&s.auth_texts))
         .unwrap_or_default();
-    let mut rendered = rejection.render(&ctx.request_id, &texts);
+    let mut rendered = rejection.render(ctx.request_id.as_str(), &texts);
     if !rendered.keepalive {
         session.set_keepalive(None);
     }
-    decorate(session, ctx, &mut rendered.header)?;
+    decorate(session, ctx, &mut rendered.header);
     session
         .write_response_header(Box::new(rendered.header), false)
         .await?;
@@ -595,72 +608,77 @@ fn prepare_upstream_request(
     req: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<()> {
-    // The upstream must see the exact path that was routed.
-    if let Some(path) = &ctx.rewritten_path {
-        let pq = match req.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
-        };
-        let uri: Uri = pq.parse().map_err(|e| {
-            Error::because(ErrorType::InternalError, "rewriting normalised path", e)
-        })?;
-        req.set_uri(uri);
-    }
-
-    // Identity headers come only from the gateway: drop any the client sent.
-    let forged: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-auth-"))
-        .cloned()
-        .collect();
-    for name in forged {
-        req.remove_header(&name);
-    }
-
-    req.insert_header("x-request-id", ctx.request_id.as_str())?;
     let downstream = session.req_header();
     let trusted_peer = match (ctx.peer_ip, ctx.snapshot.as_ref()) {
         (Some(ip), Some(s)) => s.config.server.trusted_proxies.contains(&ip),
         _ => false,
     };
-    if let Some(d) = ctx.deadline {
-        // What the upstream has left, so it can give up on work nobody will wait for.
-        let left = d.remaining(Instant::now()).as_millis().max(1);
-        req.insert_header(deadline::CLIENT_HEADER, left.to_string())?;
-    }
-    if let Some(peer) = ctx.peer_ip {
-        req.insert_header(
-            "x-forwarded-for",
-            headers::forwarded_for(&downstream.headers, peer),
-        )?;
-    }
-    if !(trusted_peer && downstream.headers.contains_key("x-forwarded-proto")) {
-        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
-            "https"
-        } else {
-            "http"
-        };
-        req.insert_header("x-forwarded-proto", proto)?;
-    }
-    if !(trusted_peer && downstream.headers.contains_key("x-forwarded-host")) {
-        match host_of(downstream) {
-            Some(host) => req.insert_header("x-forwarded-host", host)?,
-            None => {
-                req.remove_header("x-forwarded-host");
+    let proto = if over_tls(session) { "https" } else { "http" };
+    headers::edit_request(req, |parts| {
+        // The upstream must see the exact path that was routed.
+        if let Some(path) = &ctx.rewritten_path {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            parts.uri = pq.parse().map_err(|e| {
+                Error::because(ErrorType::InternalError, "rewriting normalised path", e)
+            })?;
+        }
+        let h = &mut parts.headers;
+        h.reserve(8);
+
+        // Identity headers come only from the gateway: drop any the client sent.
+        let forged: Vec<http::HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-auth-"))
+            .cloned()
+            .collect();
+        for name in forged {
+            h.remove(name);
+        }
+
+        h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
+        if let Some(d) = ctx.deadline {
+            // What the upstream has left, so it can give up on work nobody will wait for.
+            let left = d.remaining(Instant::now()).as_millis().max(1);
+            h.insert(headers::X_REQUEST_TIMEOUT_MS, HeaderValue::from(left as u64));
+        }
+        if let Some(peer) = ctx.peer_ip {
+            h.insert(
+                headers::X_FORWARDED_FOR,
+                headers::forwarded_for(&downstream.headers, peer),
+            );
+        }
+        if !(trusted_peer && downstream.headers.contains_key(headers::X_FORWARDED_PROTO)) {
+            h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !(trusted_peer && downstream.headers.contains_key(headers::X_FORWARDED_HOST)) {
+            match host_of(downstream).and_then(|host| HeaderValue::from_str(host).ok()) {
+                Some(host) => {
+                    h.insert(headers::X_FORWARDED_HOST, host);
+                }
+                None => {
+                    h.remove(headers::X_FORWARDED_HOST);
+                }
             }
         }
-    }
 
-    if let (Some(admitted), Some(route)) = (&ctx.admitted, ctx.route()) {
-        if let Some(p) = admitted.identity.principal() {
-            req.insert_header("x-auth-subject", p.subject.as_str())?;
-            req.insert_header("x-auth-scopes", p.scopes.join(" "))?;
-            req.insert_header("x-auth-provider", &*p.provider)?;
+        if let (Some(admitted), Some(route)) = (&ctx.admitted, ctx.route()) {
+            if let Some(p) = admitted.identity.principal() {
+                let value = |s: &str| {
+                    HeaderValue::from_str(s).map_err(|e| {
+                        Error::because(ErrorType::InternalError, "identity header value", e)
+                    })
+                };
+                h.insert(headers::X_AUTH_SUBJECT, value(&p.subject)?);
+                h.insert(headers::X_AUTH_SCOPES, value(&p.scopes.join(" "))?);
+                h.insert(headers::X_AUTH_PROVIDER, value(&p.provider)?);
+            }
+            if !route.spec.forward_authorization {
+                h.remove(http::header::AUTHORIZATION);
+            }
         }
-        if !route.spec.forward_authorization {
-            req.remove_header(&http::header::AUTHORIZATION);
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -1,8 +1,57 @@
-//! Header rules for what reaches the upstream: request id, forwarding headers, identity.
+//! Header rules for what reaches the upstream: request id, forwarding headers, identity;
+//! and the one way the gateway edits pingora's header blocks.
 
 use crate::config::model::TrustedProxies;
-use http::HeaderMap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora_core::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
+
+/// Names the gateway sets, made once instead of parsed on every insert.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
+pub const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
+pub const X_AUTH_PROVIDER: HeaderName = HeaderName::from_static("x-auth-provider");
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+pub const X_REQUEST_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static(crate::deadline::CLIENT_HEADER);
+
+/// Edits a request head through its `http` parts in one pass. pingora's `insert_header`
+/// parses the name and updates a second, case-preserving name map on every call; the edited
+/// head drops that map, so it is sent with canonical names (Title-Case for standard headers,
+/// lowercase for the rest, as Envoy sends them). Header names are case-insensitive (RFC 9110).
+pub fn edit_request<T>(
+    req: &mut RequestHeader,
+    edit: impl FnOnce(&mut http::request::Parts) -> Result<T>,
+) -> Result<T> {
+    let mut parts = req.as_owned_parts();
+    // A target kept as raw bytes (one the URI cannot hold) must survive the rebuild.
+    let raw_target = (Some(req.raw_path())
+        != parts.uri.path_and_query().map(|p| p.as_str().as_bytes()))
+    .then(|| (req.raw_path().to_vec(), parts.uri.clone()));
+    let out = edit(&mut parts)?;
+    let uri_unchanged = raw_target.as_ref().is_some_and(|(_, uri)| *uri == parts.uri);
+    *req = RequestHeader::from(parts);
+    if let (Some((raw, _)), true) = (raw_target, uri_unchanged) {
+        req.set_raw_path(&raw)?;
+    }
+    Ok(out)
+}
+
+/// [`edit_request`] for a response head; the reason phrase becomes the canonical one.
+pub fn edit_response<T>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut HeaderMap) -> T) -> T {
+    let mut parts = resp.as_owned_parts();
+    let out = edit(&mut parts.headers);
+    *resp = ResponseHeader::from(parts);
+    out
+}
 
 /// A client's `X-Request-Id` is kept when it is 1 to 128 characters of `A-Z a-z 0-9 - _ . :`.
 pub fn valid_request_id(v: &[u8]) -> bool {
@@ -12,13 +61,39 @@ pub fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-pub fn request_id(headers: &HeaderMap) -> String {
-    match headers.get("x-request-id") {
-        Some(v) if valid_request_id(v.as_bytes()) => {
-            // valid_request_id admits ASCII only.
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
+/// The request's id: the client's `X-Request-Id` when valid, else a new UUID. Held as a header
+/// value, so sending it upstream and back costs a reference count, not a copy.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn of(headers: &HeaderMap) -> Self {
+        match headers.get(X_REQUEST_ID) {
+            Some(v) if valid_request_id(v.as_bytes()) => RequestId(v.clone()),
+            _ => {
+                let mut buf = uuid::Uuid::encode_buffer();
+                let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+                RequestId(
+                    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(id.as_bytes()))
+                        .unwrap_or(HeaderValue::from_static("")),
+                )
+            }
         }
-        _ => uuid::Uuid::new_v4().to_string(),
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only valid ids (ASCII) and UUIDs are ever held.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub fn value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
     }
 }
 
@@ -61,19 +136,44 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 }
 
 /// The `X-Forwarded-For` sent upstream: whatever chain the client sent, plus the TCP peer.
-pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr) -> String {
-    let mut out = String::new();
-    for v in headers.get_all("x-forwarded-for") {
+pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr) -> HeaderValue {
+    let mut out = Vec::with_capacity(48);
+    for v in headers.get_all(X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
             let s = s.trim();
             if !s.is_empty() {
-                out.push_str(s);
-                out.push_str(", ");
+                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(b", ");
             }
         }
     }
-    out.push_str(&peer.to_string());
-    out
+    push_ip(&mut out, peer);
+    // Visible ASCII from valid header values and an address: always a valid value.
+    HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// An address in its usual text form; IPv4, nearly every peer, without the formatter.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -102,9 +202,11 @@ mod tests {
         assert!(!valid_request_id(b"has space"));
         assert!(!valid_request_id(&[b'a'; 129]));
         assert!(valid_request_id(&[b'a'; 128]));
-        assert_eq!(request_id(&hm(&[("x-request-id", "keep-me")])), "keep-me");
-        let generated = request_id(&hm(&[("x-request-id", "bad id!")]));
-        assert_eq!(generated.len(), 36);
+        assert_eq!(RequestId::of(&hm(&[("x-request-id", "keep-me")])).as_str(), "keep-me");
+        let generated = RequestId::of(&hm(&[("x-request-id", "bad id!")]));
+        assert_eq!(generated.as_str().len(), 36);
+        assert!(uuid::Uuid::parse_str(generated.as_str()).is_ok());
+        assert_ne!(RequestId::of(&HeaderMap::new()).as_str(), generated.as_str());
     }
 
     #[test]
@@ -157,5 +259,22 @@ mod tests {
             forwarded_for(&h, peer),
             "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1"
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_the_standard_library_writes_them() {
+        let mut v4 = vec![];
+        for a in [0u8, 1, 9, 10, 42, 99, 100, 199, 200, 255] {
+            v4.push(std::net::Ipv4Addr::new(a, 255 - a, a / 2, 7));
+        }
+        let ips = v4
+            .into_iter()
+            .map(IpAddr::V4)
+            .chain(["::1", "2001:db8::7", "::ffff:1.2.3.4"].map(|s| s.parse().expect("ip")));
+        for ip in ips {
+            let mut out = vec![];
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).expect("ascii"), ip.to_string());
+        }
     }
 }
