@@ -155,7 +155,10 @@ pub async fn serve(
         for (k, v) in &entry.headers {
             h.append(k.clone(), v.clone());
         }
-        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        h.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(entry.body.len()),
+        );
         h.insert(headers::X_CACHE, HeaderValue::from_static(result.header()));
         h.insert(http::header::AGE, HeaderValue::from(entry.age().as_secs()));
         h.insert(headers::X_REQUEST_ID, ctx.request_id.value());

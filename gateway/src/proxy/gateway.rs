@@ -105,7 +105,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // Fail closed: without admission nothing is forwarded, whatever a bug upstream did.
@@ -153,6 +153,11 @@ impl ProxyHttp for Gateway {
             ] {
                 *t = Some(t.map_or(left, |v| v.min(left)));
             }
+        }
+        if session.as_downstream_mut().is_body_empty() && !session.is_upgrade_req() {
+            // Only a request head goes up, into an idle pooled connection or a fresh one: the
+            // write cannot stall, and a timer per request costs more than it guards.
+            peer.options.write_timeout = None;
         }
         ctx.upstream_addr = peer._address.as_inet().copied();
         ctx.upstream_started = Some(now);
@@ -270,7 +275,10 @@ impl ProxyHttp for Gateway {
                 rate_limit_headers(h, info);
             }
             if let Some(c) = &ctx.cache {
-                h.insert(headers::X_CACHE, HeaderValue::from_static(c.result.header()));
+                h.insert(
+                    headers::X_CACHE,
+                    HeaderValue::from_static(c.result.header()),
+                );
             }
             decorate_headers(over_tls, ctx, h);
         });
@@ -526,7 +534,10 @@ fn decorate_headers(over_tls: bool, ctx: &RequestCtx, h: &mut http::HeaderMap) {
 /// `RateLimit-*` on answers of limited routes.
 pub fn rate_limit_headers(h: &mut http::HeaderMap, info: &RateLimitInfo) {
     h.insert(headers::RATELIMIT_LIMIT, HeaderValue::from(info.limit));
-    h.insert(headers::RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
+    h.insert(
+        headers::RATELIMIT_REMAINING,
+        HeaderValue::from(info.remaining),
+    );
     h.insert(headers::RATELIMIT_RESET, HeaderValue::from(info.reset_s));
 }
 
@@ -642,7 +653,10 @@ fn prepare_upstream_request(
         if let Some(d) = ctx.deadline {
             // What the upstream has left, so it can give up on work nobody will wait for.
             let left = d.remaining(Instant::now()).as_millis().max(1);
-            h.insert(headers::X_REQUEST_TIMEOUT_MS, HeaderValue::from(left as u64));
+            h.insert(
+                headers::X_REQUEST_TIMEOUT_MS,
+                HeaderValue::from(left as u64),
+            );
         }
         if let Some(peer) = ctx.peer_ip {
             h.insert(

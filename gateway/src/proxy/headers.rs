@@ -37,7 +37,9 @@ pub fn edit_request<T>(
         != parts.uri.path_and_query().map(|p| p.as_str().as_bytes()))
     .then(|| (req.raw_path().to_vec(), parts.uri.clone()));
     let out = edit(&mut parts)?;
-    let uri_unchanged = raw_target.as_ref().is_some_and(|(_, uri)| *uri == parts.uri);
+    let uri_unchanged = raw_target
+        .as_ref()
+        .is_some_and(|(_, uri)| *uri == parts.uri);
     *req = RequestHeader::from(parts);
     if let (Some((raw, _)), true) = (raw_target, uri_unchanged) {
         req.set_raw_path(&raw)?;
@@ -202,11 +204,17 @@ mod tests {
         assert!(!valid_request_id(b"has space"));
         assert!(!valid_request_id(&[b'a'; 129]));
         assert!(valid_request_id(&[b'a'; 128]));
-        assert_eq!(RequestId::of(&hm(&[("x-request-id", "keep-me")])).as_str(), "keep-me");
+        assert_eq!(
+            RequestId::of(&hm(&[("x-request-id", "keep-me")])).as_str(),
+            "keep-me"
+        );
         let generated = RequestId::of(&hm(&[("x-request-id", "bad id!")]));
         assert_eq!(generated.as_str().len(), 36);
         assert!(uuid::Uuid::parse_str(generated.as_str()).is_ok());
-        assert_ne!(RequestId::of(&HeaderMap::new()).as_str(), generated.as_str());
+        assert_ne!(
+            RequestId::of(&HeaderMap::new()).as_str(),
+            generated.as_str()
+        );
     }
 
     #[test]

@@ -211,8 +211,11 @@ impl UpstreamPool {
     }
 
     fn passively_up(&self, addr: SocketAddr) -> bool {
-        self.endpoint(addr)
-            .is_none_or(|e| e.out_until_ms.load(Ordering::Relaxed) <= self.now_ms())
+        self.endpoint(addr).is_none_or(|e| {
+            // 0: never taken out, the usual case, decided without reading the clock.
+            let until = e.out_until_ms.load(Ordering::Relaxed);
+            until == 0 || until <= self.now_ms()
+        })
     }
 
     /// Counts a failure; connection failures in a row take the endpoint out for a cool-down.
