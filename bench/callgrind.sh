@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by valgrind's callgrind: repeatable where wall-clock CPU
+# time on this shared machine is not. Counts user-space instructions only (the kernel's
+# loopback TCP work, about half of the CPU time, is not in them).
+#
+#   bench/callgrind.sh             authgate (a) public route and stock pingora, 2000 requests each
+#   REQUESTS=5000 bench/callgrind.sh
+#   CONFIG=bench/configs/b-hs256.yaml bench/callgrind.sh   another authgate configuration
+#                                  (its token, if any, in AUTH_HEADER="Authorization: Bearer ...")
+#
+# Each proxy runs under callgrind with one worker in front of a one-worker nginx upstream;
+# after 200 warm-up requests the counters are zeroed, REQUESTS requests go over one
+# keep-alive connection (curl), and the counters are dumped. Prints instructions per request
+# and the heaviest functions (inclusive); the raw profiles stay in bench/out/callgrind-*/ for
+# callgrind_annotate or kcachegrind. Uses the release binaries (run bench/run.sh or
+# `cargo build --release -p authgate -p pingora-plain` first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+REQUESTS=${REQUESTS:-2000}
+CONFIG=${CONFIG:-bench/configs/a-public.yaml}
+AUTH_HEADER=${AUTH_HEADER:-}
+for bin in valgrind callgrind_control callgrind_annotate nginx curl; do
+    command -v "$bin" >/dev/null || { echo "callgrind.sh: $bin is missing (apt-get install valgrind nginx-light curl)" >&2; exit 1; }
+done
+for bin in authgate pingora-plain; do
+    [[ -x target/release/$bin ]] || { echo "callgrind.sh: target/release/$bin missing; build release first" >&2; exit 1; }
+done
+
+OUT=$ROOT/bench/out/callgrind-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT/nginx/tmp"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [[ -f $OUT/nginx/nginx.pid ]] && kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # port
+    for _ in $(seq 1 300); do
+        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" && return 0
+        sleep 0.1
+    done
+    echo "callgrind.sh: nothing answered on port $1 within 30 s" >&2
+    exit 1
+}
+
+UP=$(free_port)
+cat >"$OUT/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $OUT/nginx/tmp;
+    proxy_temp_path $OUT/nginx/tmp;
+    server {
+        listen 127.0.0.1:$UP;
+        location / { default_type application/json; return 200 '{"id":1,"name":"bench","status":"ok","items":[1,2,3]}'; }
+    }
+}
+EOF
+nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log" &
+PIDS+=($!)
+wait_http "$UP"
+
+# measure NAME PORT PID: zero, send REQUESTS requests, dump; prints instructions per request.
+measure() {
+    local name=$1 port=$2 pid=$3
+    local url="http://127.0.0.1:$port/api/bench/items/?page=[1-$REQUESTS]"
+    local hdr=()
+    [[ -n $AUTH_HEADER ]] && hdr=(-H "$AUTH_HEADER")
+    curl -s -o /dev/null "${hdr[@]}" "http://127.0.0.1:$port/api/bench/items/?page=[1-200]"
+    callgrind_control -z "$pid" >/dev/null
+    curl -s -o /dev/null -w '%{http_code}\n' "${hdr[@]}" "$url" | sort | uniq -c >"$OUT/codes-$name.txt"
+    callgrind_control -d "$name" "$pid" >/dev/null
+    sleep 1
+    local f
+    f=$(ls -t "$OUT/$name".* | head -1)
+    local total
+    total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "$name $((total / REQUESTS)) $f"
+}
+
+results=()
+AG=$(free_port)
+ADMIN=$(free_port)
+BENCH_LISTEN=127.0.0.1:$AG BENCH_ADMIN=127.0.0.1:$ADMIN BENCH_UPSTREAM=127.0.0.1:$UP RUST_LOG=warn \
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/authgate.%p" \
+    target/release/authgate --config "$CONFIG" >"$OUT/log-authgate.txt" 2>&1 &
+PIDS+=($!)
+PP=$(free_port)
+valgrind --tool=callgrind --callgrind-out-file="$OUT/pingora-plain.%p" \
+    target/release/pingora-plain --listen "127.0.0.1:$PP" --upstream "127.0.0.1:$UP" --threads 1 \
+    >"$OUT/log-pingora-plain.txt" 2>&1 &
+PIDS+=($!)
+wait_http "$AG"
+wait_http "$PP"
+results+=("$(measure authgate "$AG" "${PIDS[1]}")")
+results+=("$(measure pingora-plain "$PP" "${PIDS[2]}")")
+
+echo
+echo "instructions per request (user space; $REQUESTS requests over one keep-alive connection)"
+for r in "${results[@]}"; do
+    read -r name per file <<<"$r"
+    printf '  %-14s %8d   status codes: %s\n' "$name" "$per" "$(tr '\n' ' ' <"$OUT/codes-$name.txt")"
+done
+read -r _ ag _ <<<"${results[0]}"
+read -r _ pp _ <<<"${results[1]}"
+awk -v a="$ag" -v p="$pp" 'BEGIN { printf "  authgate / pingora-plain: %.3f\n\n", a / p }'
+read -r _ _ agf <<<"${results[0]}"
+echo "heaviest inclusive entries in authgate (instructions per request):"
+callgrind_annotate --inclusive=yes "$agf" 2>/dev/null | sed 's/,//g' |
+    awk -v n="$REQUESTS" '$1 ~ /^[0-9]+$/ && $0 ~ /(authgate::|pingora_|http::header|memcpy|mi_)/ {
+        line = $0; sub(/^ *[0-9]+ \([ 0-9.]+%\) +/, "", line); sub(/ \[.*$/, "", line); sub(/^[^:]*:/, "", line);
+        printf "  %7d  %s\n", $1 / n, substr(line, 1, 110) }' | head -30
+echo
+echo "profiles: $OUT"
