@@ -139,43 +139,59 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 
 /// The `X-Forwarded-For` sent upstream: whatever chain the client sent, plus the TCP peer.
 pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr) -> HeaderValue {
-    let mut out = Vec::with_capacity(48);
-    for v in headers.get_all(X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                out.extend_from_slice(s.as_bytes());
-                out.extend_from_slice(b", ");
-            }
-        }
+    // The longest address text (IPv4-mapped IPv6) is 45 bytes.
+    let mut ip_buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
+    push_ip(&mut cursor, peer);
+    let ip_len = cursor.position() as usize;
+    let ip = &ip_buf[..ip_len];
+    let chain = || {
+        headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    // Sized exactly, so the buffer becomes the header value without another allocation.
+    let len = chain().map(|s| s.len() + 2).sum::<usize>() + ip.len();
+    let mut out = Vec::with_capacity(len);
+    for s in chain() {
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b", ");
     }
-    push_ip(&mut out, peer);
+    out.extend_from_slice(ip);
     // Visible ASCII from valid header values and an address: always a valid value.
     HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// An address in its usual text form; IPv4, nearly every peer, without the formatter.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
+fn push_ip(out: &mut impl std::io::Write, ip: IpAddr) {
+    // Writes into a buffer large enough for any address cannot fail.
+    let _ = match ip {
         IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.write_all(&text[..n])
         }
-        IpAddr::V6(v6) => {
-            use std::io::Write;
-            let _ = write!(out, "{v6}");
-        }
-    }
+        IpAddr::V6(v6) => write!(out, "{v6}"),
+    };
 }
 
 #[cfg(test)]
@@ -266,6 +282,13 @@ mod tests {
         assert_eq!(
             forwarded_for(&h, peer),
             "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1"
+        );
+        let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"
+            .parse()
+            .expect("ip");
+        assert_eq!(
+            forwarded_for(&h, v6),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"
         );
     }
 
