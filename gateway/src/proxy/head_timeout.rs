@@ -179,15 +179,20 @@ mod tests {
         assert!(matches!(out, Watched::Done("answered")), "{out:?}");
     }
 
+    /// Three kept-alive requests, each head within the limit and each answer slower than it.
+    async fn three_requests() {
+        for _ in 0..3 {
+            tokio::time::sleep(LIMIT / 2).await;
+            head_received();
+            tokio::time::sleep(LIMIT * 2).await;
+            awaiting_next_head();
+        }
+    }
+
     #[tokio::test]
     async fn keepalive_requests_each_get_the_limit_and_idle_time_counts() {
         let out = run(async {
-            for _ in 0..3 {
-                tokio::time::sleep(LIMIT / 2).await;
-                head_received();
-                tokio::time::sleep(LIMIT * 2).await;
-                awaiting_next_head();
-            }
+            three_requests().await;
             // The next head never comes: the connection is closed.
             std::future::pending::<&str>().await
         })
@@ -198,12 +203,7 @@ mod tests {
     #[tokio::test]
     async fn three_requests_then_close_ends_normally() {
         let out = run(async {
-            for _ in 0..3 {
-                tokio::time::sleep(LIMIT / 2).await;
-                head_received();
-                tokio::time::sleep(LIMIT * 2).await;
-                awaiting_next_head();
-            }
+            three_requests().await;
             "closed by client"
         })
         .await;
