@@ -7,7 +7,7 @@ use crate::respcache::policy::{self, CacheKey, Storability};
 use crate::respcache::{self, CacheResult, CachedResponse, Claim, FillGuard, Freshness};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
-use pingora_core::Result;
+use pingora_core::{ErrorType, OrErr, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::sync::Arc;
@@ -150,23 +150,27 @@ pub async fn serve(
     result: CacheResult,
 ) -> Result<()> {
     let head = session.req_header().method == Method::HEAD;
-    let mut h = ResponseHeader::build(entry.status, Some(entry.headers.len() + 8))?;
-    headers::edit_response(&mut h, |h| {
-        for (k, v) in &entry.headers {
-            h.append(k.clone(), v.clone());
-        }
-        h.insert(
-            http::header::CONTENT_LENGTH,
-            HeaderValue::from(entry.body.len()),
-        );
-        h.insert(headers::X_CACHE, HeaderValue::from_static(result.header()));
-        h.insert(http::header::AGE, HeaderValue::from(entry.age().as_secs()));
-        h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
-        if let Some(info) = &ctx.rate_limit {
-            super::gateway::rate_limit_headers(h, info);
-        }
-    });
-    super::gateway::decorate(session, ctx, &mut h);
+    // Built as plain `http` parts and converted once: no case map, no per-insert parsing.
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(entry.status)
+        .or_err(ErrorType::InternalError, "cached status")?;
+    let h = &mut parts.headers;
+    h.reserve(entry.headers.len() + 8);
+    for (k, v) in &entry.headers {
+        h.append(k.clone(), v.clone());
+    }
+    h.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(entry.body.len()),
+    );
+    h.insert(headers::X_CACHE, HeaderValue::from_static(result.header()));
+    h.insert(http::header::AGE, HeaderValue::from(entry.age().as_secs()));
+    h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
+    if let Some(info) = &ctx.rate_limit {
+        super::gateway::rate_limit_headers(h, info);
+    }
+    super::gateway::decorate_headers(session, ctx, h);
+    let h = ResponseHeader::from(parts);
     count(ctx, result);
     let no_body = head || entry.body.is_empty();
     session.write_response_header(Box::new(h), no_body).await?;

@@ -268,7 +268,6 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let over_tls = over_tls(session);
         headers::edit_response(resp, |h| {
             h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
             if let Some(info) = &ctx.rate_limit {
@@ -280,7 +279,7 @@ impl ProxyHttp for Gateway {
                     HeaderValue::from_static(c.result.header()),
                 );
             }
-            decorate_headers(over_tls, ctx, h);
+            decorate_headers(session, ctx, h);
         });
         if let Some(c) = &ctx.cache {
             caching::count(ctx, c.result);
@@ -512,15 +511,17 @@ fn check_hygiene(
 /// Headers every answer gets, whoever made it: HSTS on TLS connections and the route's own
 /// `response_headers`.
 pub fn decorate(session: &Session, ctx: &RequestCtx, resp: &mut ResponseHeader) {
-    let over_tls = over_tls(session);
-    headers::edit_response(resp, |h| decorate_headers(over_tls, ctx, h));
+    headers::edit_response(resp, |h| decorate_headers(session, ctx, h));
 }
 
 /// HSTS on TLS answers and the route's own response headers.
-fn decorate_headers(over_tls: bool, ctx: &RequestCtx, h: &mut http::HeaderMap) {
-    let snapshot = ctx.snapshot.as_deref();
-    if over_tls {
-        if let Some(v) = snapshot.and_then(|s| s.config.server.tls.as_ref()?.hsts.clone()) {
+pub fn decorate_headers(session: &Session, ctx: &RequestCtx, h: &mut http::HeaderMap) {
+    if over_tls(session) {
+        let tls = ctx
+            .snapshot
+            .as_deref()
+            .and_then(|s| s.config.server.tls.as_ref());
+        if let Some(v) = tls.and_then(|t| t.hsts.clone()) {
             h.insert(http::header::STRICT_TRANSPORT_SECURITY, v);
         }
     }

@@ -194,20 +194,23 @@ fn push_ip(out: &mut impl std::io::Write, ip: IpAddr) {
     };
 }
 
+/// A header map from name/value pairs, repeats kept in order (unit-test fixture).
+#[cfg(test)]
+pub(crate) fn test_header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            v.parse().expect("value"),
+        );
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_header_map as hm;
     use super::*;
-
-    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                v.parse().expect("value"),
-            );
-        }
-        h
-    }
 
     fn trusted(nets: &[&str]) -> TrustedProxies {
         TrustedProxies(nets.iter().map(|n| n.parse().expect("cidr")).collect())

@@ -164,17 +164,7 @@ pub fn storability(status: u16, headers: &HeaderMap, route_ttl: Duration) -> Sto
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                v.parse().expect("value"),
-            );
-        }
-        h
-    }
+    use crate::proxy::headers::test_header_map as hm;
 
     #[test]
     fn query_order_does_not_matter_but_repeats_keep_theirs() {
