@@ -163,11 +163,7 @@ fn start_load(url: String, tokens: Arc<Vec<(Class, Option<String>)>>) -> Load {
                 url.clone(),
             );
             std::thread::spawn(move || {
-                let c = reqwest::blocking::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
+                let c = client_with_timeout(Duration::from_secs(5));
                 let mut i = t;
                 while !stop.load(Ordering::Relaxed) {
                     let (class, token) = &tokens[i % tokens.len()];

@@ -123,11 +123,7 @@ routes:
                 gw.url(""),
             );
             std::thread::spawn(move || {
-                let c = reqwest::blocking::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
+                let c = client_with_timeout(Duration::from_secs(5));
                 let mut i: usize = w * 7919;
                 while !stop.load(Ordering::Relaxed) {
                     i = i.wrapping_add(1);

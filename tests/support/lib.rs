@@ -404,9 +404,14 @@ impl Redis {
 
 /// An HTTP client that never uses a proxy and never waits long.
 pub fn client() -> reqwest::blocking::Client {
+    client_with_timeout(Duration::from_secs(15))
+}
+
+/// [`client`] with another bound per request (load generators want failures fast).
+pub fn client_with_timeout(timeout: Duration) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(15))
+        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
