@@ -28,7 +28,7 @@ for bin in authgate pingora-plain; do
 done
 
 OUT=$ROOT/bench/out/callgrind-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$OUT/nginx/tmp"
+mkdir -p "$OUT"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -47,23 +47,9 @@ wait_http() { # port
 }
 
 UP=$(free_port)
-cat >"$OUT/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path $OUT/nginx/tmp;
-    proxy_temp_path $OUT/nginx/tmp;
-    server {
-        listen 127.0.0.1:$UP;
-        location / { default_type application/json; return 200 '{"id":1,"name":"bench","status":"ok","items":[1,2,3]}'; }
-    }
-}
-EOF
+# shellcheck source=bench/upstream-nginx.sh
+source "$ROOT/bench/upstream-nginx.sh"
+write_upstream_nginx_conf "$OUT/nginx" "$UP"
 nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log" &
 PIDS+=($!)
 wait_http "$UP"
@@ -79,8 +65,8 @@ measure() {
     curl -s -o /dev/null -w '%{http_code}\n' "${hdr[@]}" "$url" | sort | uniq -c >"$OUT/codes-$name.txt"
     callgrind_control -d "$name" "$pid" >/dev/null
     sleep 1
-    local f
-    f=$(ls -t "$OUT/$name".* | head -1)
+    # --callgrind-out-file NAME.%p: the first dump of process PID is NAME.PID.1
+    local f=$OUT/$name.$pid.1
     local total
     total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     echo "$name $((total / REQUESTS)) $f"
@@ -106,7 +92,7 @@ results+=("$(measure pingora-plain "$PP" "${PIDS[2]}")")
 echo
 echo "instructions per request (user space; $REQUESTS requests over one keep-alive connection)"
 for r in "${results[@]}"; do
-    read -r name per file <<<"$r"
+    read -r name per _ <<<"$r"
     printf '  %-14s %8d   status codes: %s\n' "$name" "$per" "$(tr '\n' ' ' <"$OUT/codes-$name.txt")"
 done
 read -r _ ag _ <<<"${results[0]}"

@@ -169,29 +169,9 @@ wait_http() {
 
 # ---------------------------------------------------------------- upstream nginx
 free_port UP_PORT
-UP_BODY='{"id":1,"name":"bench","status":"ok","items":[1,2,3]}'
-mkdir -p "$RUN/nginx-upstream"
-cat >"$RUN/nginx-upstream/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $RUN/nginx-upstream/nginx.pid;
-error_log $RUN/nginx-upstream/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path $RUN/nginx-upstream/tmp;
-    proxy_temp_path $RUN/nginx-upstream/tmp;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / {
-            default_type application/json;
-            return 200 '$UP_BODY';
-        }
-    }
-}
-EOF
+# shellcheck source=bench/upstream-nginx.sh
+source "$ROOT/bench/upstream-nginx.sh"
+write_upstream_nginx_conf "$RUN/nginx-upstream" "$UP_PORT"
 nginx -p "$RUN/nginx-upstream" -c "$RUN/nginx-upstream/nginx.conf" -e "$RUN/nginx-upstream/error.log" \
     >"$RUN/nginx-upstream/stdout.log" 2>&1 &
 UP_PID=$!
