@@ -3,7 +3,8 @@
 # time on this shared machine is not. Counts user-space instructions only (the kernel's
 # loopback TCP work, about half of the CPU time, is not in them).
 #
-#   bench/callgrind.sh             authgate (a) public route and stock pingora, 2000 requests each
+#   bench/callgrind.sh             authgate (a) public route, stock pingora and pingora tuned as
+#                                  authgate is (mimalloc, no work stealing), 2000 requests each
 #   REQUESTS=5000 bench/callgrind.sh
 #   CONFIG=bench/configs/b-hs256.yaml bench/callgrind.sh   another authgate configuration
 #                                  (its token, if any, in AUTH_HEADER="Authorization: Bearer ...")
@@ -23,7 +24,7 @@ AUTH_HEADER=${AUTH_HEADER:-}
 for bin in valgrind callgrind_control callgrind_annotate nginx curl; do
     command -v "$bin" >/dev/null || { echo "callgrind.sh: $bin is missing (apt-get install valgrind nginx-light curl)" >&2; exit 1; }
 done
-for bin in authgate pingora-plain; do
+for bin in authgate pingora-plain pingora-tuned; do
     [[ -x target/release/$bin ]] || { echo "callgrind.sh: target/release/$bin missing; build release first" >&2; exit 1; }
 done
 
@@ -79,15 +80,17 @@ BENCH_LISTEN=127.0.0.1:$AG BENCH_ADMIN=127.0.0.1:$ADMIN BENCH_UPSTREAM=127.0.0.1
     valgrind --tool=callgrind --callgrind-out-file="$OUT/authgate.%p" \
     target/release/authgate --config "$CONFIG" >"$OUT/log-authgate.txt" 2>&1 &
 PIDS+=($!)
-PP=$(free_port)
-valgrind --tool=callgrind --callgrind-out-file="$OUT/pingora-plain.%p" \
-    target/release/pingora-plain --listen "127.0.0.1:$PP" --upstream "127.0.0.1:$UP" --threads 1 \
-    >"$OUT/log-pingora-plain.txt" 2>&1 &
-PIDS+=($!)
 wait_http "$AG"
-wait_http "$PP"
 results+=("$(measure authgate "$AG" "${PIDS[1]}")")
-results+=("$(measure pingora-plain "$PP" "${PIDS[2]}")")
+for base in pingora-plain pingora-tuned; do
+    port=$(free_port)
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/$base.%p" \
+        "target/release/$base" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP" --threads 1 \
+        >"$OUT/log-$base.txt" 2>&1 &
+    PIDS+=($!)
+    wait_http "$port"
+    results+=("$(measure "$base" "$port" "${PIDS[-1]}")")
+done
 
 echo
 echo "instructions per request (user space; $REQUESTS requests over one keep-alive connection)"
@@ -97,7 +100,9 @@ for r in "${results[@]}"; do
 done
 read -r _ ag _ <<<"${results[0]}"
 read -r _ pp _ <<<"${results[1]}"
-awk -v a="$ag" -v p="$pp" 'BEGIN { printf "  authgate / pingora-plain: %.3f\n\n", a / p }'
+read -r _ pt _ <<<"${results[2]}"
+awk -v a="$ag" -v p="$pp" -v t="$pt" 'BEGIN {
+    printf "  authgate / pingora-plain: %.3f\n  authgate / pingora-tuned: %.3f\n\n", a / p, a / t }'
 read -r _ _ agf <<<"${results[0]}"
 echo "heaviest inclusive entries in authgate (instructions per request):"
 callgrind_annotate --inclusive=yes "$agf" 2>/dev/null | sed 's/,//g' |

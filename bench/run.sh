@@ -99,7 +99,7 @@ if [[ $BUILD == 1 ]]; then
     log "building release binaries"
     cargo build --release --locked -p authgate -p upstream-mock -p pingora-plain
 fi
-for b in authgate upstream-mock pingora-plain authgate-memory authgate-verify; do
+for b in authgate upstream-mock pingora-plain pingora-tuned authgate-memory authgate-verify; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing (build first, or drop --no-build)"
 done
 
@@ -374,6 +374,13 @@ PLAIN_PID=$!
 PIDS+=("$PLAIN_PID")
 wait_http "pingora-plain" "$PLAIN_PORT" "$PLAIN_PID" "$RUN/pingora-plain.log"
 
+free_port TUNED_PORT
+"$BIN/pingora-tuned" --listen "127.0.0.1:$TUNED_PORT" --upstream "127.0.0.1:$UP_PORT" --threads 1 \
+    >"$RUN/pingora-tuned.log" 2>&1 &
+TUNED_PID=$!
+PIDS+=("$TUNED_PID")
+wait_http "pingora-tuned" "$TUNED_PORT" "$TUNED_PID" "$RUN/pingora-tuned.log"
+
 # ---------------------------------------------------------------- authgate scenarios
 # name:config:RUST_LOG
 SCENARIOS=(
@@ -421,6 +428,7 @@ PORT[direct]=$UP_PORT
 PORT[nginx]=$NGINX_PORT
 PORT[haproxy-jwt]=$HAPROXY_PORT
 PORT[pingora-plain]=$PLAIN_PORT
+PORT[pingora-tuned]=$TUNED_PORT
 HEADER[haproxy-jwt]=$TOKEN_HS256
 HEADER[ag-hs256]=$TOKEN_HS256
 HEADER[ag-rs256]=$TOKEN_RS256
@@ -441,6 +449,7 @@ else
     DESC[haproxy-jwt]="HAProxy $HAPROXY_VERSION, bearer present (NO jwt_verify) + stick-table limit"
 fi
 DESC[pingora-plain]="stock pingora 0.9 plain proxy, defaults"
+DESC[pingora-tuned]="the same pingora proxy with mimalloc and work stealing off (as authgate)"
 DESC[ag-public]="authgate (a) public route"
 DESC[ag-local-limit]="authgate public route + local limit"
 DESC[ag-shared-limit]="authgate (e) public route + Redis-shared limit"
@@ -453,7 +462,7 @@ DESC[ag-opaque-uncached]="authgate (d) opaque token, a different token every req
 DESC[ag-search-uncached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, no response cache (-c$SEARCH_CONNECTIONS)"
 DESC[ag-search-cached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, response cache ttl 60s (-c$SEARCH_CONNECTIONS)"
 
-ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain ag-public ag-local-limit ag-shared-limit ag-hs256 ag-rs256
+ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain pingora-tuned ag-public ag-local-limit ag-shared-limit ag-hs256 ag-rs256
     ag-opaque ag-all ag-rs256-uncached ag-opaque-uncached ag-search-uncached ag-search-cached)
 VERIFY=1
 if [[ -n ${TARGETS:-} ]]; then
@@ -475,6 +484,7 @@ pids_of() {
         nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" ;;
         haproxy-jwt) echo "$HAPROXY_PID" ;;
         pingora-plain) echo "$PLAIN_PID" ;;
+        pingora-tuned) echo "$TUNED_PID" ;;
         *) echo "${PIDOF[$1]}" ;;
     esac
 }
@@ -859,6 +869,8 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     echo "|---|---:|"
     echo "| authgate public CPU/req ÷ nginx CPU/req | $(ratio "${M_CPU[ag-public]:-}" "${M_CPU[nginx]:-}") |"
     echo "| authgate public req/s ÷ pingora-plain req/s | $(ratio "${M_RPS[ag-public]:-}" "${M_RPS[pingora-plain]:-}") |"
+    echo "| pingora-tuned CPU/req ÷ pingora-plain CPU/req (what mimalloc and no work stealing are worth) | $(ratio "${M_CPU[pingora-tuned]:-}" "${M_CPU[pingora-plain]:-}") |"
+    echo "| authgate public CPU/req ÷ pingora-tuned CPU/req (what authgate's own phases cost) | $(ratio "${M_CPU[ag-public]:-}" "${M_CPU[pingora-tuned]:-}") |"
     echo "| authgate all (f) CPU/req ÷ HAProxy-jwt CPU/req | $(ratio "${M_CPU[ag-all]:-}" "${M_CPU[haproxy-jwt]:-}") |"
     echo "| authgate all (f) req/s ÷ HAProxy-jwt req/s | $(ratio "${M_RPS[ag-all]:-}" "${M_RPS[haproxy-jwt]:-}") |"
     echo "| authgate local limit CPU/req ÷ authgate public CPU/req | $(ratio "${M_CPU[ag-local-limit]:-}" "${M_CPU[ag-public]:-}") |"
