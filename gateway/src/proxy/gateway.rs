@@ -137,7 +137,7 @@ impl ProxyHttp for Gateway {
         };
         let pool = route.upstream.clone();
         let avoid = if ctx.retried { ctx.upstream_addr } else { None };
-        let Some(mut peer) = pool.select(avoid).and_then(|b| pool.peer(&b)) else {
+        let Some(mut peer) = pool.select(avoid).map(|addr| pool.peer(addr)) else {
             pool.report_no_endpoint();
             ctx.rejection = Some(Rejection::UpstreamUnavailable);
             return Error::e_explain(ErrorType::HTTPStatus(502), "no healthy endpoint");
@@ -436,6 +436,19 @@ fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
         peer.map(|p| headers::client_ip(p, &req.headers, &snapshot.config.server.trusted_proxies));
 }
 
+/// `X-Forwarded-Host`: the Host header's own value (a reference count, not a copy), or the
+/// authority of an absolute-form target.
+fn forwarded_host(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers
+            .get(http::header::HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    }
+}
+
 fn host_of(req: &RequestHeader) -> Option<&str> {
     req.uri.authority().map(|a| a.as_str()).or_else(|| {
         req.headers
@@ -669,7 +682,7 @@ fn prepare_upstream_request(
             h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if !(trusted_peer && downstream.headers.contains_key(headers::X_FORWARDED_HOST)) {
-            match host_of(downstream).and_then(|host| HeaderValue::from_str(host).ok()) {
+            match forwarded_host(downstream) {
                 Some(host) => {
                     h.insert(headers::X_FORWARDED_HOST, host);
                 }
@@ -687,7 +700,10 @@ fn prepare_upstream_request(
                     })
                 };
                 h.insert(headers::X_AUTH_SUBJECT, value(&p.subject)?);
-                h.insert(headers::X_AUTH_SCOPES, value(&p.scopes.join(" "))?);
+                let scopes = p.scopes.header_value().cloned().ok_or_else(|| {
+                    Error::explain(ErrorType::InternalError, "identity header value: scopes")
+                })?;
+                h.insert(headers::X_AUTH_SCOPES, scopes);
                 h.insert(headers::X_AUTH_PROVIDER, value(&p.provider)?);
             }
             if !route.spec.forward_authorization {

@@ -1,15 +1,19 @@
 //! Upstream pools: endpoints, round robin over the healthy ones, active health checks, and
 //! the peer (address plus timeouts) each request is sent to.
+//!
+//! pingora's balancer runs the active health checks; the request path reads their verdicts
+//! from flags copied after each pass, so choosing an endpoint costs one counter increment and
+//! a few atomic loads instead of the balancer's hashing, map lookups and backend clones.
 
 use crate::config::model::UpstreamSpec;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::RoundRobin;
-use pingora_load_balancing::{Backend, LoadBalancer};
+use pingora_load_balancing::LoadBalancer;
 use prometheus::IntGauge;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -85,9 +89,12 @@ impl ErrorKind {
     }
 }
 
-/// Passive health of one endpoint, updated lock-free from the request path.
+/// One endpoint's health: the active check's last verdict, and passive health updated
+/// lock-free from the request path.
 struct Endpoint {
     addr: SocketAddr,
+    /// The active health check's verdict after its last pass; up until the first one.
+    checked_up: AtomicBool,
     failures: AtomicU32,
     /// Milliseconds since the pool's epoch until which the endpoint is out of rotation.
     out_until_ms: AtomicU64,
@@ -101,6 +108,8 @@ pub struct UpstreamPool {
     first_check_done: AtomicBool,
     healthy_gauge: IntGauge,
     endpoints: Vec<Endpoint>,
+    /// Round-robin position.
+    next: AtomicUsize,
     epoch: Instant,
     errors: [prometheus::IntCounter; 8],
     /// CA bundle for `tls: true` upstreams; `None` means the system roots.
@@ -170,6 +179,7 @@ impl UpstreamPool {
             .iter()
             .map(|a| Endpoint {
                 addr: *a,
+                checked_up: AtomicBool::new(true),
                 failures: AtomicU32::new(0),
                 out_until_ms: AtomicU64::new(0),
             })
@@ -188,6 +198,7 @@ impl UpstreamPool {
             first_check_done: AtomicBool::new(false),
             healthy_gauge,
             endpoints,
+            next: AtomicUsize::new(0),
             epoch: Instant::now(),
             errors,
         })
@@ -195,11 +206,22 @@ impl UpstreamPool {
 
     /// The next endpoint in round-robin order that both health checks and recent traffic
     /// consider up, other than `avoid` (the one a retry is moving away from).
-    pub fn select(&self, avoid: Option<SocketAddr>) -> Option<Backend> {
-        self.lb.select_with(b"", 256, |b, healthy| {
-            let addr = b.addr.as_inet().copied();
-            healthy && addr != avoid && addr.is_none_or(|a| self.passively_up(a))
-        })
+    pub fn select(&self, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
+        let n = self.endpoints.len();
+        // One endpoint needs no position: no write to a counter shared by every thread.
+        let start = if n > 1 {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        (0..n)
+            .map(|i| &self.endpoints[start.wrapping_add(i) % n])
+            .find(|e| Some(e.addr) != avoid && self.in_rotation(e))
+            .map(|e| e.addr)
+    }
+
+    fn in_rotation(&self, e: &Endpoint) -> bool {
+        e.checked_up.load(Ordering::Relaxed) && self.passively_up(e)
     }
 
     fn now_ms(&self) -> u64 {
@@ -210,12 +232,10 @@ impl UpstreamPool {
         self.endpoints.iter().find(|e| e.addr == addr)
     }
 
-    fn passively_up(&self, addr: SocketAddr) -> bool {
-        self.endpoint(addr).is_none_or(|e| {
-            // 0: never taken out, the usual case, decided without reading the clock.
-            let until = e.out_until_ms.load(Ordering::Relaxed);
-            until == 0 || until <= self.now_ms()
-        })
+    fn passively_up(&self, e: &Endpoint) -> bool {
+        // 0: never taken out, the usual case, decided without reading the clock.
+        let until = e.out_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= self.now_ms()
     }
 
     /// Counts a failure; connection failures in a row take the endpoint out for a cool-down.
@@ -251,8 +271,7 @@ impl UpstreamPool {
     }
 
     /// The peer a request is sent to, with this upstream's timeouts.
-    pub fn peer(&self, backend: &Backend) -> Option<HttpPeer> {
-        let addr = *backend.addr.as_inet()?;
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let sni = if self.spec.tls {
             self.spec.sni.clone()
         } else {
@@ -270,18 +289,13 @@ impl UpstreamPool {
         o.read_timeout = Some(self.spec.read_timeout);
         o.write_timeout = Some(self.spec.read_timeout);
         o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
-        Some(peer)
+        peer
     }
 
     pub fn healthy_endpoints(&self) -> usize {
-        self.lb
-            .backends()
-            .get_backend()
+        self.endpoints
             .iter()
-            .filter(|b| {
-                self.lb.backends().ready(b)
-                    && b.addr.as_inet().is_none_or(|a| self.passively_up(*a))
-            })
+            .filter(|e| self.in_rotation(e))
             .count()
     }
 
@@ -293,7 +307,13 @@ impl UpstreamPool {
     }
 
     async fn check_once(&self) {
-        self.lb.backends().run_health_check(true).await;
+        let backends = self.lb.backends();
+        backends.run_health_check(true).await;
+        for b in backends.get_backend().iter() {
+            if let Some(e) = b.addr.as_inet().and_then(|a| self.endpoint(*a)) {
+                e.checked_up.store(backends.ready(b), Ordering::Relaxed);
+            }
+        }
         self.first_check_done.store(true, Ordering::Release);
         self.healthy_gauge.set(self.healthy_endpoints() as i64);
     }
@@ -318,5 +338,88 @@ pub async fn run_health_checks(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn pool(endpoints: &[&str]) -> UpstreamPool {
+        let spec = UpstreamSpec {
+            index: 0,
+            name: "app".into(),
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            tls: false,
+            ca_file: None,
+            sni: String::new(),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(5),
+            health_check: None,
+        };
+        UpstreamPool::build(Arc::new(spec), &Metrics::new()).expect("pool builds")
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn round_robin_visits_every_endpoint_in_turn() {
+        let p = pool(&["127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003"]);
+        let picks: Vec<_> = (0..6)
+            .map(|_| p.select(None).expect("an endpoint"))
+            .collect();
+        assert_eq!(picks[..3], picks[3..], "the order repeats");
+        let mut first: Vec<_> = picks[..3].to_vec();
+        first.sort();
+        assert_eq!(
+            first,
+            [
+                addr("127.0.0.1:1001"),
+                addr("127.0.0.1:1002"),
+                addr("127.0.0.1:1003")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_that_failed() {
+        let p = pool(&["127.0.0.1:1001", "127.0.0.1:1002"]);
+        for _ in 0..4 {
+            assert_eq!(
+                p.select(Some(addr("127.0.0.1:1001"))),
+                Some(addr("127.0.0.1:1002"))
+            );
+        }
+        let single = pool(&["127.0.0.1:1001"]);
+        assert_eq!(single.select(Some(addr("127.0.0.1:1001"))), None);
+        assert_eq!(single.select(None), Some(addr("127.0.0.1:1001")));
+    }
+
+    #[test]
+    fn endpoints_failing_checks_or_connections_leave_the_rotation() {
+        let p = pool(&["127.0.0.1:1001", "127.0.0.1:1002"]);
+        assert_eq!(p.healthy_endpoints(), 2);
+        // The active check took the first one out.
+        p.endpoints[0].checked_up.store(false, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert_eq!(p.select(None), Some(addr("127.0.0.1:1002")));
+        }
+        assert_eq!(p.healthy_endpoints(), 1);
+        // Connections to the second one keep failing: passive health takes it out too.
+        for _ in 0..PASSIVE_FAILURES {
+            p.report_failure(Some(addr("127.0.0.1:1002")), ErrorKind::ConnectRefused);
+        }
+        assert_eq!(p.select(None), None);
+        assert_eq!(p.healthy_endpoints(), 0);
+        assert!(!p.is_ready());
+        // A timeout after connecting is not a connection failure and takes nothing out.
+        p.endpoints[0].checked_up.store(true, Ordering::Relaxed);
+        for _ in 0..PASSIVE_FAILURES {
+            p.report_failure(Some(addr("127.0.0.1:1001")), ErrorKind::Timeout);
+        }
+        assert_eq!(p.select(None), Some(addr("127.0.0.1:1001")));
     }
 }
