@@ -61,12 +61,12 @@ pub async fn lookup(
         req.uri.query(),
         &vary,
     );
-    let mut state = CacheCtx {
+    let mut state = Box::new(CacheCtx {
         primary,
         result: CacheResult::Miss,
         fill: None,
         stale: None,
-    };
+    });
     if client_refuses_cache(&req.headers) {
         state.result = CacheResult::Bypass;
         ctx.cache = Some(state);

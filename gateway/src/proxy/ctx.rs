@@ -39,9 +39,10 @@ pub struct RequestCtx {
     /// The tightest limit's state, sent back on successful answers of limited routes.
     pub rate_limit: Option<RateLimitInfo>,
     /// The policy that refused the request, for the access log.
-    pub limited_by: Option<String>,
-    /// Response-cache state on routes with a cache.
-    pub cache: Option<super::caching::CacheCtx>,
+    pub limited_by: Option<Arc<str>>,
+    /// Response-cache state on routes with a cache; boxed because pingora copies the context
+    /// with its per-request future, and most routes have no cache.
+    pub cache: Option<Box<super::caching::CacheCtx>>,
     /// Whether the one retry on another endpoint has been used.
     pub retried: bool,
     _in_flight: InFlight,

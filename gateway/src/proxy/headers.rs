@@ -27,16 +27,17 @@ pub const X_REQUEST_TIMEOUT_MS: HeaderName =
 /// parses the name and updates a second, case-preserving name map on every call; the edited
 /// head drops that map, so it is sent with canonical names (Title-Case for standard headers,
 /// lowercase for the rest, as Envoy sends them). Header names are case-insensitive (RFC 9110).
+/// The parts are moved out and back, not cloned: the head's header map is never copied.
 pub fn edit_request<T>(
     req: &mut RequestHeader,
     edit: impl FnOnce(&mut http::request::Parts) -> Result<T>,
 ) -> Result<T> {
-    let mut parts = req.as_owned_parts();
     // A target kept as raw bytes (one the URI cannot hold) must survive the rebuild.
     let raw_target = (Some(req.raw_path())
-        != parts.uri.path_and_query().map(|p| p.as_str().as_bytes()))
-    .then(|| (req.raw_path().to_vec(), parts.uri.clone()));
-    let out = edit(&mut parts)?;
+        != req.uri.path_and_query().map(|p| p.as_str().as_bytes()))
+    .then(|| (req.raw_path().to_vec(), req.uri.clone()));
+    let mut parts = http::request::Parts::from(std::mem::replace(req, empty_request()));
+    let out = edit(&mut parts);
     let uri_unchanged = raw_target
         .as_ref()
         .is_some_and(|(_, uri)| *uri == parts.uri);
@@ -44,12 +45,18 @@ pub fn edit_request<T>(
     if let (Some((raw, _)), true) = (raw_target, uri_unchanged) {
         req.set_raw_path(&raw)?;
     }
-    Ok(out)
+    out
+}
+
+/// A head to hold the place of one being edited; allocates nothing.
+fn empty_request() -> RequestHeader {
+    RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
 /// [`edit_request`] for a response head; the reason phrase becomes the canonical one.
 pub fn edit_response<T>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut HeaderMap) -> T) -> T {
-    let mut parts = resp.as_owned_parts();
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
     let out = edit(&mut parts.headers);
     *resp = ResponseHeader::from(parts);
     out
