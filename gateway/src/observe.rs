@@ -58,7 +58,7 @@ fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f6
         "auth": auth,
         "token_cache": ctx.token_cache.map(|t| t.as_str()),
         "rate_limit": rate_limit,
-        "policy": ctx.limited_by,
+        "policy": ctx.limited_by.as_deref(),
     })
 }
 

@@ -216,21 +216,36 @@ fn scopes_of(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// Three base64url segments: the shape that goes to JWT providers.
+/// Three base64url segments: the shape that goes to JWT providers. One pass over the bytes
+/// with a table lookup each, since every bearer token goes through it.
 pub fn is_jwt_shaped(token: &str) -> bool {
-    let mut parts = 0;
-    for seg in token.split('.') {
-        parts += 1;
-        if parts > 3
-            || seg.is_empty()
-            || !seg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+    const BASE64URL: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+            b += 1;
+        }
+        t
+    };
+    let mut dots = 0;
+    // At the start, and right after a dot, a segment is still empty.
+    let mut segment_empty = true;
+    for &b in token.as_bytes() {
+        if b == b'.' {
+            if segment_empty || dots == 2 {
+                return false;
+            }
+            dots += 1;
+            segment_empty = true;
+        } else if BASE64URL[b as usize] {
+            segment_empty = false;
+        } else {
             return false;
         }
     }
-    parts == 3
+    dots == 2 && !segment_empty
 }
 
 #[cfg(test)]
@@ -375,5 +390,18 @@ mod tests {
         assert!(!is_jwt_shaped("a..c"));
         assert!(!is_jwt_shaped("a.b.c="));
         assert!(!is_jwt_shaped("0123456789abcdef"));
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".b.c",
+            "a.b.",
+            "a.b.c.",
+            "a b.c.d",
+            "a.b.c\u{e9}",
+            "a.+.c",
+        ] {
+            assert!(!is_jwt_shaped(bad), "{bad:?}");
+        }
     }
 }

@@ -50,7 +50,39 @@ pub struct Principal {
 
 /// A principal's scopes. Identical sets are shared (see `scope_set`): a cache of 100,000
 /// tokens of a few roles holds a few scope lists, not 100,000.
-pub type Scopes = Arc<[String]>;
+pub type Scopes = Arc<ScopeSet>;
+
+/// A scope list and the `X-Auth-Scopes` value it makes, built once per distinct list rather
+/// than joined on every forwarded request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScopeSet {
+    list: Box<[String]>,
+    /// `None` when the scopes cannot travel in a header (control characters).
+    header: Option<http::HeaderValue>,
+}
+
+impl ScopeSet {
+    fn new(list: Vec<String>) -> Self {
+        let header = http::HeaderValue::from_str(&list.join(" ")).ok();
+        ScopeSet {
+            list: list.into_boxed_slice(),
+            header,
+        }
+    }
+
+    /// The space-separated list as a header value.
+    pub fn header_value(&self) -> Option<&http::HeaderValue> {
+        self.header.as_ref()
+    }
+}
+
+impl std::ops::Deref for ScopeSet {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        &self.list
+    }
+}
 
 /// The shared copy of a scope list.
 pub fn scope_set(list: Vec<String>) -> Scopes {
@@ -62,7 +94,7 @@ pub fn scope_set(list: Vec<String>) -> Scopes {
     if let Some(s) = map.get(&list) {
         return s.clone();
     }
-    let set: Scopes = Arc::from(list.clone());
+    let set: Scopes = Arc::new(ScopeSet::new(list.clone()));
     // Past the cap (tokens with per-user scope lists), lists are simply not shared.
     if map.len() < MAX_SETS {
         map.insert(list, set.clone());

@@ -614,7 +614,7 @@ impl Compiler<'_> {
             };
             out.push(Arc::new(RatePolicy {
                 index,
-                name: name.clone(),
+                name: name.as_str().into(),
                 rate: l.rate,
                 burst: l.burst,
                 key,
@@ -643,8 +643,7 @@ impl Compiler<'_> {
             .iter()
             .map(|p| (p.name.as_str(), p.index))
             .collect();
-        let limit_idx: HashMap<&str, usize> =
-            limits.iter().map(|l| (l.name.as_str(), l.index)).collect();
+        let limit_idx: HashMap<&str, usize> = limits.iter().map(|l| (&*l.name, l.index)).collect();
         let mut names = HashSet::new();
         let mut out = Vec::new();
         for (index, r) in routes.iter().enumerate() {

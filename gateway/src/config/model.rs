@@ -229,7 +229,8 @@ pub struct ApiKeyEntrySpec {
 #[derive(Debug)]
 pub struct RatePolicy {
     pub index: usize,
-    pub name: String,
+    /// Shared with every `RateLimitInfo` that names it (no copy per request).
+    pub name: Arc<str>,
     pub rate: Rate,
     pub burst: u32,
     pub key: LimitKey,

@@ -168,7 +168,7 @@ impl Snapshot {
                         .map(|&i| {
                             metrics
                                 .rate_limited_total
-                                .with_label_values(&[&spec.name, &config.rate_limits[i].name])
+                                .with_label_values(&[&*spec.name, &*config.rate_limits[i].name])
                         })
                         .collect(),
                     cache_results: if spec.cache.is_some() {

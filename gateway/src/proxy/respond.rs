@@ -28,7 +28,7 @@ pub enum Rejection {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitInfo {
-    pub policy: String,
+    pub policy: std::sync::Arc<str>,
     pub limit: u32,
     pub remaining: u32,
     pub reset_s: u64,
@@ -207,7 +207,7 @@ impl Rejection {
                     i.reset_s.to_string(),
                 ));
                 body.insert("retry_after_s".into(), json!(i.retry_after_s));
-                body.insert("policy".into(), json!(i.policy));
+                body.insert("policy".into(), json!(&*i.policy));
             }
             Rejection::AuthUnavailable { retry_after } => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;

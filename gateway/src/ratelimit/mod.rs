@@ -68,7 +68,7 @@ pub struct LimiterRegistry {
 impl LimiterRegistry {
     fn get_or_create(&self, policy: &Arc<RatePolicy>, metrics: &Metrics) -> Arc<PolicyLimiter> {
         let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = map.get(&policy.name) {
+        if let Some(existing) = map.get(&*policy.name) {
             if existing.same_policy(policy) {
                 return existing.clone();
             }
@@ -81,7 +81,7 @@ impl LimiterRegistry {
                 .rate_limit_fallbacks_total
                 .with_label_values(&[&policy.name]),
         });
-        map.insert(policy.name.clone(), limiter.clone());
+        map.insert(policy.name.to_string(), limiter.clone());
         limiter
     }
 
