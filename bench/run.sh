@@ -367,19 +367,20 @@ HAPROXY_PID=$!
 PIDS+=("$HAPROXY_PID")
 wait_http "haproxy" "$HAPROXY_PORT" "$HAPROXY_PID" "$RUN/haproxy.log"
 
-free_port PLAIN_PORT
-"$BIN/pingora-plain" --listen "127.0.0.1:$PLAIN_PORT" --upstream "127.0.0.1:$UP_PORT" --threads 1 \
-    >"$RUN/pingora-plain.log" 2>&1 &
-PLAIN_PID=$!
-PIDS+=("$PLAIN_PID")
-wait_http "pingora-plain" "$PLAIN_PORT" "$PLAIN_PID" "$RUN/pingora-plain.log"
-
-free_port TUNED_PORT
-"$BIN/pingora-tuned" --listen "127.0.0.1:$TUNED_PORT" --upstream "127.0.0.1:$UP_PORT" --threads 1 \
-    >"$RUN/pingora-tuned.log" 2>&1 &
-TUNED_PID=$!
-PIDS+=("$TUNED_PID")
-wait_http "pingora-tuned" "$TUNED_PORT" "$TUNED_PID" "$RUN/pingora-tuned.log"
+# start_baseline BIN: a plain pingora proxy (stock or tuned) on a free port; sets BASE_PORT and
+# BASE_PID.
+start_baseline() {
+    free_port BASE_PORT
+    "$BIN/$1" --listen "127.0.0.1:$BASE_PORT" --upstream "127.0.0.1:$UP_PORT" --threads 1 \
+        >"$RUN/$1.log" 2>&1 &
+    BASE_PID=$!
+    PIDS+=("$BASE_PID")
+    wait_http "$1" "$BASE_PORT" "$BASE_PID" "$RUN/$1.log"
+}
+start_baseline pingora-plain
+PLAIN_PORT=$BASE_PORT PLAIN_PID=$BASE_PID
+start_baseline pingora-tuned
+TUNED_PORT=$BASE_PORT TUNED_PID=$BASE_PID
 
 # ---------------------------------------------------------------- authgate scenarios
 # name:config:RUST_LOG
