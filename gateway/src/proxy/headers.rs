@@ -48,18 +48,21 @@ pub fn edit_request<T>(
     out
 }
 
-/// A head to hold the place of one being edited; allocates nothing.
+/// [`edit_request`] for a response head; the reason phrase becomes the canonical one.
+pub fn edit_response<T>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut HeaderMap) -> T) -> T {
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, empty_response()));
+    let out = edit(&mut parts.headers);
+    *resp = ResponseHeader::from(parts);
+    out
+}
+
+/// Heads to hold the place of one being edited; they allocate nothing.
 fn empty_request() -> RequestHeader {
     RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
-/// [`edit_request`] for a response head; the reason phrase becomes the canonical one.
-pub fn edit_response<T>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut HeaderMap) -> T) -> T {
-    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
-    let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
-    let out = edit(&mut parts.headers);
-    *resp = ResponseHeader::from(parts);
-    out
+fn empty_response() -> ResponseHeader {
+    ResponseHeader::from(http::Response::new(()).into_parts().0)
 }
 
 /// A client's `X-Request-Id` is kept when it is 1 to 128 characters of `A-Z a-z 0-9 - _ . :`.

@@ -102,6 +102,8 @@ struct Endpoint {
 
 pub struct UpstreamPool {
     pub spec: Arc<UpstreamSpec>,
+    /// pingora's balancer, kept for its health checks; requests are balanced over
+    /// `endpoints`.
     lb: LoadBalancer<RoundRobin>,
     /// Until the first health-check pass has run, `/readyz` does not trust the optimistic
     /// initial "healthy" state.
@@ -171,8 +173,9 @@ impl UpstreamPool {
             // Two failures in a row take an endpoint out; one success brings it back.
             check.consecutive_failure = 2;
             check.consecutive_success = 1;
+            // Checks are run by `run_health_checks` on `hc.interval`, not by the balancer's
+            // background service.
             lb.set_health_check(Box::new(check));
-            lb.health_check_frequency = Some(hc.interval);
         }
         healthy_gauge.set(addrs.len() as i64);
         let endpoints = addrs
