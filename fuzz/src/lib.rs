@@ -58,6 +58,12 @@ pub fn token(data: &[u8]) {
             leeway: Duration::ZERO,
             subject_claim: "sub".into(),
             scopes_claim: "scope".into(),
+            required_claims: vec![authgate::config::model::ClaimRule {
+                claim: "token_type".into(),
+                allowed: vec!["access".into()],
+            }],
+            typ: Some("at+jwt".into()),
+            ca: None,
         };
         authgate::auth::jwt::JwtVerifier::new("fuzz", &spec, None).expect("verifier")
     });

@@ -44,6 +44,9 @@ fn check(source: &Source) -> ExitCode {
     match config::load(source, &ProcessEnv) {
         Ok(cfg) => {
             println!("{}: {}", source.describe(), cfg.summary());
+            for w in &cfg.warnings {
+                eprintln!("  warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -88,8 +88,19 @@ impl RedisLink {
     pub fn new(settings: &RedisSettings, metrics: &Metrics) -> Result<Arc<Self>, String> {
         let url = String::from_utf8_lossy(settings.url.expose()).into_owned();
         // The URL may carry a password: errors name the setting, not the value.
-        let client =
-            redis::Client::open(url).map_err(|e| format!("redis.url: {}", e.kind_str()))?;
+        // rediss:// builds its rustls configuration on the process's default provider.
+        pingora_rustls::install_default_crypto_provider();
+        let client = match &settings.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.pem.clone()),
+                },
+            ),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| format!("redis.url: {}", e.kind_str()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(settings.command_timeout))

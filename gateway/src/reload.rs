@@ -57,6 +57,7 @@ impl Reloader {
                 }
             }
         };
+        config::log_warnings(&config);
         let old = self.shared.snapshot();
         for warning in restart_only_changes(&old.config, &config) {
             tracing::warn!(

@@ -27,6 +27,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 pub fn run(source: Source) -> Result<(), String> {
     let config = crate::config::load(&source, &ProcessEnv)
         .map_err(|e| format!("invalid configuration {}: {e}", source.describe()))?;
+    crate::config::log_warnings(&config);
     let metrics = Arc::new(Metrics::new());
     let server_settings = &config.server;
     let conf = ServerConf {

@@ -34,7 +34,7 @@ fn flag(query: Option<&str>, name: &str) -> Option<bool> {
     })
 }
 
-/// `POST /__mock/opaque` `{"sub", "scope"?, "ttl_s"?, "username"?, "client_id"?}` ->
+/// `POST /__mock/opaque` `{"sub", "scope"?, "ttl_s"?, "username"?, "client_id"?, "omit_sub"?}` ->
 /// `{"token", "exp"}`: puts an opaque token straight into the knox store. `ttl_s`
 /// (default: the access TTL) may be 0 or negative for an already expired token.
 pub async fn opaque(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -66,6 +66,7 @@ pub async fn opaque(State(state): State<Arc<AppState>>, body: Bytes) -> Response
             .unwrap_or_else(|| crate::tokens::knox::LOGIN_CLIENT_ID.to_owned()),
         issued_at_ms: now,
         expires_at_ms,
+        omit_sub: map.get("omit_sub").and_then(Value::as_bool).unwrap_or(false),
     };
     let exp = entry.exp();
     let token = state.knox.issue(entry, now);

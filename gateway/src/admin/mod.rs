@@ -59,14 +59,19 @@ impl Admin {
         let (kind, revocation) = match (req.token, req.jti, req.subject) {
             (Some(token), None, None) if !token.is_empty() => {
                 let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-                let ttl = ttl.unwrap_or_else(|| token_lifetime(&token, &snap, &hash));
-                (
-                    "token",
-                    Revocation::Token {
+                let ttl_ms = ttl
+                    .unwrap_or_else(|| token_lifetime(&token, &snap, &hash))
+                    .as_millis() as u64;
+                // A JWT is revoked by its jti: an ECDSA signature can be re-encoded into another
+                // token string that still verifies, and would escape a hash of the string.
+                let revocation = match jti_of(&token, &snap, &hash) {
+                    Some(id) => Revocation::Jti { id, ttl_ms },
+                    None => Revocation::Token {
                         id: hex::encode(hash),
-                        ttl_ms: ttl.as_millis() as u64,
+                        ttl_ms,
                     },
-                )
+                };
+                ("token", revocation)
             }
             (None, Some(jti), None) if !jti.is_empty() => (
                 "jti",
@@ -163,6 +168,26 @@ struct RevokeRequest {
     jti: Option<String>,
     subject: Option<String>,
     ttl: Option<String>,
+}
+
+/// The `jti` of a token: from its cached identity, else from a JWT's payload (read without
+/// verifying: an admin names the token, and a jti only ever narrows what is refused).
+fn jti_of(token: &str, snap: &crate::proxy::Snapshot, hash: &[u8; 32]) -> Option<String> {
+    use crate::auth::cache::Entry;
+    use base64::Engine;
+    if let Some(Entry::Valid(p)) = snap.auth.cache.get_local(hash) {
+        return p.jti.clone();
+    }
+    if !crate::auth::jwt::is_jwt_shaped(token) {
+        return None;
+    }
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(1)?)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    let jti = claims.get("jti")?.as_str()?;
+    (!jti.is_empty() && jti.len() <= 256 && jti.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| jti.to_string())
 }
 
 /// How long a revoked token could still be presented: its cached expiry, else a JWT's `exp`

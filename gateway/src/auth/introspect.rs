@@ -16,13 +16,15 @@ pub enum IntrospectionFailure {
     Unavailable,
 }
 
+/// Longest introspection answer read: a few hundred bytes is usual.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The last time accepted for `exp` and `iat` (9999-12-31T23:59:59Z), as for JWTs.
+const MAX_TIME: u64 = 253_402_300_799;
+
 #[derive(Deserialize)]
 struct Answer {
     active: bool,
-    #[serde(default)]
-    sub: Option<serde_json::Value>,
-    #[serde(default)]
-    username: Option<String>,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -31,6 +33,9 @@ struct Answer {
     iat: Option<u64>,
     #[serde(default)]
     jti: Option<String>,
+    /// Everything else, where the subject field is looked up.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
 }
 
 pub struct Introspector {
@@ -39,12 +44,14 @@ pub struct Introspector {
     client_id: String,
     client_secret: String,
     timeout: Duration,
+    subject_field: String,
     client: reqwest::Client,
 }
 
 impl Introspector {
     pub fn new(name: &str, spec: &IntrospectionSpec) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::trust::idp_client_builder(spec.ca.as_deref())
+            .map_err(|e| format!("auth.providers.{name}: {e}"))?
             .timeout(spec.timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
@@ -55,6 +62,7 @@ impl Introspector {
             client_id: spec.client_id.clone(),
             client_secret: String::from_utf8_lossy(spec.client_secret.expose()).into_owned(),
             timeout: spec.timeout,
+            subject_field: spec.subject_field.clone(),
             client,
         })
     }
@@ -70,7 +78,10 @@ impl Introspector {
         let resp = match request.await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(provider = %self.name, timeout = e.is_timeout(), "introspection request failed");
+                // The cause chain names TLS problems (expired, unknown issuer, wrong name); the
+                // URL and the token are not in it.
+                let e = e.without_url();
+                tracing::warn!(provider = %self.name, timeout = e.is_timeout(), error = %crate::tls::trust::error_chain(&e), "introspection request failed");
                 return Err(IntrospectionFailure::Unavailable);
             }
         };
@@ -78,17 +89,29 @@ impl Introspector {
             tracing::warn!(provider = %self.name, status = resp.status().as_u16(), "introspection endpoint refused");
             return Err(IntrospectionFailure::Unavailable);
         }
-        let answer: Answer = match resp.json().await {
+        if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+            tracing::warn!(provider = %self.name, "introspection answer too large");
+            return Err(IntrospectionFailure::Unavailable);
+        }
+        let body = match read_capped(resp, MAX_ANSWER).await {
+            Some(b) => b,
+            None => {
+                tracing::warn!(provider = %self.name, "introspection answer unreadable or too large");
+                return Err(IntrospectionFailure::Unavailable);
+            }
+        };
+        let answer: Answer = match serde_json::from_slice(&body) {
             Ok(a) => a,
             Err(_) => return Err(IntrospectionFailure::Unavailable),
         };
         if !answer.active {
             return Err(IntrospectionFailure::Inactive);
         }
-        let subject = match (answer.sub, answer.username) {
-            (Some(serde_json::Value::String(s)), _) if !s.is_empty() => s,
-            (Some(serde_json::Value::Number(n)), _) => n.to_string(),
-            (_, Some(u)) if !u.is_empty() => u,
+        // Only the configured field: falling back to `username` would put user names in the
+        // namespace of user ids, where "1" is somebody else.
+        let subject = match answer.rest.get(&self.subject_field) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
             _ => {
                 return Err(IntrospectionFailure::Malformed(
                     "introspection gave no subject",
@@ -98,6 +121,11 @@ impl Introspector {
         if !subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             return Err(IntrospectionFailure::Malformed(
                 "subject is not printable ASCII",
+            ));
+        }
+        if answer.exp.is_some_and(|t| t > MAX_TIME) || answer.iat.is_some_and(|t| t > MAX_TIME) {
+            return Err(IntrospectionFailure::Malformed(
+                "introspection gave an exp or iat out of range",
             ));
         }
         let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
@@ -126,4 +154,16 @@ impl Introspector {
             issued_at: answer.iat.map(at),
         })
     }
+}
+
+/// The body, or `None` past `limit` bytes or on a read error.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        if body.len() + chunk.len() > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
 }

@@ -53,10 +53,11 @@ impl JwksStore {
         provider: &str,
         url: &str,
         refresh: Duration,
+        ca: Option<&crate::tls::CaBundle>,
         ok: IntCounter,
         error: IntCounter,
     ) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::trust::idp_client_builder(ca)?
             .timeout(FETCH_TIMEOUT)
             // Fetches are rare and may run on different runtimes; pooled connections would be
             // tied to whichever runtime opened them.
@@ -189,14 +190,14 @@ impl JwksStore {
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| format!("request failed: {e}"))?;
+            .map_err(|e| format!("request failed: {}", crate::tls::trust::error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));
         }
         let body = resp
             .bytes()
             .await
-            .map_err(|e| format!("reading body: {e}"))?;
+            .map_err(|e| format!("reading body: {}", crate::tls::trust::error_chain(&e)))?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
         let mut keys = Vec::with_capacity(set.keys.len());

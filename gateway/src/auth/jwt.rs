@@ -8,8 +8,11 @@ use super::jwks::{JwksStore, Lookup};
 use super::keys::VerifyKey;
 use super::Principal;
 use crate::config::compile::KeyFamily;
-use crate::config::model::JwtSpec;
+use crate::config::model::{ClaimRule, JwtSpec};
+use crate::proxy::respond::Reason;
+use base64::Engine;
 use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,13 +20,50 @@ use std::time::{Duration, SystemTime};
 /// Longest token looked at; anything longer is refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
+/// Longest `kid` looked up: key ids are short names or thumbprints, and each unknown one is
+/// remembered for a while.
+pub const MAX_KID_LEN: usize = 256;
+
+/// 9999-12-31T23:59:59Z: the last time claim accepted. Anything later (or before 1970) is a
+/// broken or hostile signer, and would overflow time arithmetic.
+const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
+/// The JOSE header fields the gateway decides on, read before jsonwebtoken sees the token
+/// (its `Header` has no `crit`, and would accept any `typ`).
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: Algorithm,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+    /// Present at all, whatever its value: extensions the gateway does not understand
+    /// (RFC 7515 4.1.11), and an empty list is itself invalid.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+impl JoseHeader {
+    fn of(token: &str) -> Option<JoseHeader> {
+        let segment = token.split('.').next()?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(segment)
+            .ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
 /// Why a provider did not accept a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwtFailure {
     /// This provider has no key that could have signed it (another provider may).
     NotMine(&'static str),
     /// A key of ours checked it and it is not acceptable.
-    Invalid(&'static str),
+    Invalid(Reason),
     Expired(SystemTime),
     /// Keys could not be had because the JWKS endpoint is down and none were ever loaded.
     Unavailable,
@@ -39,6 +79,8 @@ pub struct JwtVerifier {
     leeway: Duration,
     subject_claim: String,
     scopes_claim: String,
+    required_claims: Vec<ClaimRule>,
+    typ: Option<String>,
 }
 
 impl JwtVerifier {
@@ -60,6 +102,8 @@ impl JwtVerifier {
             leeway: spec.leeway,
             subject_claim: spec.subject_claim.clone(),
             scopes_claim: spec.scopes_claim.clone(),
+            required_claims: spec.required_claims.clone(),
+            typ: spec.typ.clone(),
         })
     }
 
@@ -69,10 +113,17 @@ impl JwtVerifier {
 
     pub async fn verify(&self, token: &str) -> Result<Principal, JwtFailure> {
         if token.len() > MAX_TOKEN_LEN {
-            return Err(JwtFailure::Invalid("token too large"));
+            return Err(JwtFailure::Invalid("token too large".into()));
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| JwtFailure::Invalid("malformed token"))?;
+        let header = JoseHeader::of(token).ok_or(JwtFailure::Invalid("malformed token".into()))?;
+        if header.crit {
+            return Err(JwtFailure::Invalid(
+                "the token has critical header extensions (crit), which are not supported".into(),
+            ));
+        }
+        if header.kid.as_ref().is_some_and(|k| k.len() > MAX_KID_LEN) {
+            return Err(JwtFailure::Invalid("the kid header is too long".into()));
+        }
         if !self.algorithms.contains(&header.alg) {
             return Err(JwtFailure::NotMine("algorithm not allowed"));
         }
@@ -87,7 +138,7 @@ impl JwtVerifier {
             .filter(|k| k.accepts(family, header.alg, kid))
         {
             tried_any = true;
-            match self.check_with(token, key, header.alg) {
+            match self.check_with(token, key, &header) {
                 Ok(p) => return Ok(p),
                 Err(JwtFailure::NotMine(r)) => last = JwtFailure::NotMine(r),
                 Err(definite) => return Err(definite),
@@ -102,7 +153,7 @@ impl JwtVerifier {
             };
             let keys = set.as_ref().map_or(&[][..], |s| s.keys.as_slice());
             for key in keys.iter().filter(|k| k.accepts(family, header.alg, kid)) {
-                match self.check_with(token, key, header.alg) {
+                match self.check_with(token, key, &header) {
                     Ok(p) => return Ok(p),
                     Err(JwtFailure::NotMine(r)) => last = JwtFailure::NotMine(r),
                     Err(definite) => return Err(definite),
@@ -112,21 +163,21 @@ impl JwtVerifier {
         Err(last)
     }
 
-    /// Verifies signature then claims with one key.
+    /// Verifies signature then claims with one key. Only a token whose signature verified is
+    /// judged on its claims, so another provider's token is never refused here for them.
     fn check_with(
         &self,
         token: &str,
         key: &VerifyKey,
-        alg: Algorithm,
+        header: &JoseHeader,
     ) -> Result<Principal, JwtFailure> {
         use jsonwebtoken::errors::ErrorKind;
-        let mut v = Validation::new(alg);
-        // `exp` is checked below, after everything else, so "expired" is only ever said of an
-        // otherwise valid token; jsonwebtoken still insists that it is present.
+        let mut v = Validation::new(header.alg);
+        // Time claims are checked below: jsonwebtoken skips an `nbf` it cannot parse, and
+        // "expired" must only ever be said of an otherwise valid token.
         v.validate_exp = false;
-        v.validate_nbf = true;
-        v.leeway = self.leeway.as_secs();
-        let mut required = vec!["exp"];
+        v.validate_nbf = false;
+        let mut required = Vec::new();
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
             required.push("iss");
@@ -138,6 +189,7 @@ impl JwtVerifier {
             required.push("aud");
         }
         v.set_required_spec_claims(&required);
+        let invalid = |r: &'static str| JwtFailure::Invalid(r.into());
         let data = match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v) {
             Ok(d) => d,
             Err(e) => {
@@ -146,39 +198,59 @@ impl JwtVerifier {
                     ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
                         JwtFailure::NotMine("key does not fit")
                     }
-                    ErrorKind::ImmatureSignature => {
-                        JwtFailure::Invalid("token not valid yet (nbf)")
-                    }
-                    ErrorKind::InvalidIssuer => JwtFailure::Invalid("wrong issuer"),
-                    ErrorKind::InvalidAudience => JwtFailure::Invalid("wrong audience"),
-                    ErrorKind::MissingRequiredClaim(c) if c == "exp" => {
-                        JwtFailure::Invalid("token has no exp")
-                    }
-                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
-                        JwtFailure::Invalid("wrong issuer")
-                    }
-                    ErrorKind::MissingRequiredClaim(_) => JwtFailure::Invalid("wrong audience"),
-                    _ => JwtFailure::Invalid("malformed token"),
+                    ErrorKind::InvalidIssuer => invalid("wrong issuer"),
+                    ErrorKind::InvalidAudience => invalid("wrong audience"),
+                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => invalid("wrong issuer"),
+                    ErrorKind::MissingRequiredClaim(_) => invalid("wrong audience"),
+                    _ => invalid("malformed token"),
                 })
             }
         };
         let claims = data.claims;
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .ok_or(JwtFailure::Invalid("token has no exp"))?;
-        let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(exp);
-        if SystemTime::now() > expires_at + self.leeway {
+        let exp = numeric_date(&claims, "exp")?.ok_or(invalid("token has no exp"))?;
+        let nbf = numeric_date(&claims, "nbf")?;
+        let iat = numeric_date(&claims, "iat")?;
+        let now = SystemTime::now();
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        // In range by numeric_date, and leeway is at most a day: no overflow.
+        if nbf.is_some_and(|n| at(n) > now + self.leeway) {
+            return Err(invalid("token not valid yet (nbf)"));
+        }
+        if iat.is_some_and(|i| at(i) > now + self.leeway) {
+            // A token from the future, as PyJWT (and so simplejwt) refuses it.
+            return Err(invalid("token not valid yet (iat)"));
+        }
+        if let Some(want) = &self.typ {
+            let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+            let typ = typ.as_deref().map(|t| t.strip_prefix("application/").unwrap_or(t));
+            if typ != Some(want.as_str()) {
+                return Err(JwtFailure::Invalid(
+                    format!("the typ header is not {want}").into(),
+                ));
+            }
+        }
+        for rule in &self.required_claims {
+            let ok = claims
+                .get(&rule.claim)
+                .is_some_and(|v| rule.allowed.iter().any(|a| claim_equals(v, a)));
+            if !ok {
+                return Err(JwtFailure::Invalid(
+                    format!("the {} claim is missing or not accepted", rule.claim).into(),
+                ));
+            }
+        }
+        let expires_at = at(exp);
+        if now > expires_at + self.leeway {
             return Err(JwtFailure::Expired(expires_at));
         }
         let subject = match claims.get(&self.subject_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
-            _ => return Err(JwtFailure::Invalid("token has no subject")),
+            _ => return Err(invalid("token has no subject")),
         };
         if !subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             // It is forwarded in a header; refuse what a header cannot carry safely.
-            return Err(JwtFailure::Invalid("subject is not printable ASCII"));
+            return Err(invalid("subject is not printable ASCII"));
         }
         let scopes = super::scope_set(scopes_of(claims.get(&self.scopes_claim)));
         Ok(Principal {
@@ -189,11 +261,35 @@ impl JwtVerifier {
             valid_until: Some(expires_at + self.leeway),
             credential_id: None,
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
-            issued_at: claims
-                .get("iat")
-                .and_then(Value::as_u64)
-                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+            issued_at: iat.map(at),
         })
+    }
+}
+
+/// A NumericDate claim (RFC 7519 2): a JSON number from 1970 to the year 9999, fractions
+/// allowed; anything else present under that name is refused, never ignored.
+fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, JwtFailure> {
+    let Some(v) = claims.get(name) else {
+        return Ok(None);
+    };
+    match v.as_f64() {
+        Some(f) if f.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(JwtFailure::Invalid(
+            match name {
+                "exp" => "the exp claim is not a valid time",
+                "nbf" => "the nbf claim is not a valid time",
+                _ => "the iat claim is not a valid time",
+            }
+            .into(),
+        )),
+    }
+}
+
+/// Claim equality for `required_claims`: numbers by value (`1` equals `1.0`), the rest exactly.
+fn claim_equals(v: &Value, want: &Value) -> bool {
+    match (v, want) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => v == want,
     }
 }
 
@@ -276,6 +372,9 @@ mod tests {
             leeway: Duration::from_secs(30),
             subject_claim: "user_id".into(),
             scopes_claim: "scope".into(),
+            required_claims: Vec::new(),
+            typ: None,
+            ca: None,
         }
     }
 
@@ -299,11 +398,167 @@ mod tests {
     }
 
     fn verify(claims: Value) -> Result<Principal, JwtFailure> {
-        let v = JwtVerifier::new("p", &spec(b"k1"), None).expect("verifier");
+        verify_raw(&spec(b"k1"), &token(b"k1", claims))
+    }
+
+    fn verify_raw(spec: &JwtSpec, token: &str) -> Result<Principal, JwtFailure> {
+        let v = JwtVerifier::new("p", spec, None).expect("verifier");
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("rt");
-        rt.block_on(v.verify(&token(b"k1", claims)))
+        rt.block_on(v.verify(token))
+    }
+
+    /// A token with the header and payload given as JSON, signed with HS256 over exactly
+    /// those bytes (jsonwebtoken's encoder cannot write `crit` or odd claim types).
+    fn hand_made(secret: &[u8], header: &str, payload: &str) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+        // jsonwebtoken's own signer (base64url already), so no HMAC is written here.
+        let sig = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &EncodingKey::from_secret(secret),
+            Algorithm::HS256,
+        )
+        .expect("sign");
+        format!("{input}.{sig}")
+    }
+
+    fn with(f: impl FnOnce(&mut JwtSpec)) -> JwtSpec {
+        let mut s = spec(b"k1");
+        f(&mut s);
+        s
+    }
+
+    #[test]
+    fn required_claims_name_the_claim() {
+        let s = with(|s| {
+            s.required_claims = vec![ClaimRule {
+                claim: "token_type".into(),
+                allowed: vec![json!("access")],
+            }]
+        });
+        let ok = token(b"k1", good(json!({"token_type": "access"})));
+        assert!(verify_raw(&s, &ok).is_ok());
+        for bad in [json!({"token_type": "refresh"}), json!({"token_type": "sliding"}), json!({})] {
+            assert_eq!(
+                verify_raw(&s, &token(b"k1", good(bad.clone()))),
+                Err(JwtFailure::Invalid(
+                    "the token_type claim is missing or not accepted".into()
+                )),
+                "{bad}"
+            );
+        }
+        // A list of allowed values, and numbers compared by value.
+        let s = with(|s| {
+            s.required_claims = vec![ClaimRule {
+                claim: "ver".into(),
+                allowed: vec![json!(2), json!("two")],
+            }]
+        });
+        assert!(verify_raw(&s, &token(b"k1", good(json!({"ver": 2.0})))).is_ok());
+        assert!(verify_raw(&s, &token(b"k1", good(json!({"ver": "two"})))).is_ok());
+        assert!(verify_raw(&s, &token(b"k1", good(json!({"ver": 3})))).is_err());
+        assert!(verify_raw(&s, &token(b"k1", good(json!({"ver": [2]})))).is_err());
+    }
+
+    #[test]
+    fn an_expired_token_of_the_wrong_type_is_invalid_not_expired() {
+        let s = with(|s| {
+            s.required_claims = vec![ClaimRule {
+                claim: "token_type".into(),
+                allowed: vec![json!("access")],
+            }]
+        });
+        let t = token(b"k1", good(json!({"token_type": "refresh", "exp": now() - 3600})));
+        assert!(matches!(verify_raw(&s, &t), Err(JwtFailure::Invalid(_))));
+    }
+
+    #[test]
+    fn typ_is_pinned_case_insensitively() {
+        let s = with(|s| s.typ = Some("at+jwt".into()));
+        let claims = r#"{"user_id":1,"exp":9999999999,"iss":"https://issuer","aud":"api"}"#;
+        for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+            let t = hand_made(b"k1", &format!(r#"{{"alg":"HS256","typ":"{typ}"}}"#), claims);
+            assert!(verify_raw(&s, &t).is_ok(), "{typ}");
+        }
+        for header in [r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"alg":"HS256"}"#] {
+            let t = hand_made(b"k1", header, claims);
+            assert_eq!(
+                verify_raw(&s, &t),
+                Err(JwtFailure::Invalid("the typ header is not at+jwt".into())),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn crit_and_long_kids_are_refused() {
+        let s = spec(b"k1");
+        let claims = r#"{"user_id":1,"exp":9999999999,"iss":"https://issuer","aud":"api"}"#;
+        for header in [
+            r#"{"alg":"HS256","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"HS256","crit":[]}"#,
+            r#"{"alg":"HS256","crit":null}"#,
+        ] {
+            let t = hand_made(b"k1", header, claims);
+            assert!(
+                matches!(verify_raw(&s, &t), Err(JwtFailure::Invalid(r)) if r.contains("crit")),
+                "{header}"
+            );
+        }
+        let long = "k".repeat(MAX_KID_LEN + 1);
+        let t = hand_made(b"k1", &format!(r#"{{"alg":"HS256","kid":"{long}"}}"#), claims);
+        assert_eq!(
+            verify_raw(&s, &t),
+            Err(JwtFailure::Invalid("the kid header is too long".into()))
+        );
+        let ok = hand_made(b"k1", r#"{"alg":"HS256","kid":"short"}"#, claims);
+        assert!(verify_raw(&s, &ok).is_ok());
+    }
+
+    #[test]
+    fn time_claims_must_be_numbers_in_range() {
+        let s = spec(b"k1");
+        let base = r#""user_id":1,"iss":"https://issuer","aud":"api""#;
+        let t = |claims: &str| hand_made(b"k1", r#"{"alg":"HS256"}"#, &format!("{{{base},{claims}}}"));
+        let invalid = |r: &str| Err(JwtFailure::Invalid(r.to_string().into()));
+        // A string nbf is refused, not skipped (jsonwebtoken alone would ignore it).
+        assert_eq!(
+            verify_raw(&s, &t(r#""exp":9999999999,"nbf":"4102444800""#)),
+            invalid("the nbf claim is not a valid time")
+        );
+        assert_eq!(
+            verify_raw(&s, &t(r#""exp":"9999999999""#)),
+            invalid("the exp claim is not a valid time")
+        );
+        assert_eq!(
+            verify_raw(&s, &t(r#""exp":9999999999,"iat":true"#)),
+            invalid("the iat claim is not a valid time")
+        );
+        // Absurd values are refused, never a panic.
+        for claims in [
+            r#""exp":1e300"#,
+            r#""exp":18446744073709551615"#,
+            r#""exp":253402300800"#,
+            r#""exp":-1"#,
+            r#""exp":9999999999,"iat":1e19"#,
+            r#""exp":9999999999,"nbf":-5"#,
+        ] {
+            assert!(
+                matches!(verify_raw(&s, &t(claims)), Err(JwtFailure::Invalid(r)) if r.contains("not a valid time")),
+                "{claims}"
+            );
+        }
+        // The year 9999 itself is fine, and so are fractional times.
+        assert!(verify_raw(&s, &t(r#""exp":253402300799"#)).is_ok());
+        assert!(verify_raw(&s, &t(r#""exp":9999999999.5,"iat":1700000000.25"#)).is_ok());
+        // A token issued in the future is not valid yet.
+        let future = now() + 3600;
+        assert_eq!(
+            verify_raw(&s, &t(&format!(r#""exp":9999999999,"iat":{future}"#))),
+            invalid("token not valid yet (iat)")
+        );
     }
 
     #[test]
@@ -325,15 +580,15 @@ mod tests {
         let t = now();
         assert_eq!(
             verify(good(json!({"iss": "https://evil"}))),
-            Err(JwtFailure::Invalid("wrong issuer"))
+            Err(JwtFailure::Invalid("wrong issuer".into()))
         );
         assert_eq!(
             verify(good(json!({"aud": "other"}))),
-            Err(JwtFailure::Invalid("wrong audience"))
+            Err(JwtFailure::Invalid("wrong audience".into()))
         );
         assert_eq!(
             verify(good(json!({"nbf": t + 120}))),
-            Err(JwtFailure::Invalid("token not valid yet (nbf)"))
+            Err(JwtFailure::Invalid("token not valid yet (nbf)".into()))
         );
         assert!(
             verify(good(json!({"nbf": t + 10}))).is_ok(),
@@ -341,15 +596,15 @@ mod tests {
         );
         let mut no_exp = good(json!({}));
         no_exp.as_object_mut().expect("obj").remove("exp");
-        assert_eq!(verify(no_exp), Err(JwtFailure::Invalid("token has no exp")));
+        assert_eq!(verify(no_exp), Err(JwtFailure::Invalid("token has no exp".into())));
         let mut no_iss = good(json!({}));
         no_iss.as_object_mut().expect("obj").remove("iss");
-        assert_eq!(verify(no_iss), Err(JwtFailure::Invalid("wrong issuer")));
+        assert_eq!(verify(no_iss), Err(JwtFailure::Invalid("wrong issuer".into())));
         let mut no_sub = good(json!({}));
         no_sub.as_object_mut().expect("obj").remove("user_id");
         assert_eq!(
             verify(no_sub),
-            Err(JwtFailure::Invalid("token has no subject"))
+            Err(JwtFailure::Invalid("token has no subject".into()))
         );
     }
 

@@ -255,11 +255,14 @@ impl Presented<'_> {
     }
 }
 
+/// Provider name, JWKS URL and CA bundle fingerprint.
+type StoreKey = (String, String, Option<[u8; 32]>);
+
 /// Key stores outlive configuration versions: a reload that keeps a provider's JWKS URL keeps
 /// its loaded keys and background refresh.
 #[derive(Default)]
 pub struct KeyStores {
-    stores: Mutex<HashMap<(String, String), Arc<JwksStore>>>,
+    stores: Mutex<HashMap<StoreKey, Arc<JwksStore>>>,
 }
 
 impl KeyStores {
@@ -268,10 +271,16 @@ impl KeyStores {
         provider: &str,
         url: &str,
         refresh: Duration,
+        ca: Option<&crate::tls::CaBundle>,
         metrics: &Metrics,
     ) -> Result<(Arc<JwksStore>, bool), String> {
         let mut map = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (provider.to_string(), url.to_string());
+        // A changed CA bundle is a new store: its client must trust what the file now says.
+        let key = (
+            provider.to_string(),
+            url.to_string(),
+            ca.map(|c| c.fingerprint),
+        );
         if let Some(s) = map.get(&key) {
             return Ok((s.clone(), false));
         }
@@ -279,6 +288,7 @@ impl KeyStores {
             provider,
             url,
             refresh,
+            ca,
             metrics
                 .jwks_refresh_total
                 .with_label_values(&[provider, "ok"]),
@@ -364,6 +374,8 @@ pub struct Authenticator {
     redis: Option<Arc<RedisLink>>,
     generation: u64,
     single_flight: SingleFlight,
+    /// The headers API-key providers read keys from, each allowed once per request.
+    key_headers: Vec<http::HeaderName>,
 }
 
 impl Authenticator {
@@ -384,7 +396,13 @@ impl Authenticator {
                     let store = match &j.jwks_url {
                         Some(url) => {
                             let (s, new) =
-                                stores.get_or_create(&spec.name, url, j.jwks_refresh, metrics)?;
+                                stores.get_or_create(
+                                &spec.name,
+                                url,
+                                j.jwks_refresh,
+                                j.ca.as_deref(),
+                                metrics,
+                            )?;
                             if new {
                                 new_stores.push(s.clone());
                             }
@@ -412,7 +430,18 @@ impl Authenticator {
             .chain(std::iter::once("none"))
             .map(|n| Outcome::ALL.map(|o| metrics.auth_total.with_label_values(&[n, o.as_str()])))
             .collect();
+        let mut key_headers: Vec<http::HeaderName> = Vec::new();
+        for p in &settings.providers {
+            if let ProviderKind::ApiKey(k) = &p.kind {
+                if let ApiKeySource::Header(h) = &k.source {
+                    if !key_headers.contains(h) {
+                        key_headers.push(h.clone());
+                    }
+                }
+            }
+        }
         Ok(Authenticator {
+            key_headers,
             providers,
             names,
             counters,
@@ -424,6 +453,10 @@ impl Authenticator {
             generation,
             single_flight: SingleFlight::default(),
         })
+    }
+
+    pub fn key_headers(&self) -> &[http::HeaderName] {
+        &self.key_headers
     }
 
     /// JWKS providers that have not loaded their keys yet.
@@ -458,7 +491,7 @@ impl Authenticator {
             Some(Err(())) => (
                 None,
                 Err(Rejection::InvalidToken {
-                    reason: "malformed Authorization header",
+                    reason: "malformed Authorization header".into(),
                 }),
             ),
             Some(Ok(p)) => {
@@ -467,7 +500,7 @@ impl Authenticator {
                     (
                         allowed.first().copied(),
                         Err(Rejection::InvalidToken {
-                            reason: "no provider of this route accepts this kind of credential",
+                            reason: "no provider of this route accepts this kind of credential".into(),
                         }),
                     )
                 } else {
@@ -543,7 +576,7 @@ impl Authenticator {
     ) -> (usize, Result<Arc<Principal>, Rejection>, Tier) {
         let first = candidates[0];
         let revoked = || Rejection::InvalidToken {
-            reason: "token revoked",
+            reason: "token revoked".into(),
         };
         if self.revocations.token_revoked(&hash) {
             return (first, Err(revoked()), Tier::Local);
@@ -659,7 +692,7 @@ impl Authenticator {
                             first_refusal.get_or_insert((i, "token is not active"));
                         }
                         Err(IntrospectionFailure::Malformed(reason)) => {
-                            return (i, Err(Rejection::InvalidToken { reason }));
+                            return (i, Err(Rejection::InvalidToken { reason: reason.into() }));
                         }
                         Err(IntrospectionFailure::Unavailable) => {
                             unavailable.get_or_insert((i, INTROSPECTION_RETRY));
@@ -678,7 +711,12 @@ impl Authenticator {
             return (i, Err(Rejection::AuthUnavailable { retry_after }));
         }
         let (i, reason) = first_refusal.unwrap_or((candidates[0], "not accepted"));
-        (i, Err(Rejection::InvalidToken { reason }))
+        (
+            i,
+            Err(Rejection::InvalidToken {
+                reason: reason.into(),
+            }),
+        )
     }
 }
 

@@ -22,12 +22,14 @@ pub struct Context<'a> {
 struct Compiler<'a> {
     ctx: &'a Context<'a>,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 pub fn compile(file: ConfigFile, ctx: &Context<'_>) -> Result<Config, Vec<ConfigError>> {
     let mut c = Compiler {
         ctx,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     let redis = file.redis.as_ref().map(|r| c.redis(r));
     let server = c.server(&file.server);
@@ -53,6 +55,7 @@ pub fn compile(file: ConfigFile, ctx: &Context<'_>) -> Result<Config, Vec<Config
             rate_limits,
             response_cache,
             routes,
+            warnings: c.warnings,
         })
     } else {
         Err(c.errors)
@@ -72,6 +75,59 @@ const NAME_RULE: &str = "names are 1 to 64 characters of A-Z a-z 0-9 - _ .";
 impl Compiler<'_> {
     fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push(ConfigError::new(path, msg));
+    }
+
+    fn warn(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.warnings.push(ConfigError::new(path, msg));
+    }
+
+    /// A CA bundle, read and parsed now, so a bad one is refused with the file and not at the
+    /// first connection.
+    fn ca_bundle(&mut self, path: &str, name: &str) -> Option<Arc<crate::tls::CaBundle>> {
+        let file = self.file(path, name)?;
+        match crate::tls::CaBundle::load(&file) {
+            Ok(b) => Some(Arc::new(b)),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
+    /// An identity-provider URL: http or https, and a warning for plaintext beyond loopback
+    /// (tokens and client secrets would cross the network in clear).
+    fn idp_url(&mut self, path: &str, url: &str) {
+        let Some(rest) = url
+            .strip_prefix("http://")
+            .map(|r| (r, false))
+            .or_else(|| url.strip_prefix("https://").map(|r| (r, true)))
+        else {
+            self.err(path, "must be an http:// or https:// URL");
+            return;
+        };
+        let (rest, tls) = rest;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        if host.is_empty() {
+            self.err(path, "the URL has no host");
+            return;
+        }
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !tls && !loopback {
+            self.warn(
+                path,
+                "plain http:// to a host that is not loopback: tokens and secrets cross the \
+                 network in clear, and whoever is on the path can answer for the provider; \
+                 use https://",
+            );
+        }
     }
 
     fn file(&mut self, path: &str, name: &str) -> Option<PathBuf> {
@@ -181,6 +237,7 @@ impl Compiler<'_> {
             grace_period: s.grace_period.0,
             trusted_proxies: TrustedProxies(nets),
             header_timeout: s.header_timeout.0,
+            encoded_slashes: s.encoded_slashes,
         }
     }
 
@@ -206,10 +263,17 @@ impl Compiler<'_> {
         if r.command_timeout.0.is_zero() {
             self.err("redis.command_timeout", "must be greater than 0");
         }
+        let ca = r.ca_file.as_ref().and_then(|f| {
+            if !r.url.starts_with("rediss://") {
+                self.err("redis.ca_file", "ca_file needs a rediss:// url");
+            }
+            self.ca_bundle("redis.ca_file", f)
+        });
         RedisSettings {
             url: Secret::new(r.url.clone().into_bytes()),
             key_prefix: r.key_prefix.clone(),
             command_timeout: r.command_timeout.0,
+            ca,
         }
     }
 
@@ -240,12 +304,12 @@ impl Compiler<'_> {
                     );
                 }
             }
-            let ca_file = match &u.ca_file {
+            let ca = match &u.ca_file {
                 Some(f) if !u.tls => {
                     self.err(format!("{path}.ca_file"), "ca_file needs tls: true");
-                    self.file(&format!("{path}.ca_file"), f)
+                    self.ca_bundle(&format!("{path}.ca_file"), f)
                 }
-                Some(f) => self.file(&format!("{path}.ca_file"), f),
+                Some(f) => self.ca_bundle(&format!("{path}.ca_file"), f),
                 None => None,
             };
             let health_check = u.health_check.as_ref().map(|h| {
@@ -282,7 +346,7 @@ impl Compiler<'_> {
                 name: name.clone(),
                 endpoints: u.endpoints.clone(),
                 tls: u.tls,
-                ca_file,
+                ca,
                 sni,
                 connect_timeout: u.connect_timeout.0,
                 read_timeout: u.read_timeout.0,
@@ -374,6 +438,10 @@ impl Compiler<'_> {
         }
         let family = |alg: &Algorithm| KeyFamily::of(*alg);
         let families: HashSet<KeyFamily> = algorithms.iter().map(family).collect();
+        let leeway = j.leeway.map_or(Duration::ZERO, |d| d.0);
+        if leeway > Duration::from_secs(24 * 3600) {
+            self.err(format!("{path}.leeway"), "must be at most 1d");
+        }
         let mut keys = Vec::new();
         for (i, k) in j.keys.iter().enumerate() {
             let kpath = format!("{path}.keys[{i}]");
@@ -385,12 +453,7 @@ impl Compiler<'_> {
             self.err(path, "needs static keys, a jwks_url, or both");
         }
         if let Some(url) = &j.jwks_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                self.err(
-                    format!("{path}.jwks_url"),
-                    "must be an http:// or https:// URL",
-                );
-            }
+            self.idp_url(&format!("{path}.jwks_url"), url);
             if j.jwks_refresh.0 < Duration::from_secs(1) {
                 self.err(format!("{path}.jwks_refresh"), "must be at least 1s");
             }
@@ -401,6 +464,34 @@ impl Compiler<'_> {
                 );
             }
         }
+        let required_claims = self.claim_rules(&format!("{path}.required_claims"), j);
+        let typ = j.typ.as_ref().and_then(|t| {
+            let t = t.trim().to_ascii_lowercase();
+            let t = t.strip_prefix("application/").unwrap_or(&t).to_string();
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                self.err(format!("{path}.typ"), "must be a media type such as at+jwt");
+                None
+            } else {
+                Some(t)
+            }
+        });
+        let ca = match &j.ca_file {
+            Some(f) => {
+                if !j.jwks_url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+                    self.err(format!("{path}.ca_file"), "ca_file needs an https:// jwks_url");
+                }
+                self.ca_bundle(&format!("{path}.ca_file"), f)
+            }
+            None => None,
+        };
+        let audience = j.audience.clone().map(|a| a.0).unwrap_or_default();
+        if audience.is_empty() && required_claims.is_empty() && typ.is_none() {
+            self.warn(
+                path,
+                "accepts any JWT its keys signed, refresh tokens included (RFC 8725 3.11): set \
+                 audience, required_claims (simplejwt: token_type: access) or typ",
+            );
+        }
         let claim = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_string());
         JwtSpec {
             algorithms,
@@ -408,11 +499,51 @@ impl Compiler<'_> {
             jwks_url: j.jwks_url.clone(),
             jwks_refresh: j.jwks_refresh.0,
             issuer: j.issuer.clone(),
-            audience: j.audience.clone().map(|a| a.0).unwrap_or_default(),
-            leeway: j.leeway.map_or(Duration::ZERO, |d| d.0),
+            audience,
+            leeway,
             subject_claim: claim(&j.subject_claim, "sub"),
             scopes_claim: claim(&j.scopes_claim, "scope"),
+            required_claims,
+            typ,
+            ca,
         }
+    }
+
+    /// `required_claims`: each a scalar or a non-empty list of scalars.
+    fn claim_rules(&mut self, path: &str, j: &raw::JwtProviderConfig) -> Vec<ClaimRule> {
+        use serde_yaml::Value as Y;
+        let scalar = |v: &Y| -> Option<serde_json::Value> {
+            match v {
+                Y::String(s) => Some(serde_json::Value::String(s.clone())),
+                Y::Bool(b) => Some(serde_json::Value::Bool(*b)),
+                Y::Number(n) => serde_json::to_value(n).ok(),
+                _ => None,
+            }
+        };
+        let mut rules = Vec::new();
+        for (claim, v) in &j.required_claims {
+            let cpath = format!("{path}.{claim}");
+            if claim.is_empty() {
+                self.err(&cpath, "a claim name cannot be empty");
+                continue;
+            }
+            let values: Option<Vec<_>> = match v {
+                Y::Sequence(items) if !items.is_empty() => items.iter().map(scalar).collect(),
+                Y::Sequence(_) => None,
+                one => scalar(one).map(|s| vec![s]),
+            };
+            match values {
+                Some(allowed) => rules.push(ClaimRule {
+                    claim: claim.clone(),
+                    allowed,
+                }),
+                None => self.err(
+                    &cpath,
+                    "expected a string, number or boolean, or a non-empty list of them",
+                ),
+            }
+        }
+        rules
     }
 
     fn static_key(
@@ -447,10 +578,20 @@ impl Compiler<'_> {
                 }
             }
         } else if let Some(f) = &k.secret_file {
-            let mut bytes = self.read_file(&format!("{path}.secret_file"), f)?;
-            // A trailing newline from `echo > file` is not part of the secret.
-            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                bytes.pop();
+            let p = format!("{path}.secret_file");
+            let bytes = self.read_file(&p, f)?;
+            // The file's bytes exactly, as the signer reads them: trimming would make a key
+            // that no other implementation shares.
+            if bytes.ends_with(b"\n") {
+                self.warn(
+                    &p,
+                    "the file ends with a newline, which is part of the secret; write it with \
+                     printf, or use secret_base64_env",
+                );
+            }
+            if bytes.is_empty() {
+                self.err(&p, "the file is empty");
+                return None;
             }
             KeyMaterial::Hmac(Secret::new(bytes))
         } else {
@@ -465,6 +606,14 @@ impl Compiler<'_> {
                 }
             }
         };
+        if let KeyMaterial::Hmac(secret) = &material {
+            if secret.expose().len() < 32 {
+                self.warn(
+                    path,
+                    "an HMAC secret shorter than 32 bytes can be guessed offline (RFC 7518 3.2)",
+                );
+            }
+        }
         let fam = KeyFamily::of_material(&material);
         if !families.contains(&fam) {
             self.err(
@@ -483,9 +632,21 @@ impl Compiler<'_> {
     }
 
     fn introspection(&mut self, path: &str, i: &raw::IntrospectionConfig) -> IntrospectionSpec {
-        if !(i.url.starts_with("http://") || i.url.starts_with("https://")) {
-            self.err(format!("{path}.url"), "must be an http:// or https:// URL");
-        }
+        self.idp_url(&format!("{path}.url"), &i.url);
+        let ca = i.ca_file.as_ref().and_then(|f| {
+            if !i.url.starts_with("https://") {
+                self.err(format!("{path}.ca_file"), "ca_file needs an https:// url");
+            }
+            self.ca_bundle(&format!("{path}.ca_file"), f)
+        });
+        let subject_field = match i.subject_field.as_deref() {
+            Some("") => {
+                self.err(format!("{path}.subject_field"), "cannot be empty");
+                "sub".to_string()
+            }
+            Some(f) => f.to_string(),
+            None => "sub".to_string(),
+        };
         let secret = match (&i.client_secret_env, &i.client_secret_file) {
             (Some(var), None) => self.env_secret(&format!("{path}.client_secret_env"), var),
             (None, Some(f)) => self
@@ -507,6 +668,8 @@ impl Compiler<'_> {
             client_id: i.client_id.clone(),
             client_secret: secret.unwrap_or_else(|| Secret::new(Vec::new())),
             timeout: i.timeout.0,
+            ca,
+            subject_field,
         }
     }
 

@@ -54,6 +54,13 @@ pub fn load(source: &Source, env: &dyn Env) -> Result<Config, ConfigErrors> {
     load_str(&text, &base_dir, env).map_err(ConfigErrors)
 }
 
+/// Logs what `authgate check` would print as warnings, when the gateway starts or reloads.
+pub fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(path = %w.path, warning = %w.message, "configuration warning");
+    }
+}
+
 pub fn load_str(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Vec<ConfigError>> {
     let expanded = env::expand(text, env)?;
     let file = parse(&expanded)?;

@@ -1,7 +1,9 @@
 //! Validated configuration. Built only by `compile`, immutable afterwards, and swapped whole
 //! on reload. Names are resolved into indices so the hot path never looks strings up.
 
+pub use super::raw::EncodedSlashes;
 use super::raw::LimitScope;
+use crate::tls::CaBundle;
 use super::units::Rate;
 use ipnet::IpNet;
 use std::fmt;
@@ -39,6 +41,8 @@ pub struct Config {
     pub rate_limits: Vec<Arc<RatePolicy>>,
     pub response_cache: ResponseCacheSettings,
     pub routes: Vec<Arc<RouteSpec>>,
+    /// Problems that do not stop the file from loading (`authgate check` prints them).
+    pub warnings: Vec<super::ConfigError>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +74,7 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub trusted_proxies: TrustedProxies,
     pub header_timeout: Duration,
+    pub encoded_slashes: EncodedSlashes,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +110,7 @@ pub struct RedisSettings {
     pub url: Secret,
     pub key_prefix: String,
     pub command_timeout: Duration,
+    pub ca: Option<Arc<CaBundle>>,
 }
 
 #[derive(Debug)]
@@ -113,7 +119,8 @@ pub struct UpstreamSpec {
     pub name: String,
     pub endpoints: Vec<String>,
     pub tls: bool,
-    pub ca_file: Option<PathBuf>,
+    /// `ca_file` for `tls: true`, loaded and checked when the file is compiled.
+    pub ca: Option<Arc<CaBundle>>,
     pub sni: String,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -178,6 +185,17 @@ pub struct JwtSpec {
     pub leeway: Duration,
     pub subject_claim: String,
     pub scopes_claim: String,
+    pub required_claims: Vec<ClaimRule>,
+    /// Lowercase, without an `application/` prefix.
+    pub typ: Option<String>,
+    pub ca: Option<Arc<CaBundle>>,
+}
+
+/// A claim that must be present and equal one of `allowed` (JSON scalars).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub allowed: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +220,8 @@ pub struct IntrospectionSpec {
     pub client_id: String,
     pub client_secret: Secret,
     pub timeout: Duration,
+    pub ca: Option<Arc<CaBundle>>,
+    pub subject_field: String,
 }
 
 #[derive(Debug)]

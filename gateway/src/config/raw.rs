@@ -70,6 +70,17 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Dur,
+    /// `%2F` and `%5C` in a request path: refused (400) or kept as ordinary characters.
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    #[default]
+    Reject,
+    Keep,
 }
 
 fn default_listen() -> Vec<String> {
@@ -95,6 +106,7 @@ impl Default for ServerConfig {
             grace_period: default_grace(),
             trusted_proxies: Vec::new(),
             header_timeout: default_header_timeout(),
+            encoded_slashes: EncodedSlashes::Reject,
         }
     }
 }
@@ -144,6 +156,9 @@ pub struct RedisConfig {
     pub key_prefix: String,
     #[serde(default = "default_command_timeout")]
     pub command_timeout: Dur,
+    /// CA bundle for `rediss://` (default: the Mozilla roots built in).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_key_prefix() -> String {
@@ -256,6 +271,15 @@ pub struct JwtProviderConfig {
     pub subject_claim: Option<String>,
     #[serde(default)]
     pub scopes_claim: Option<String>,
+    /// Claims that must be present with one of the given values (`token_type: access`).
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, serde_yaml::Value>,
+    /// The JOSE header `typ` tokens must carry (RFC 9068 `at+jwt`).
+    #[serde(default)]
+    pub typ: Option<String>,
+    /// CA bundle (or pinned certificate) for an https `jwks_url`.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_jwks_refresh() -> Dur {
@@ -289,6 +313,12 @@ pub struct IntrospectionConfig {
     pub client_secret_file: Option<String>,
     #[serde(default = "default_introspection_timeout")]
     pub timeout: Dur,
+    /// CA bundle (or pinned certificate) for an https `url`.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The answer's field that names the subject (default `sub`).
+    #[serde(default)]
+    pub subject_field: Option<String>,
 }
 
 fn default_introspection_timeout() -> Dur {

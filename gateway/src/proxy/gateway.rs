@@ -10,7 +10,7 @@ use super::{Shared, Snapshot};
 use crate::deadline::{self, Deadline};
 use crate::ratelimit::RequestKeys;
 use crate::respcache::CacheResult;
-use crate::route::path::normalize_path;
+use crate::route::path::normalize_path_with;
 use crate::upstream::ErrorKind;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -164,6 +164,25 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Pinned upstream certificates are matched here, before the request is written.
+        if let Some(route) = ctx.route() {
+            if let Err(why) = route.upstream.check_certificate(digest) {
+                return Err(Error::explain(ErrorType::InvalidCert, why).into_up());
+            }
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -239,6 +258,8 @@ impl ProxyHttp for Gateway {
             route.upstream_duration.observe(elapsed.as_secs_f64());
             route.upstream.report_success(ctx.upstream_addr);
         }
+        let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        headers::edit_response(resp, |h| headers::remove_connection_nominated(h, switching));
         if caching::on_upstream_header(ctx, resp) {
             return Error::e_explain(
                 ErrorType::HTTPStatus(resp.status.as_u16()),
@@ -312,6 +333,17 @@ impl ProxyHttp for Gateway {
                 };
             }
         }
+        if e.esource() == &ErrorSource::Upstream && ctx.rejection.is_none() {
+            // pingora's own line is suppressed (it carries the query string), so the cause of
+            // an upstream failure (refused, reset, a TLS problem: expired, unknown issuer, wrong
+            // name) is said here, once.
+            let route = ctx.route().map(|r| r.spec.name.as_str()).unwrap_or("-");
+            let upstream = ctx
+                .route()
+                .map(|r| r.upstream.spec.name.as_str())
+                .unwrap_or("-");
+            tracing::warn!(route, upstream, endpoint = ?ctx.upstream_addr, request_id = ctx.request_id.as_str(), error = %e, "upstream request failed");
+        }
         let rejection = ctx.rejection.take().or_else(|| rejection_for(e, ctx));
         let code = match &rejection {
             Some(r) if session.response_written().is_none() => {
@@ -354,8 +386,12 @@ impl Gateway {
     ) -> std::result::Result<Admitted, Rejection> {
         let req = session.req_header();
         check_framing(req)?;
-        let path = normalize_path(req.uri.path().as_bytes())
-            .map_err(|e| Rejection::BadRequest(e.message()))?;
+        check_singletons(req, &snapshot.auth)?;
+        let path = normalize_path_with(
+            req.uri.path().as_bytes(),
+            snapshot.config.server.encoded_slashes,
+        )
+        .map_err(|e| Rejection::BadRequest(e.message()))?;
         let host = host_of(req);
         let spec = snapshot
             .router
@@ -412,9 +448,14 @@ async fn revoke_after_logout(ctx: &RequestCtx) {
             crate::auth::cache::ttl_for(p, crate::auth::revoke::DEFAULT_TTL)
         })
         .max(Duration::from_secs(1));
-    let revocation = crate::auth::revoke::Revocation::Token {
-        id: hex::encode(hash),
-        ttl_ms: ttl.as_millis() as u64,
+    let ttl_ms = ttl.as_millis() as u64;
+    // A JWT by its jti, which a re-encoded ECDSA signature keeps (see `admin::jti_of`).
+    let revocation = match principal.and_then(|p| p.jti.clone()) {
+        Some(id) => crate::auth::revoke::Revocation::Jti { id, ttl_ms },
+        None => crate::auth::revoke::Revocation::Token {
+            id: hex::encode(hash),
+            ttl_ms,
+        },
     };
     snapshot
         .auth
@@ -481,6 +522,29 @@ fn check_framing(req: &RequestHeader) -> std::result::Result<(), Rejection> {
     {
         return Err(Rejection::BadRequest(
             "Content-Length and Transfer-Encoding together are not accepted",
+        ));
+    }
+    Ok(())
+}
+
+/// `Authorization` (and each API-key header) at most once: the gateway and the upstream must
+/// never read different credentials from one request (RFC 9110 singleton fields).
+fn check_singletons(
+    req: &RequestHeader,
+    auth: &crate::auth::Authenticator,
+) -> std::result::Result<(), Rejection> {
+    let twice = |name: &http::HeaderName| {
+        let mut all = req.headers.get_all(name).iter();
+        all.next().is_some() && all.next().is_some()
+    };
+    if twice(&http::header::AUTHORIZATION) {
+        return Err(Rejection::BadRequest(
+            "more than one Authorization header is not accepted",
+        ));
+    }
+    if auth.key_headers().iter().any(twice) {
+        return Err(Rejection::BadRequest(
+            "more than one API key header is not accepted",
         ));
     }
     Ok(())
@@ -655,15 +719,9 @@ fn prepare_upstream_request(
         // about 700 instructions fewer per request than growing as they come).
         h.reserve(8);
 
-        // Identity headers come only from the gateway: drop any the client sent.
-        let forged: Vec<http::HeaderName> = h
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-auth-"))
-            .cloned()
-            .collect();
-        for name in forged {
-            h.remove(name);
-        }
+        // Identity headers come only from the gateway: drop any the client sent, in any
+        // spelling an upstream framework might read as one of ours.
+        headers::remove_gateway_owned(h);
 
         h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
         if let Some(d) = ctx.deadline {

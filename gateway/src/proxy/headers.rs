@@ -65,6 +65,66 @@ fn empty_response() -> ResponseHeader {
     ResponseHeader::from(http::Response::new(()).into_parts().0)
 }
 
+/// Whether a client's header is one the gateway owns: `X-Auth-*` in any spelling, and, for
+/// names with `_`, any gateway-set or gateway-stripped name read with `_` as `-`. Django under
+/// ASGI and older gunicorn fold `X_Auth_Subject` into `X-Auth-Subject`, so an underscore
+/// spelling would let a client choose its identity.
+pub fn gateway_owned(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    if n.starts_with("x-auth-") {
+        return true;
+    }
+    if !n.contains('_') {
+        return false;
+    }
+    let dashed = n.replace('_', "-");
+    dashed.starts_with("x-auth-")
+        || dashed.starts_with("x-forwarded-")
+        || matches!(
+            dashed.as_str(),
+            "forwarded" | "x-real-ip" | "x-request-id" | "x-request-timeout-ms"
+        )
+}
+
+/// Removes the client's headers that only the gateway may set (see [`gateway_owned`]).
+pub fn remove_gateway_owned(h: &mut HeaderMap) {
+    // The common request has none: look before allocating the list.
+    if !h.keys().any(gateway_owned) {
+        return;
+    }
+    let owned: Vec<HeaderName> = h.keys().filter(|k| gateway_owned(k)).cloned().collect();
+    for name in owned {
+        h.remove(name);
+    }
+}
+
+/// Removes from an upstream's answer the headers its `Connection` header names (RFC 9110
+/// 7.6.1); `Connection` itself is pingora's to manage. A 101 keeps `Upgrade`.
+pub fn remove_connection_nominated(h: &mut HeaderMap, switching_protocols: bool) {
+    let Some(first) = h.get(http::header::CONNECTION) else {
+        return;
+    };
+    // Only "close" or "keep-alive", the usual values, name nothing else to drop.
+    if h.get_all(http::header::CONNECTION).iter().count() == 1
+        && matches!(first.as_bytes(), b"close" | b"keep-alive" | b"Keep-Alive")
+    {
+        return;
+    }
+    let named: Vec<HeaderName> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if switching_protocols && name == http::header::UPGRADE {
+            continue;
+        }
+        h.remove(name);
+    }
+}
+
 /// A client's `X-Request-Id` is kept when it is 1 to 128 characters of `A-Z a-z 0-9 - _ . :`.
 pub fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty()
@@ -224,6 +284,64 @@ mod tests {
 
     fn trusted(nets: &[&str]) -> TrustedProxies {
         TrustedProxies(nets.iter().map(|n| n.parse().expect("cidr")).collect())
+    }
+
+    #[test]
+    fn owned_names_in_any_spelling() {
+        for owned in [
+            "x-auth-subject",
+            "x_auth_subject",
+            "x-auth_scopes",
+            "x_forwarded_for",
+            "x_forwarded_proto",
+            "x_request_id",
+            "x_request_timeout_ms",
+            "x_real_ip",
+            "x_auth_anything",
+        ] {
+            let n = HeaderName::from_bytes(owned.as_bytes()).expect("name");
+            assert!(gateway_owned(&n), "{owned}");
+        }
+        for other in [
+            "x-request-id",
+            "x-forwarded-for",
+            "authorization",
+            "x_custom_thing",
+            "x-authorization",
+            "forwarded",
+        ] {
+            let n = HeaderName::from_bytes(other.as_bytes()).expect("name");
+            assert!(!gateway_owned(&n), "{other}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x_auth_subject", HeaderValue::from_static("1"));
+        h.insert("x-auth-subject", HeaderValue::from_static("1"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        remove_gateway_owned(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn connection_nominated_response_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("X-Internal, close"));
+        h.append("connection", HeaderValue::from_static("x-debug"));
+        h.insert("x-internal", HeaderValue::from_static("secret"));
+        h.insert("x-debug", HeaderValue::from_static("1"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        remove_connection_nominated(&mut h, false);
+        assert!(!h.contains_key("x-internal"));
+        assert!(!h.contains_key("x-debug"));
+        assert!(h.contains_key("content-type"));
+        let mut up = HeaderMap::new();
+        up.insert("connection", HeaderValue::from_static("upgrade"));
+        up.insert("upgrade", HeaderValue::from_static("websocket"));
+        remove_connection_nominated(&mut up, true);
+        assert!(up.contains_key("upgrade"), "a 101 keeps Upgrade");
     }
 
     #[test]

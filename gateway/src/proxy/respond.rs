@@ -7,6 +7,10 @@ use pingora_http::ResponseHeader;
 use serde_json::{json, Map, Value};
 use std::time::{Duration, SystemTime};
 
+/// Why a credential was refused, as the 401's `error_description` says it: fixed texts, or one
+/// naming a claim the provider's configuration asked for. Never request data or key material.
+pub type Reason = std::borrow::Cow<'static, str>;
+
 /// Why the gateway answered a request itself.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rejection {
@@ -17,7 +21,7 @@ pub enum Rejection {
     PayloadTooLarge { limit: u64 },
     MissingToken,
     TokenExpired { expired_at: SystemTime },
-    InvalidToken { reason: &'static str },
+    InvalidToken { reason: Reason },
     InsufficientScope { required: Vec<String> },
     RateLimited(RateLimitInfo),
     UpstreamUnavailable,
@@ -326,7 +330,7 @@ mod tests {
                 expired_at: SystemTime::UNIX_EPOCH,
             },
             Rejection::InvalidToken {
-                reason: "bad signature",
+                reason: "bad signature".into(),
             },
             Rejection::InsufficientScope {
                 required: vec!["a".into()],
@@ -375,7 +379,7 @@ mod tests {
             .is_some_and(|h| h.contains("error=\"invalid_token\"")));
 
         let invalid = Rejection::InvalidToken {
-            reason: "bad signature",
+            reason: "bad signature".into(),
         }
         .render("r", &t);
         assert_eq!(body(&invalid)["action"], "login");

@@ -4,6 +4,7 @@
 //! the upstream must receive the exact path that was matched. Otherwise `/public/../admin` or
 //! `/%61dmin` could be judged under one route's policy and served by another upstream handler.
 
+pub use crate::config::model::EncodedSlashes;
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,15 @@ fn is_normal(raw: &[u8]) -> bool {
 /// duplicate slashes and resolves `.` and `..` segments (never above the root). A trailing
 /// slash is kept, since frameworks such as Django route on it.
 pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
+    normalize_path_with(raw, EncodedSlashes::Reject)
+}
+
+/// [`normalize_path`], with `%2F` and `%5C` either refused or, with `Keep`, left as escapes:
+/// ordinary characters of their segment, never separators, forwarded as escapes.
+pub fn normalize_path_with(
+    raw: &[u8],
+    encoded_slashes: EncodedSlashes,
+) -> Result<Cow<'_, str>, PathError> {
     if raw.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
@@ -103,7 +113,7 @@ pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
     let mut segments: Vec<String> = Vec::new();
     let mut trailing_slash = false;
     for seg in raw[1..].split(|b| *b == b'/') {
-        let decoded = decode_segment(seg)?;
+        let decoded = decode_segment(seg, encoded_slashes)?;
         match decoded.as_str() {
             "" => trailing_slash = true,
             "." => trailing_slash = true,
@@ -128,7 +138,7 @@ pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
-fn decode_segment(seg: &[u8]) -> Result<String, PathError> {
+fn decode_segment(seg: &[u8], encoded_slashes: EncodedSlashes) -> Result<String, PathError> {
     let mut out = String::with_capacity(seg.len());
     let mut i = 0;
     while i < seg.len() {
@@ -142,7 +152,12 @@ fn decode_segment(seg: &[u8]) -> Result<String, PathError> {
             };
             let v = h << 4 | l;
             if v == b'/' || v == b'\\' {
-                return Err(PathError::EncodedSlash);
+                if encoded_slashes == EncodedSlashes::Reject {
+                    return Err(PathError::EncodedSlash);
+                }
+                push_escaped(&mut out, v);
+                i += 3;
+                continue;
             }
             if v < 0x20 || v == 0x7f {
                 return Err(PathError::ControlChar);
@@ -255,6 +270,21 @@ mod tests {
         assert_eq!(n("*"), Err(PathError::NotAbsolute));
         assert_eq!(n(""), Err(PathError::NotAbsolute));
         assert_eq!(n("api"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn encoded_slashes_can_be_kept_as_ordinary_characters() {
+        let keep = |s: &str| normalize_path_with(s.as_bytes(), EncodedSlashes::Keep).map(|c| c.into_owned());
+        assert_eq!(keep("/files/a%2Fb").as_deref(), Ok("/files/a%2Fb"));
+        assert_eq!(keep("/files/a%2fb/").as_deref(), Ok("/files/a%2Fb/"));
+        assert_eq!(keep("/files/a%5cb").as_deref(), Ok("/files/a%5Cb"));
+        // Still one segment: `..` after it removes the whole "a%2Fb", not half of it.
+        assert_eq!(keep("/files/a%2Fb/../c").as_deref(), Ok("/files/c"));
+        assert_eq!(keep("/%2e%2e%2Fetc").as_deref(), Ok("/..%2Fetc"));
+        // A raw backslash stays refused; other rules are unchanged.
+        assert_eq!(keep("/a\\b"), Err(PathError::EncodedSlash));
+        assert_eq!(keep("/a%00b"), Err(PathError::ControlChar));
+        assert_eq!(n("/files/a%2Fb"), Err(PathError::EncodedSlash));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct OpaqueToken {
     pub client_id: String,
     pub issued_at_ms: u64,
     pub expires_at_ms: u64,
+    /// Introspection answers without `sub` (an IdP that only names the user), for tests.
+    pub omit_sub: bool,
 }
 
 impl OpaqueToken {
@@ -108,6 +110,7 @@ mod tests {
             client_id: LOGIN_CLIENT_ID.into(),
             issued_at_ms: now_ms,
             expires_at_ms: now_ms + ttl_ms,
+            omit_sub: false,
         }
     }
 

@@ -123,6 +123,7 @@ pub async fn knox_login(
         client_id: knox::LOGIN_CLIENT_ID.to_owned(),
         issued_at_ms: now,
         expires_at_ms: now.saturating_add(state.access_ttl.saturating_mul(1000)),
+        omit_sub: false,
     };
     let expiry = rfc3339_ms(entry.expires_at_ms);
     let token = state.knox.issue(entry, now);
@@ -189,6 +190,11 @@ pub async fn introspect(
     });
     if let (Some(username), Some(obj)) = (entry.username, answer.as_object_mut()) {
         obj.insert("username".into(), json!(username));
+    }
+    if entry.omit_sub {
+        if let Some(obj) = answer.as_object_mut() {
+            obj.remove("sub");
+        }
     }
     respond::json(StatusCode::OK, answer)
 }

@@ -139,6 +139,9 @@ fn verifier(alg: &str, args: &Args) -> Result<JwtVerifier, String> {
         leeway: Duration::from_secs(30),
         subject_claim: "user_id".into(),
         scopes_claim: "scope".into(),
+        required_claims: Vec::new(),
+        typ: None,
+        ca: None,
     };
     JwtVerifier::new(&format!("bench-{}", alg.to_ascii_lowercase()), &spec, None)
 }

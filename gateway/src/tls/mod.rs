@@ -1,12 +1,16 @@
 //! TLS: the listener's certificate (swapped on reload, so renewed certificates need no
-//! restart) and CA bundles for upstreams with `tls: true`.
+//! restart), and whom the gateway trusts as a client (`trust`).
+
+pub mod trust;
+
+pub use trust::CaBundle;
 
 use arc_swap::ArcSwap;
 use pingora_core::protocols::tls::CaType;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use pingora_rustls::sign::CertifiedKey;
 use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The listener certificate, read from its files at start and again on every reload.
@@ -54,25 +58,14 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Stri
     Ok(Arc::new(CertifiedKey::new(certs, signing)))
 }
 
-/// Every certificate in a PEM bundle, as pingora's per-peer CA list.
-pub fn load_ca_bundle(path: &PathBuf) -> Result<Arc<CaType>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut reader = std::io::BufReader::new(file);
-    let mut cas = Vec::new();
-    for cert in rustls_pemfile::certs(&mut reader) {
-        let der = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-        let der = der.to_vec();
-        // pingora's parse_x509 panics on bad DER, so each block is checked first.
-        if x509_parser::parse_x509_certificate(&der).is_err() {
-            return Err(format!(
-                "{}: a certificate in the CA file is not valid X.509",
-                path.display()
-            ));
-        }
-        cas.push(WrappedX509::new(der, parse_x509));
-    }
-    if cas.is_empty() {
-        return Err(format!("{}: no certificate in the CA file", path.display()));
-    }
-    Ok(Arc::from(cas.into_boxed_slice()))
+/// A bundle's certificates as pingora's per-peer CA list.
+pub fn pingora_cas(bundle: &CaBundle) -> Arc<CaType> {
+    // Each certificate was parsed when the bundle was loaded (pingora's parse_x509 panics on
+    // bad DER).
+    let cas: Vec<WrappedX509> = bundle
+        .certs
+        .iter()
+        .map(|c| WrappedX509::new(c.to_vec(), parse_x509))
+        .collect();
+    Arc::from(cas.into_boxed_slice())
 }
