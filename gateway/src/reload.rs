@@ -74,9 +74,7 @@ impl Reloader {
         let generation = self.shared.next_generation();
         match Snapshot::build(config, generation, &self.shared.metrics, &self.shared.reuse) {
             Ok(snapshot) => {
-                if let Err(reason) = crate::runtime::load_new_key_sets(&snapshot) {
-                    return ReloadOutcome::Rejected { reason };
-                }
+                crate::runtime::load_new_key_sets(&snapshot);
                 self.shared.install(snapshot);
                 ReloadOutcome::Applied { generation }
             }

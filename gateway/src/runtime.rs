@@ -2,7 +2,6 @@
 
 use crate::admin::Admin;
 use crate::auth::jwks::run_refresh;
-use crate::config::model::ProviderKind;
 use crate::config::{env::ProcessEnv, Source};
 use crate::metrics::Metrics;
 use crate::proxy::gateway::Gateway;
@@ -54,7 +53,7 @@ pub fn run(source: Source) -> Result<(), String> {
         Shared::new(
             |metrics, reuse| {
                 let snapshot = Snapshot::build(config, 1, metrics, reuse)?;
-                load_new_key_sets(&snapshot)?;
+                load_new_key_sets(&snapshot);
                 Ok(snapshot)
             },
             metrics,
@@ -109,32 +108,28 @@ pub fn run(source: Source) -> Result<(), String> {
     std::process::exit(0)
 }
 
-/// Fetches the key sets of JWKS stores this version created. A provider with no static key
-/// cannot work without them, so failing to fetch is an error (start-up or reload refused);
-/// one with static keys starts anyway and `/readyz` reports it until its keys arrive.
-pub fn load_new_key_sets(snapshot: &Snapshot) -> Result<(), String> {
+/// Fetches the key sets of JWKS stores this version created, once, before it serves. An
+/// identity provider that cannot be reached does not stop the gateway (contract, "Token
+/// semantics"): the store's background refresh keeps trying, `/readyz` says 503 until its keys
+/// arrive, and its tokens get 503 `auth_unavailable` meanwhile (static keys keep working).
+pub fn load_new_key_sets(snapshot: &Snapshot) {
     if snapshot.auth.new_stores.is_empty() {
-        return Ok(());
+        return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime for JWKS fetches: {e}"))?;
-    for store in &snapshot.auth.new_stores {
-        if let Err(e) = rt.block_on(store.fetch()) {
-            let has_static = snapshot.config.auth.providers.iter().any(|p| {
-                p.name == *store.provider
-                    && matches!(&p.kind, ProviderKind::Jwt(j) if !j.keys.is_empty())
-            });
-            if !has_static {
-                return Err(format!(
-                    "auth.providers.{}: cannot fetch the JWKS from {} ({e}) and the provider has no static key",
-                    store.provider, store.url
-                ));
-            }
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a runtime for JWKS fetches; the background refresh will load them");
+            return;
         }
+    };
+    for store in &snapshot.auth.new_stores {
+        // A failure is logged (with its cause) by `fetch`; the store stays not ready.
+        let _ = rt.block_on(store.fetch());
     }
-    Ok(())
 }
 
 /// Background work: starts health checks for new upstream pools and reloads on SIGHUP.

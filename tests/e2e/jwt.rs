@@ -646,7 +646,8 @@ fn jwks_rotation_outage_and_kid_flood() {
 
 #[test]
 fn jwks_startup_and_readiness() {
-    // No static key and an unreachable JWKS: start-up fails, saying why.
+    // No static key and an unreachable JWKS: the gateway starts, is not ready, and answers the
+    // provider's tokens with 503 auth_unavailable (never 401, never a pass).
     let dead = free_port();
     let yaml = format!(
         r#"
@@ -659,10 +660,24 @@ auth:
 routes: [{{ name: a, path_prefix: /, upstream: lms }}]
 "#
     );
-    let err = Gateway::try_start(&yaml, &[])
-        .err()
-        .expect("must not start");
-    assert!(err.contains("cannot fetch the JWKS"), "{err}");
+    let gw = Gateway::start(&yaml, &[]);
+    let r = client().get(gw.admin_url("/readyz")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().unwrap()["jwks_providers_without_keys"],
+        json!(["issuer"])
+    );
+    let t = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &json!({"sub": "s", "exp": now() + 60}),
+    );
+    let r = get(&gw, "/x", &t);
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().unwrap()["error"], "auth_unavailable");
+    assert!(gw.proc.output().contains("JWKS fetch failed"));
+    drop(gw);
 
     // With a static key it starts, but is not ready until the JWKS loads.
     let mock = Mock::start("m");

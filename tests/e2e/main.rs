@@ -13,3 +13,4 @@ mod observe;
 mod ratelimit;
 mod tls;
 mod tokens;
+mod trust;

@@ -108,10 +108,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Adds `X-Mock-Name` to every response, and `Cache-Control: <v>` when the request
-/// asked for it with `X-Mock-Cache-Control: <v>` (for the gateway's response cache).
+/// Adds `X-Mock-Name` to every response, `Cache-Control: <v>` when the request asked for it
+/// with `X-Mock-Cache-Control: <v>` (for the gateway's response cache), and each
+/// `X-Mock-Response-Header: Name: value` as a response header (for hop-by-hop tests).
 async fn common_headers(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let cache_control = req.headers().get("x-mock-cache-control").cloned();
+    let extra: Vec<(HeaderName, axum::http::HeaderValue)> = req
+        .headers()
+        .get_all("x-mock-response-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split_once(':'))
+        .filter_map(|(n, v)| {
+            Some((
+                HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                axum::http::HeaderValue::from_str(v.trim()).ok()?,
+            ))
+        })
+        .collect();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let mut response = next.run(req).await;
     tracing::debug!(%method, path, status = response.status().as_u16(), "request");
@@ -122,6 +135,9 @@ async fn common_headers(State(state): State<Arc<AppState>>, req: Request, next: 
     );
     if let Some(value) = cache_control {
         headers.insert(axum::http::header::CACHE_CONTROL, value);
+    }
+    for (name, value) in extra {
+        headers.append(name, value);
     }
     response
 }

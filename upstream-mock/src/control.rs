@@ -66,7 +66,10 @@ pub async fn opaque(State(state): State<Arc<AppState>>, body: Bytes) -> Response
             .unwrap_or_else(|| crate::tokens::knox::LOGIN_CLIENT_ID.to_owned()),
         issued_at_ms: now,
         expires_at_ms,
-        omit_sub: map.get("omit_sub").and_then(Value::as_bool).unwrap_or(false),
+        omit_sub: map
+            .get("omit_sub")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     };
     let exp = entry.exp();
     let token = state.knox.issue(entry, now);

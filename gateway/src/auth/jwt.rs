@@ -222,7 +222,9 @@ impl JwtVerifier {
         }
         if let Some(want) = &self.typ {
             let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
-            let typ = typ.as_deref().map(|t| t.strip_prefix("application/").unwrap_or(t));
+            let typ = typ
+                .as_deref()
+                .map(|t| t.strip_prefix("application/").unwrap_or(t));
             if typ != Some(want.as_str()) {
                 return Err(JwtFailure::Invalid(
                     format!("the typ header is not {want}").into(),
@@ -268,7 +270,10 @@ impl JwtVerifier {
 
 /// A NumericDate claim (RFC 7519 2): a JSON number from 1970 to the year 9999, fractions
 /// allowed; anything else present under that name is refused, never ignored.
-fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, JwtFailure> {
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<u64>, JwtFailure> {
     let Some(v) = claims.get(name) else {
         return Ok(None);
     };
@@ -440,7 +445,11 @@ mod tests {
         });
         let ok = token(b"k1", good(json!({"token_type": "access"})));
         assert!(verify_raw(&s, &ok).is_ok());
-        for bad in [json!({"token_type": "refresh"}), json!({"token_type": "sliding"}), json!({})] {
+        for bad in [
+            json!({"token_type": "refresh"}),
+            json!({"token_type": "sliding"}),
+            json!({}),
+        ] {
             assert_eq!(
                 verify_raw(&s, &token(b"k1", good(bad.clone()))),
                 Err(JwtFailure::Invalid(
@@ -470,7 +479,10 @@ mod tests {
                 allowed: vec![json!("access")],
             }]
         });
-        let t = token(b"k1", good(json!({"token_type": "refresh", "exp": now() - 3600})));
+        let t = token(
+            b"k1",
+            good(json!({"token_type": "refresh", "exp": now() - 3600})),
+        );
         assert!(matches!(verify_raw(&s, &t), Err(JwtFailure::Invalid(_))));
     }
 
@@ -479,7 +491,11 @@ mod tests {
         let s = with(|s| s.typ = Some("at+jwt".into()));
         let claims = r#"{"user_id":1,"exp":9999999999,"iss":"https://issuer","aud":"api"}"#;
         for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
-            let t = hand_made(b"k1", &format!(r#"{{"alg":"HS256","typ":"{typ}"}}"#), claims);
+            let t = hand_made(
+                b"k1",
+                &format!(r#"{{"alg":"HS256","typ":"{typ}"}}"#),
+                claims,
+            );
             assert!(verify_raw(&s, &t).is_ok(), "{typ}");
         }
         for header in [r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"alg":"HS256"}"#] {
@@ -508,7 +524,11 @@ mod tests {
             );
         }
         let long = "k".repeat(MAX_KID_LEN + 1);
-        let t = hand_made(b"k1", &format!(r#"{{"alg":"HS256","kid":"{long}"}}"#), claims);
+        let t = hand_made(
+            b"k1",
+            &format!(r#"{{"alg":"HS256","kid":"{long}"}}"#),
+            claims,
+        );
         assert_eq!(
             verify_raw(&s, &t),
             Err(JwtFailure::Invalid("the kid header is too long".into()))
@@ -521,7 +541,8 @@ mod tests {
     fn time_claims_must_be_numbers_in_range() {
         let s = spec(b"k1");
         let base = r#""user_id":1,"iss":"https://issuer","aud":"api""#;
-        let t = |claims: &str| hand_made(b"k1", r#"{"alg":"HS256"}"#, &format!("{{{base},{claims}}}"));
+        let t =
+            |claims: &str| hand_made(b"k1", r#"{"alg":"HS256"}"#, &format!("{{{base},{claims}}}"));
         let invalid = |r: &str| Err(JwtFailure::Invalid(r.to_string().into()));
         // A string nbf is refused, not skipped (jsonwebtoken alone would ignore it).
         assert_eq!(
@@ -596,10 +617,16 @@ mod tests {
         );
         let mut no_exp = good(json!({}));
         no_exp.as_object_mut().expect("obj").remove("exp");
-        assert_eq!(verify(no_exp), Err(JwtFailure::Invalid("token has no exp".into())));
+        assert_eq!(
+            verify(no_exp),
+            Err(JwtFailure::Invalid("token has no exp".into()))
+        );
         let mut no_iss = good(json!({}));
         no_iss.as_object_mut().expect("obj").remove("iss");
-        assert_eq!(verify(no_iss), Err(JwtFailure::Invalid("wrong issuer".into())));
+        assert_eq!(
+            verify(no_iss),
+            Err(JwtFailure::Invalid("wrong issuer".into()))
+        );
         let mut no_sub = good(json!({}));
         no_sub.as_object_mut().expect("obj").remove("user_id");
         assert_eq!(

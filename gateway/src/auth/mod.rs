@@ -395,8 +395,7 @@ impl Authenticator {
                 ProviderKind::Jwt(j) => {
                     let store = match &j.jwks_url {
                         Some(url) => {
-                            let (s, new) =
-                                stores.get_or_create(
+                            let (s, new) = stores.get_or_create(
                                 &spec.name,
                                 url,
                                 j.jwks_refresh,
@@ -500,7 +499,8 @@ impl Authenticator {
                     (
                         allowed.first().copied(),
                         Err(Rejection::InvalidToken {
-                            reason: "no provider of this route accepts this kind of credential".into(),
+                            reason: "no provider of this route accepts this kind of credential"
+                                .into(),
                         }),
                     )
                 } else {
@@ -692,7 +692,12 @@ impl Authenticator {
                             first_refusal.get_or_insert((i, "token is not active"));
                         }
                         Err(IntrospectionFailure::Malformed(reason)) => {
-                            return (i, Err(Rejection::InvalidToken { reason: reason.into() }));
+                            return (
+                                i,
+                                Err(Rejection::InvalidToken {
+                                    reason: reason.into(),
+                                }),
+                            );
                         }
                         Err(IntrospectionFailure::Unavailable) => {
                             unavailable.get_or_insert((i, INTROSPECTION_RETRY));

@@ -477,8 +477,15 @@ impl Compiler<'_> {
         });
         let ca = match &j.ca_file {
             Some(f) => {
-                if !j.jwks_url.as_deref().is_some_and(|u| u.starts_with("https://")) {
-                    self.err(format!("{path}.ca_file"), "ca_file needs an https:// jwks_url");
+                if !j
+                    .jwks_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://"))
+                {
+                    self.err(
+                        format!("{path}.ca_file"),
+                        "ca_file needs an https:// jwks_url",
+                    );
                 }
                 self.ca_bundle(&format!("{path}.ca_file"), f)
             }

@@ -3,8 +3,8 @@
 
 pub use super::raw::EncodedSlashes;
 use super::raw::LimitScope;
-use crate::tls::CaBundle;
 use super::units::Rate;
+use crate::tls::CaBundle;
 use ipnet::IpNet;
 use std::fmt;
 use std::net::IpAddr;

@@ -193,6 +193,9 @@ impl ProxyHttp for Gateway {
         let kind = ErrorKind::of(&e);
         let Some(route) = ctx.route() else { return e };
         route.upstream.report_failure(ctx.upstream_addr, kind);
+        // The cause (refused, timed out, a TLS problem: expired, unknown issuer, wrong name)
+        // is said here: pingora's own line is suppressed, since it carries the query string.
+        tracing::warn!(route = %route.spec.name, upstream = %route.upstream.spec.name, endpoint = ?ctx.upstream_addr, request_id = ctx.request_id.as_str(), error = %e, "upstream connection failed");
         // Nothing reached the upstream, so one retry on another endpoint is safe for requests
         // that are idempotent anyway, when the deadline leaves time for it.
         let idempotent = matches!(

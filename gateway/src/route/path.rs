@@ -274,7 +274,9 @@ mod tests {
 
     #[test]
     fn encoded_slashes_can_be_kept_as_ordinary_characters() {
-        let keep = |s: &str| normalize_path_with(s.as_bytes(), EncodedSlashes::Keep).map(|c| c.into_owned());
+        let keep = |s: &str| {
+            normalize_path_with(s.as_bytes(), EncodedSlashes::Keep).map(|c| c.into_owned())
+        };
         assert_eq!(keep("/files/a%2Fb").as_deref(), Ok("/files/a%2Fb"));
         assert_eq!(keep("/files/a%2fb/").as_deref(), Ok("/files/a%2Fb/"));
         assert_eq!(keep("/files/a%5cb").as_deref(), Ok("/files/a%5Cb"));

@@ -120,7 +120,11 @@ impl CaBundle {
         let Ok(name) = ServerName::try_from(host) else {
             return Vec::new();
         };
-        self.pins.iter().filter(|p| p.names(&name)).cloned().collect()
+        self.pins
+            .iter()
+            .filter(|p| p.names(&name))
+            .cloned()
+            .collect()
     }
 
     fn roots(&self) -> Result<RootCertStore, String> {
@@ -278,14 +282,17 @@ mod tests {
     fn bundle(pem: &str) -> CaBundle {
         let dir = std::env::temp_dir().join(format!("authgate-trust-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join(format!("{}.pem", hex::encode(&Sha256::digest(pem.as_bytes())[..8])));
+        let path = dir.join(format!(
+            "{}.pem",
+            hex::encode(&Sha256::digest(pem.as_bytes())[..8])
+        ));
         std::fs::write(&path, pem).expect("write");
         CaBundle::load(&path).expect("bundle")
     }
 
     fn verify(bundle: Option<&CaBundle>, der: &[u8], name: &str) -> Result<(), rustls::Error> {
-        let verifier = verifier(bundle, Arc::new(rustls::crypto::ring::default_provider()))
-            .expect("verifier");
+        let verifier =
+            verifier(bundle, Arc::new(rustls::crypto::ring::default_provider())).expect("verifier");
         let now = UnixTime::now();
         verifier
             .verify_server_cert(
@@ -308,7 +315,10 @@ mod tests {
         verify(Some(&b), &der, "idp.test").expect("pinned CA:TRUE certificate");
         assert!(verify(Some(&b), &der, "other.test").is_err(), "wrong name");
         let (_, stranger) = self_signed(&["idp.test"], true);
-        assert!(verify(Some(&b), &stranger, "idp.test").is_err(), "not the pinned one");
+        assert!(
+            verify(Some(&b), &stranger, "idp.test").is_err(),
+            "not the pinned one"
+        );
         // Without the pin the same certificate is not trusted.
         assert!(verify(None, &der, "idp.test").is_err());
     }
@@ -322,8 +332,11 @@ mod tests {
         let e = CaBundle::load(&empty).expect_err("empty");
         assert!(e.contains("no certificate"), "{e}");
         let junk = dir.join("junk.pem");
-        std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-            .expect("write");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
         assert!(CaBundle::load(&junk).is_err());
         assert!(CaBundle::load(&dir.join("missing.pem")).is_err());
     }
