@@ -811,3 +811,89 @@ routes: [{{ name: r, path_prefix: /echo/, auth: required, rate_limit: shared, up
     assert!(keys.contains("authgate:rl:shared:"), "{keys}");
     assert!(keys.contains("authgate:tok:"), "{keys}");
 }
+
+/// The same ECDSA signature written as (r, n - s): a different token string that verifies.
+fn reencoded_es256(token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    // The order of P-256.
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (input, sig) = token.rsplit_once('.').expect("jwt");
+    let mut sig = B64.decode(sig).expect("b64");
+    assert_eq!(sig.len(), 64);
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = d.rem_euclid(256) as u8;
+    }
+    format!("{input}.{}", B64.encode(sig))
+}
+
+#[test]
+fn revoking_an_ecdsa_token_revokes_its_jti_so_a_reencoded_signature_does_not_escape() {
+    let mock = Mock::start("m");
+    let pem = tokens::key_file("ec-1", "pub");
+    let gw = Gateway::start(
+        &format!(
+            r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams: {{ lms: {{ endpoints: ["{m}"] }} }}
+auth:
+  providers:
+    ec: {{ type: jwt, algorithms: [ES256], keys: [{{ public_key_file: {pem} }}], audience: [api] }}
+routes:
+  - {{ name: logout, path: /echo/logout/, methods: [POST], auth: required, revokes_token: true, upstream: lms }}
+  - {{ name: r, path_prefix: /echo/, auth: required, upstream: lms }}
+"#,
+            m = mock.addr,
+            pem = pem.display()
+        ),
+        &[],
+    );
+    let status = |t: &str| {
+        client()
+            .get(gw.url("/echo/x"))
+            .bearer_auth(t)
+            .send()
+            .expect("send")
+            .status()
+            .as_u16()
+    };
+    let mint = |jti: &str| {
+        tokens::sign(
+            Algorithm::ES256,
+            "ec-1",
+            None,
+            &json!({"sub": "u", "aud": "api", "exp": tokens::now() + 600, "jti": jti}),
+        )
+    };
+    // By the admin API.
+    let token = mint("jti-admin");
+    let twin = reencoded_es256(&token);
+    assert_ne!(token, twin);
+    assert_eq!(status(&twin), 200, "the re-encoded signature verifies");
+    let r = client()
+        .post(gw.admin_url("/admin/revoke"))
+        .json(&json!({"token": token}))
+        .send()
+        .expect("revoke");
+    assert_eq!(r.status(), 200);
+    assert_eq!(status(&token), 401);
+    assert_eq!(status(&twin), 401, "the twin has the same jti");
+    // By a logout.
+    let token = mint("jti-logout");
+    let twin = reencoded_es256(&token);
+    let r = client()
+        .post(gw.url("/echo/logout/"))
+        .bearer_auth(&token)
+        .send()
+        .expect("logout");
+    assert_eq!(r.status(), 200);
+    assert_eq!(status(&twin), 401, "logged out, whatever the signature's encoding");
+}
