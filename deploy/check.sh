@@ -345,10 +345,40 @@ PY
         count=$((count + 1))
         log "authgate check --config $label"
         env "${CHECK_ENV[@]}" "$AUTHGATE" check --config "$file"
+        admin_closed "$file" "$label"
     done <"$WORK/config-list"
     [ "$count" -ge 2 ] || { log "expected at least 2 gateway configurations under deploy/, found $count"; return 1; }
 }
+
+# admin_closed FILE LABEL: fails when the configuration serves /admin/* on an address other
+# than loopback without admin.token_env (the gateway would refuse those calls with 403; a
+# deployment file must not ship that way). `authgate check` decides, from the same rule as the
+# gateway.
+admin_closed() {
+    local out
+    out=$(env "${CHECK_ENV[@]}" "$AUTHGATE" check --config "$1" 2>&1 >/dev/null) || true
+    if grep -q 'warning: admin.listen' <<<"$out"; then
+        log "$2: the admin listener is exposed without admin.token_env"
+        return 1
+    fi
+}
 check "authgate check on every gateway configuration under deploy/" gateway_configs
+
+# The rule above can fail: a configuration exposing admin without a token is caught.
+admin_rule_self_test() {
+    cat >"$WORK/exposed-admin.yaml" <<'YAML'
+admin: { listen: "0.0.0.0:9090" }
+upstreams: { u: { endpoints: ["127.0.0.1:8000"] } }
+routes: [{ name: r, path_prefix: /, auth: none, upstream: u }]
+YAML
+    if admin_closed "$WORK/exposed-admin.yaml" "self-test" 2>/dev/null; then
+        log "an exposed admin listener without a token was not caught"
+        return 1
+    fi
+    sed -i 's|admin: { listen: "0.0.0.0:9090" }|admin: { listen: "0.0.0.0:9090", token_env: AUTHGATE_ADMIN_TOKEN }|' "$WORK/exposed-admin.yaml"
+    admin_closed "$WORK/exposed-admin.yaml" "self-test (with a token)"
+}
+check "an exposed admin listener without a token fails this check" admin_rule_self_test
 
 # ---------------------------------------------------------------------------------------------
 # Kubernetes
@@ -500,8 +530,13 @@ check "compose.yaml against the Compose specification schema (check-jsonschema v
 compose_config() {
     # Docker Compose's own loader (interpolation, anchors, merge keys, validation); needs no
     # engine for `config`.
-    (cd "$DEPLOY" && env -u DOCKER_HOST "$COMPOSE_BIN" --file compose.yaml config --quiet)
-    (cd "$DEPLOY" && "$COMPOSE_BIN" --file compose.yaml config --format json) >"$WORK/compose.json"
+    # The admin token has no default: without one, compose must refuse the file.
+    if (cd "$DEPLOY" && env -u DOCKER_HOST -u AUTHGATE_ADMIN_TOKEN "$COMPOSE_BIN" --file compose.yaml config --quiet) 2>/dev/null; then
+        log "compose.yaml starts without AUTHGATE_ADMIN_TOKEN: the admin listener would have a placeholder token"
+        return 1
+    fi
+    (cd "$DEPLOY" && env -u DOCKER_HOST AUTHGATE_ADMIN_TOKEN=check-admin-token "$COMPOSE_BIN" --file compose.yaml config --quiet)
+    (cd "$DEPLOY" && AUTHGATE_ADMIN_TOKEN=check-admin-token "$COMPOSE_BIN" --file compose.yaml config --format json) >"$WORK/compose.json"
     "$PY" -c 'import json, sys; json.load(open(sys.argv[1]))' "$WORK/compose.json"
 }
 check "docker compose config (Compose $("$COMPOSE_BIN" version --short 2>/dev/null || echo '?'), no engine needed)" compose_config

@@ -101,5 +101,8 @@ fn restart_only_changes(old: &config::Config, new: &config::Config) -> Vec<&'sta
     if old.server.grace_period != new.server.grace_period {
         out.push("server.grace_period");
     }
+    if old.server.h2_max_concurrent_streams != new.server.h2_max_concurrent_streams {
+        out.push("server.http2.max_concurrent_streams");
+    }
     out
 }

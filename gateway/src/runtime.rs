@@ -47,6 +47,7 @@ pub fn run(source: Source) -> Result<(), String> {
     };
     let admin_listen = config.admin.listen.clone();
     let grace = server_settings.grace_period;
+    let h2_streams = server_settings.h2_max_concurrent_streams;
 
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(
@@ -66,7 +67,11 @@ pub fn run(source: Source) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let http = pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let mut http = pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    // pingora's bounded defaults (64 KiB of decoded headers), with the configured stream limit.
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(h2_streams);
+    http.h2_options = Some(h2);
     let mut proxy = Service::new(
         "authgate proxy".to_string(),
         HeadTimeout::new(http, shared.clone()),

@@ -895,5 +895,9 @@ routes:
         .send()
         .expect("logout");
     assert_eq!(r.status(), 200);
-    assert_eq!(status(&twin), 401, "logged out, whatever the signature's encoding");
+    assert_eq!(
+        status(&twin),
+        401,
+        "logged out, whatever the signature's encoding"
+    );
 }

@@ -21,17 +21,28 @@ impl Admin {
         Admin { shared, reloader }
     }
 
-    fn authorised(&self, session: &ServerSession) -> bool {
+    /// Who may call `/admin/*`: with a token, whoever presents it; without one, anyone on a
+    /// loopback listener, nobody on any other (closed by default: an exposed admin port would
+    /// let anyone reload the configuration or revoke other users' sessions).
+    fn admission(&self, session: &ServerSession) -> AdminAccess {
         let snap = self.shared.snapshot();
         let Some(token) = &snap.config.admin.token else {
-            return true;
+            return if snap.config.admin.loopback {
+                AdminAccess::Allowed
+            } else {
+                AdminAccess::NoTokenConfigured
+            };
         };
         let presented = session
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        presented.is_some_and(|p| subtle::ConstantTimeEq::ct_eq(p, token.expose()).into())
+        if presented.is_some_and(|p| subtle::ConstantTimeEq::ct_eq(p, token.expose()).into()) {
+            AdminAccess::Allowed
+        } else {
+            AdminAccess::BadToken
+        }
     }
 
     /// `POST /admin/revoke` with `{"token"}`, `{"jti"}` or `{"subject"}` (and optionally a
@@ -132,10 +143,32 @@ impl ServeHttp for Admin {
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(self.shared.metrics.render())
                 .unwrap_or_default(),
-            (_, p) if p.starts_with("/admin/") && !self.authorised(session) => json_response(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": "admin calls need Authorization: Bearer <admin token>"}),
-            ),
+            (_, p) if p.starts_with("/admin/") => match self.admission(session) {
+                AdminAccess::Allowed => self.operation(session, p).await,
+                AdminAccess::BadToken => json_response(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"error": "unauthorized", "message": "admin calls need Authorization: Bearer <admin token>"}),
+                ),
+                AdminAccess::NoTokenConfigured => json_response(
+                    StatusCode::FORBIDDEN,
+                    json!({"error": "forbidden", "message": "the admin listener is not loopback: set admin.token_env to use /admin/*"}),
+                ),
+            },
+            _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+        }
+    }
+}
+
+enum AdminAccess {
+    Allowed,
+    BadToken,
+    NoTokenConfigured,
+}
+
+impl Admin {
+    async fn operation(&self, session: &mut ServerSession, path: &str) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        match (method, path) {
             (Method::POST, "/admin/reload") => {
                 let reloader = self.reloader.clone();
                 // Building a configuration can block (file reads, DNS); keep it off this runtime.

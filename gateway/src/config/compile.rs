@@ -229,6 +229,12 @@ impl Compiler<'_> {
         if s.header_timeout.0.is_zero() {
             self.err("server.header_timeout", "must be greater than 0");
         }
+        if s.idle_timeout.0.is_zero() {
+            self.err("server.idle_timeout", "must be greater than 0");
+        }
+        if s.http2.max_concurrent_streams == 0 {
+            self.err("server.http2.max_concurrent_streams", "must be at least 1");
+        }
         ServerSettings {
             listen: s.listen.clone(),
             tls,
@@ -238,6 +244,8 @@ impl Compiler<'_> {
             trusted_proxies: TrustedProxies(nets),
             header_timeout: s.header_timeout.0,
             encoded_slashes: s.encoded_slashes,
+            idle_timeout: s.idle_timeout.0,
+            h2_max_concurrent_streams: s.http2.max_concurrent_streams,
         }
     }
 
@@ -247,9 +255,21 @@ impl Compiler<'_> {
             .token_env
             .as_ref()
             .and_then(|v| self.env_secret("admin.token_env", v));
+        let loopback = a
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|s| s.ip().is_loopback());
+        if !loopback && a.token_env.is_none() {
+            self.warn(
+                "admin.listen",
+                "not loopback and no admin.token_env: /admin/* (reload, revoke) answers 403 \
+                 until a token is set; probes and /metrics stay open",
+            );
+        }
         AdminSettings {
             listen: a.listen.clone(),
             token,
+            loopback,
         }
     }
 

@@ -75,6 +75,8 @@ pub struct ServerSettings {
     pub trusted_proxies: TrustedProxies,
     pub header_timeout: Duration,
     pub encoded_slashes: EncodedSlashes,
+    pub idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +104,8 @@ impl TrustedProxies {
 pub struct AdminSettings {
     pub listen: String,
     pub token: Option<Secret>,
+    /// Bound to a loopback address: only this host can reach it.
+    pub loopback: bool,
 }
 
 #[derive(Debug)]

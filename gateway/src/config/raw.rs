@@ -73,6 +73,34 @@ pub struct ServerConfig {
     /// `%2F` and `%5C` in a request path: refused (400) or kept as ordinary characters.
     #[serde(default)]
     pub encoded_slashes: EncodedSlashes,
+    /// An HTTP/2 connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    #[serde(default)]
+    pub http2: Http2Config,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Config {
+    /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: default_max_concurrent_streams(),
+        }
+    }
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    100
+}
+fn default_idle_timeout() -> Dur {
+    Dur::secs(60)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -107,6 +135,8 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             header_timeout: default_header_timeout(),
             encoded_slashes: EncodedSlashes::Reject,
+            idle_timeout: default_idle_timeout(),
+            http2: Http2Config::default(),
         }
     }
 }

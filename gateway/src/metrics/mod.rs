@@ -32,6 +32,7 @@ pub struct Metrics {
     pub response_cache_total: IntCounterVec,
     pub rate_limit_fallbacks_total: IntCounterVec,
     pub header_timeouts_total: IntCounter,
+    pub idle_timeouts_total: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -146,6 +147,17 @@ impl Metrics {
                 let c = IntCounter::new(
                     "authgate_header_timeouts_total",
                     "Connections closed because a request head took longer than server.header_timeout.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            idle_timeouts_total: {
+                let c = IntCounter::new(
+                    "authgate_idle_timeouts_total",
+                    "HTTP/2 connections closed after server.idle_timeout with no request in flight.",
                 )
                 .expect("valid metric");
                 registry
@@ -287,6 +299,7 @@ mod tests {
             "authgate_config_reloads_total",
             "authgate_build_info",
             "authgate_header_timeouts_total",
+            "authgate_idle_timeouts_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

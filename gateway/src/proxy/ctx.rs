@@ -45,6 +45,8 @@ pub struct RequestCtx {
     pub cache: Option<Box<super::caching::CacheCtx>>,
     /// Whether the one retry on another endpoint has been used.
     pub retried: bool,
+    /// Keeps an HTTP/2 connection marked busy while this stream is served.
+    pub(super) h2_stream: Option<super::head_timeout::H2Stream>,
     _in_flight: InFlight,
 }
 
@@ -79,6 +81,7 @@ impl RequestCtx {
             limited_by: None,
             cache: None,
             retried: false,
+            h2_stream: None,
             _in_flight: InFlight(in_flight),
         }
     }

@@ -50,8 +50,10 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // An HTTP/2 stream keeps its connection from the idle timeout while it is served.
+        ctx.h2_stream = head_timeout::h2_stream_started(session);
         // HTTP/1.1 pipelining (RFC 9112 9.3.2): requests queued behind this one are served in
         // order, each judged on its own, instead of being dropped with the connection.
         session.as_downstream_mut().set_pipelining_enabled(true);
@@ -725,6 +727,9 @@ fn prepare_upstream_request(
         // Identity headers come only from the gateway: drop any the client sent, in any
         // spelling an upstream framework might read as one of ours.
         headers::remove_gateway_owned(h);
+        if !trusted_peer {
+            headers::remove_untrusted_rewrites(h);
+        }
 
         h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
         if let Some(d) = ctx.deadline {

@@ -86,6 +86,30 @@ pub fn gateway_owned(name: &HeaderName) -> bool {
         )
 }
 
+/// Headers that make an upstream framework rewrite the request (its URL, method or client
+/// address) after the gateway judged it: Django middlewares, django-ipware, Symfony and IIS
+/// believe them. Only a trusted proxy may send them.
+const REWRITES: [HeaderName; 7] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+];
+
+/// Removes [`REWRITES`] from a request that did not come through a trusted proxy: a request
+/// routed as public `/api/token/` must not run `/admin/` upstream, nor a `GET` become a
+/// `DELETE`.
+pub fn remove_untrusted_rewrites(h: &mut HeaderMap) {
+    for name in &REWRITES {
+        if h.contains_key(name) {
+            h.remove(name);
+        }
+    }
+}
+
 /// Removes the client's headers that only the gateway may set (see [`gateway_owned`]).
 pub fn remove_gateway_owned(h: &mut HeaderMap) {
     // The common request has none: look before allocating the list.
@@ -323,6 +347,26 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn rewrite_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "forwarded",
+            "x-real-ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x-method-override",
+            "x-http-method",
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static("x"));
+        }
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        remove_untrusted_rewrites(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
     }
 
     #[test]
