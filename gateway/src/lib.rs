@@ -12,6 +12,7 @@ pub mod deadline;
 pub mod logging;
 pub mod metrics;
 pub mod observe;
+pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redis_link;

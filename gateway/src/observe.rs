@@ -30,13 +30,14 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
 /// a secret or a query string.
 fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f64) -> Value {
     let route = ctx.route();
-    let principal = ctx.admitted.as_ref().and_then(|a| a.identity.principal());
-    let auth = match (ctx.auth_outcome, &ctx.admitted) {
+    let principal = ctx.principal();
+    let trace = ctx.auth_trace();
+    let auth = match (trace.and_then(|t| t.outcome), ctx.admitted()) {
         (Some(o), _) => Some(o.as_str()),
         (None, Some(_)) => Some("anonymous"),
         (None, None) => None,
     };
-    let rate_limit = match (&ctx.limited_by, &ctx.rate_limit) {
+    let rate_limit = match (ctx.limited_by(), ctx.rate_limit()) {
         (Some(_), _) => Some("limited"),
         (None, Some(_)) => Some("allowed"),
         (None, None) => None,
@@ -56,9 +57,9 @@ fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f6
         "upstream_ms": ctx.upstream_elapsed.map(|d| round(d.as_secs_f64() * 1000.0)),
         "subject": principal.map(|p| p.subject.as_str()),
         "auth": auth,
-        "token_cache": ctx.token_cache.map(|t| t.as_str()),
+        "token_cache": trace.and_then(|t| t.tier).map(|t| t.as_str()),
         "rate_limit": rate_limit,
-        "policy": ctx.limited_by.as_deref(),
+        "policy": ctx.limited_by(),
     })
 }
 

@@ -65,21 +65,31 @@ impl Reloader {
                 "changed setting takes effect only after a restart"
             );
         }
-        // A renewed certificate under the same (or a new) file name takes effect now.
-        if let (Some(cert), Some(tls)) = (&self.shared.tls_cert, &config.server.tls) {
-            if let Err(reason) = cert.reload(&tls.cert_file, &tls.key_file) {
-                return ReloadOutcome::Rejected { reason };
+        // Everything is prepared to the side first: a renewed certificate (same or new file
+        // names), the new version and its new parts. Only then is anything committed.
+        let certificate = match (&self.shared.tls_cert, &config.server.tls) {
+            (Some(_), Some(tls)) => {
+                match crate::tls::ReloadableCert::prepare(&tls.cert_file, &tls.key_file) {
+                    Ok(c) => Some(c),
+                    Err(reason) => return ReloadOutcome::Rejected { reason },
+                }
             }
-        }
+            _ => None,
+        };
         let generation = self.shared.next_generation();
-        match Snapshot::build(config, generation, &self.shared.metrics, &self.shared.reuse) {
-            Ok(snapshot) => {
-                crate::runtime::load_new_key_sets(&snapshot);
-                self.shared.install(snapshot);
-                ReloadOutcome::Applied { generation }
-            }
-            Err(reason) => ReloadOutcome::Rejected { reason },
+        let snapshot =
+            match Snapshot::build(config, generation, &self.shared.metrics, &self.shared.reuse) {
+                Ok(s) => s,
+                Err(reason) => return ReloadOutcome::Rejected { reason },
+            };
+        crate::runtime::load_new_key_sets(&snapshot);
+        if let Err(reason) = self.shared.install(snapshot) {
+            return ReloadOutcome::Rejected { reason };
         }
+        if let (Some(cert), Some(prepared)) = (&self.shared.tls_cert, certificate) {
+            cert.commit(prepared);
+        }
+        ReloadOutcome::Applied { generation }
     }
 }
 

@@ -12,6 +12,7 @@ mod hostile;
 mod jwt;
 mod observe;
 mod ratelimit;
+mod reload;
 mod tls;
 mod tokens;
 mod trust;

@@ -5,7 +5,6 @@
 use super::Principal;
 use crate::config::model::TokenCacheSettings;
 use crate::metrics::Metrics;
-use crate::proxy::respond::Rejection;
 use crate::redis_link::{RedisLink, RedisOp};
 use prometheus::IntCounter;
 use quick_cache::sync::Cache;
@@ -48,7 +47,7 @@ pub struct Refusal {
     pub mask: u64,
     pub generation: u64,
     pub provider: usize,
-    pub rejection: Rejection,
+    pub rejection: super::AuthError,
 }
 
 /// An entry and the moment it stops being served.

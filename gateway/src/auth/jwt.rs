@@ -7,9 +7,9 @@
 use super::jwks::{JwksStore, Lookup};
 use super::keys::VerifyKey;
 use super::Principal;
+use super::Reason;
 use crate::config::compile::KeyFamily;
 use crate::config::model::{ClaimRule, JwtSpec};
-use crate::proxy::respond::Reason;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;

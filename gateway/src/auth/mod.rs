@@ -1,4 +1,4 @@
-//! Authentication: from a request's credentials to a `Principal`, or a `Rejection`.
+//! Authentication: from a request's credentials to a `Principal`, or an `AuthError`.
 //!
 //! Routes say which providers may vouch for a request (`RouteAuth`); this module answers "who
 //! is this" and then checks the route's policy (allowed providers, scopes) on every request,
@@ -15,7 +15,6 @@ pub mod revoke;
 use crate::config::model::ApiKeySource;
 use crate::config::model::{AuthSettings, ProviderKind, RouteAuth};
 use crate::metrics::Metrics;
-use crate::proxy::respond::Rejection;
 use crate::redis_link::RedisLink;
 use apikey::ApiKeys;
 use cache::{Entry, Refusal, Tier, TokenCache, TokenHash};
@@ -32,6 +31,33 @@ use std::time::{Duration, SystemTime};
 
 /// `Retry-After` when an introspection endpoint cannot answer.
 const INTROSPECTION_RETRY: Duration = Duration::from_secs(2);
+
+/// Why a credential was refused, as the 401's `error_description` says it: fixed texts, or one
+/// naming a claim the provider's configuration asked for. Never request data or key material.
+pub type Reason = std::borrow::Cow<'static, str>;
+
+/// Why authentication refused a request. Auth knows nothing of HTTP: `proxy::respond` turns
+/// this into the contract's status, body and challenge.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthError {
+    /// No credential on a route that needs one.
+    Missing,
+    /// Signature and claims good, `exp` passed beyond the leeway.
+    Expired {
+        expired_at: SystemTime,
+    },
+    Invalid {
+        reason: Reason,
+    },
+    /// A valid identity without the route's scopes.
+    Scope {
+        required: Vec<String>,
+    },
+    /// Nobody could tell (the IdP or its keys out of reach): try again later.
+    Unavailable {
+        retry_after: Duration,
+    },
+}
 
 /// Who a request acts for, as a provider vouched for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +201,7 @@ impl Outcome {
 
 /// The result of authentication plus what it is logged and counted as.
 pub struct Decision {
-    pub result: Result<Identity, Rejection>,
+    pub result: Result<Identity, AuthError>,
     /// `None` on public routes and for anonymous requests on optional routes.
     pub outcome: Option<Outcome>,
     /// Which cache tier answered, when a credential was looked at.
@@ -256,34 +282,32 @@ impl Presented<'_> {
 }
 
 /// Provider name, JWKS URL and CA bundle fingerprint.
-type StoreKey = (String, String, Option<[u8; 32]>);
+pub type StoreKey = (String, String, Option<[u8; 32]>);
 
 /// Key stores outlive configuration versions: a reload that keeps a provider's JWKS URL keeps
-/// its loaded keys and background refresh.
+/// its loaded keys and background refresh. Building a version only reads this registry; only
+/// [`KeyStores::commit`], when the version is installed, changes it, so a rejected reload
+/// leaves nothing behind.
 #[derive(Default)]
 pub struct KeyStores {
     stores: Mutex<HashMap<StoreKey, Arc<JwksStore>>>,
 }
 
 impl KeyStores {
-    fn get_or_create(
+    /// The running store for this provider, URL and CA bundle, or a new one (`true`) that
+    /// belongs to the version being built until it is committed.
+    fn find_or_new(
         &self,
-        provider: &str,
-        url: &str,
+        key: &StoreKey,
         refresh: Duration,
         ca: Option<&crate::tls::CaBundle>,
         metrics: &Metrics,
     ) -> Result<(Arc<JwksStore>, bool), String> {
-        let mut map = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        // A changed CA bundle is a new store: its client must trust what the file now says.
-        let key = (
-            provider.to_string(),
-            url.to_string(),
-            ca.map(|c| c.fingerprint),
-        );
-        if let Some(s) = map.get(&key) {
+        let map = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(key) {
             return Ok((s.clone(), false));
         }
+        let (provider, url, _) = key;
         let store = Arc::new(JwksStore::new(
             provider,
             url,
@@ -296,14 +320,14 @@ impl KeyStores {
                 .jwks_refresh_total
                 .with_label_values(&[provider, "error"]),
         )?);
-        map.insert(key, store.clone());
         Ok((store, true))
     }
 
-    /// Drops stores no configuration uses any more.
-    pub fn retain(&self, in_use: &[Arc<JwksStore>]) {
+    /// Makes an installed version's stores the running ones, and drops those no
+    /// configuration uses any more.
+    pub fn commit(&self, in_use: &[(StoreKey, Arc<JwksStore>)]) {
         let mut map = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, s| in_use.iter().any(|u| Arc::ptr_eq(u, s)));
+        *map = in_use.iter().cloned().collect();
     }
 }
 
@@ -344,19 +368,27 @@ pub struct AuthState {
 }
 
 impl AuthState {
+    /// The running token cache when its settings are unchanged, else a new one for the version
+    /// being built; nothing changes until [`AuthState::commit`].
     pub fn cache(
         &self,
         settings: &crate::config::model::TokenCacheSettings,
         metrics: &Metrics,
     ) -> Arc<TokenCache> {
-        let mut slot = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = slot.as_ref().filter(|c| c.settings == *settings) {
             return c.clone();
         }
-        let cache = Arc::new(TokenCache::new(settings, metrics));
-        self.revocations.use_cache(&cache);
-        *slot = Some(cache.clone());
-        cache
+        Arc::new(TokenCache::new(settings, metrics))
+    }
+
+    /// Makes an installed version's token cache the running one (the one revocations clear).
+    pub fn commit(&self, cache: &Arc<TokenCache>) {
+        let mut slot = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if !slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, cache)) {
+            self.revocations.use_cache(cache);
+            *slot = Some(cache.clone());
+        }
     }
 }
 
@@ -369,6 +401,8 @@ pub struct Authenticator {
     /// Stores created for this version, which the caller must load and keep refreshed.
     pub new_stores: Vec<Arc<JwksStore>>,
     pub stores: Vec<Arc<JwksStore>>,
+    /// `stores` with their registry keys, for [`KeyStores::commit`].
+    pub store_entries: Vec<(StoreKey, Arc<JwksStore>)>,
     pub cache: Arc<TokenCache>,
     pub revocations: Arc<Revocations>,
     redis: Option<Arc<RedisLink>>,
@@ -390,14 +424,19 @@ impl Authenticator {
         let mut providers = Vec::with_capacity(settings.providers.len());
         let mut new_stores = Vec::new();
         let mut all_stores = Vec::new();
+        let mut store_entries = Vec::new();
         for spec in &settings.providers {
             providers.push(match &spec.kind {
                 ProviderKind::Jwt(j) => {
                     let store = match &j.jwks_url {
                         Some(url) => {
-                            let (s, new) = stores.get_or_create(
-                                &spec.name,
-                                url,
+                            let key: StoreKey = (
+                                spec.name.clone(),
+                                url.clone(),
+                                j.ca.as_ref().map(|c| c.fingerprint),
+                            );
+                            let (s, new) = stores.find_or_new(
+                                &key,
                                 j.jwks_refresh,
                                 j.ca.as_deref(),
                                 metrics,
@@ -405,6 +444,7 @@ impl Authenticator {
                             if new {
                                 new_stores.push(s.clone());
                             }
+                            store_entries.push((key, s.clone()));
                             all_stores.push(s.clone());
                             Some(s)
                         }
@@ -446,6 +486,7 @@ impl Authenticator {
             counters,
             new_stores,
             stores: all_stores,
+            store_entries,
             cache: state.cache(&settings.cache, metrics),
             revocations: state.revocations.clone(),
             redis,
@@ -486,10 +527,10 @@ impl Authenticator {
         let mut token_hash = None;
         let (provider, result) = match presented {
             None if optional => return Decision::anonymous(),
-            None => (None, Err(Rejection::MissingToken)),
+            None => (None, Err(AuthError::Missing)),
             Some(Err(())) => (
                 None,
-                Err(Rejection::InvalidToken {
+                Err(AuthError::Invalid {
                     reason: "malformed Authorization header".into(),
                 }),
             ),
@@ -498,7 +539,7 @@ impl Authenticator {
                 if candidates.is_empty() {
                     (
                         allowed.first().copied(),
-                        Err(Rejection::InvalidToken {
+                        Err(AuthError::Invalid {
                             reason: "no provider of this route accepts this kind of credential"
                                 .into(),
                         }),
@@ -515,10 +556,10 @@ impl Authenticator {
         let result = result.and_then(|p| check_scopes(p, scopes));
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
-            Err(Rejection::MissingToken) => Outcome::MissingToken,
-            Err(Rejection::TokenExpired { .. }) => Outcome::TokenExpired,
-            Err(Rejection::InsufficientScope { .. }) => Outcome::InsufficientScope,
-            Err(Rejection::AuthUnavailable { .. }) => Outcome::AuthUnavailable,
+            Err(AuthError::Missing) => Outcome::MissingToken,
+            Err(AuthError::Expired { .. }) => Outcome::TokenExpired,
+            Err(AuthError::Scope { .. }) => Outcome::InsufficientScope,
+            Err(AuthError::Unavailable { .. }) => Outcome::AuthUnavailable,
             Err(_) => Outcome::InvalidToken,
         };
         let row = provider.unwrap_or(self.names.len());
@@ -573,9 +614,9 @@ impl Authenticator {
         presented: Presented<'_>,
         hash: TokenHash,
         candidates: &[usize],
-    ) -> (usize, Result<Arc<Principal>, Rejection>, Tier) {
+    ) -> (usize, Result<Arc<Principal>, AuthError>, Tier) {
         let first = candidates[0];
-        let revoked = || Rejection::InvalidToken {
+        let revoked = || AuthError::Invalid {
             reason: "token revoked".into(),
         };
         if self.revocations.token_revoked(&hash) {
@@ -594,7 +635,7 @@ impl Authenticator {
                 (i, Err(revoked()), tier)
             } else if p.expired(now) {
                 let expired_at = p.expires_at.unwrap_or(now);
-                (i, Err(Rejection::TokenExpired { expired_at }), tier)
+                (i, Err(AuthError::Expired { expired_at }), tier)
             } else {
                 (i, Ok(p), tier)
             }
@@ -640,7 +681,7 @@ impl Authenticator {
                 }
             }
             // Nobody could tell: never remembered.
-            Err(Rejection::AuthUnavailable { .. }) => {}
+            Err(AuthError::Unavailable { .. }) => {}
             Err(rejection) => {
                 if let Some(mask) = mask {
                     self.cache.put_local(
@@ -664,7 +705,7 @@ impl Authenticator {
         presented: Presented<'_>,
         hash: TokenHash,
         candidates: &[usize],
-    ) -> (usize, Result<Arc<Principal>, Rejection>) {
+    ) -> (usize, Result<Arc<Principal>, AuthError>) {
         let token = presented.token();
         let mut first_refusal: Option<(usize, &'static str)> = None;
         let mut unavailable: Option<(usize, Duration)> = None;
@@ -673,10 +714,10 @@ impl Authenticator {
                 Provider::Jwt(v) => match v.verify(token).await {
                     Ok(p) => return (i, Ok(Arc::new(p))),
                     Err(JwtFailure::Expired(at)) => {
-                        return (i, Err(Rejection::TokenExpired { expired_at: at }))
+                        return (i, Err(AuthError::Expired { expired_at: at }))
                     }
                     Err(JwtFailure::Invalid(reason)) => {
-                        return (i, Err(Rejection::InvalidToken { reason }))
+                        return (i, Err(AuthError::Invalid { reason }))
                     }
                     Err(JwtFailure::NotMine(reason)) => {
                         first_refusal.get_or_insert((i, reason));
@@ -694,7 +735,7 @@ impl Authenticator {
                         Err(IntrospectionFailure::Malformed(reason)) => {
                             return (
                                 i,
-                                Err(Rejection::InvalidToken {
+                                Err(AuthError::Invalid {
                                     reason: reason.into(),
                                 }),
                             );
@@ -713,23 +754,23 @@ impl Authenticator {
             }
         }
         if let Some((i, retry_after)) = unavailable {
-            return (i, Err(Rejection::AuthUnavailable { retry_after }));
+            return (i, Err(AuthError::Unavailable { retry_after }));
         }
         let (i, reason) = first_refusal.unwrap_or((candidates[0], "not accepted"));
         (
             i,
-            Err(Rejection::InvalidToken {
+            Err(AuthError::Invalid {
                 reason: reason.into(),
             }),
         )
     }
 }
 
-fn check_scopes(p: Arc<Principal>, required: &[String]) -> Result<Arc<Principal>, Rejection> {
+fn check_scopes(p: Arc<Principal>, required: &[String]) -> Result<Arc<Principal>, AuthError> {
     if required.iter().all(|r| p.scopes.iter().any(|s| s == r)) {
         Ok(p)
     } else {
-        Err(Rejection::InsufficientScope {
+        Err(AuthError::Scope {
             required: required.to_vec(),
         })
     }
@@ -772,7 +813,7 @@ mod tests {
         assert!(check_scopes(p.clone(), &[]).is_ok());
         assert_eq!(
             check_scopes(p, &["read".into(), "admin".into()]),
-            Err(Rejection::InsufficientScope {
+            Err(AuthError::Scope {
                 required: vec!["read".into(), "admin".into()]
             })
         );

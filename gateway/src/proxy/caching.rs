@@ -51,8 +51,11 @@ pub async fn lookup(
     if req.method != Method::GET && req.method != Method::HEAD {
         return None;
     }
-    let path = ctx.rewritten_path.as_deref().unwrap_or(req.uri.path());
-    let principal = ctx.admitted.as_ref().and_then(|a| a.identity.principal());
+    let path = ctx
+        .admitted()
+        .and_then(|a| a.rewritten_path())
+        .unwrap_or(req.uri.path());
+    let principal = ctx.principal();
     let vary = policy::vary_values(&spec.vary, principal, &req.headers);
     let primary = policy::primary_key(
         &route.spec.name,
@@ -115,7 +118,7 @@ pub async fn lookup(
                 return None;
             }
             Claim::Wait(rx) if !waited => {
-                let limit = ctx.deadline.map_or(MAX_COALESCE_WAIT, |d| {
+                let limit = ctx.deadline().map_or(MAX_COALESCE_WAIT, |d| {
                     d.remaining(Instant::now()).min(MAX_COALESCE_WAIT)
                 });
                 respcache::wait(rx, limit).await;
@@ -166,7 +169,7 @@ pub async fn serve(
     h.insert(headers::X_CACHE, HeaderValue::from_static(result.header()));
     h.insert(http::header::AGE, HeaderValue::from(entry.age().as_secs()));
     h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
-    if let Some(info) = &ctx.rate_limit {
+    if let Some(info) = ctx.rate_limit() {
         super::gateway::rate_limit_headers(h, info);
     }
     super::gateway::decorate_headers(session, ctx, h);

@@ -2,9 +2,9 @@
 
 use super::respond::{RateLimitInfo, Rejection};
 use super::Snapshot;
-use crate::auth::cache::{Tier, TokenHash};
-use crate::auth::{Identity, Outcome};
+use crate::auth::Principal;
 use crate::deadline::Deadline;
+use crate::pipeline::{Admitted, AuthTrace, Denied};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,32 +14,17 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The configuration version this request is judged by, loaded once.
     pub snapshot: Option<Arc<Snapshot>>,
-    /// Index into `snapshot.routes` once a route matched.
-    pub route: Option<usize>,
     pub request_id: super::headers::RequestId,
     pub peer_ip: Option<IpAddr>,
     pub client_ip: Option<IpAddr>,
-    /// The normalised path, when it differs from what the client sent.
-    pub rewritten_path: Option<String>,
-    /// Set only by admission; forwarding requires it, so nothing reaches an upstream unjudged.
-    pub admitted: Option<Admitted>,
-    /// What authentication decided, when the route has auth.
-    pub auth_outcome: Option<Outcome>,
-    /// Which token-cache tier answered.
-    pub token_cache: Option<Tier>,
-    /// Hash of the presented credential, for `revokes_token` routes.
-    pub token_hash: Option<TokenHash>,
+    /// What admission decided; forwarding requires `Admitted`, which only admission builds.
+    pub stage: Stage,
     /// An answer decided in a later phase, rendered by `fail_to_proxy`.
     pub rejection: Option<Rejection>,
     pub request_body_bytes: u64,
     pub upstream_started: Option<Instant>,
     pub upstream_elapsed: Option<std::time::Duration>,
     pub upstream_addr: Option<std::net::SocketAddr>,
-    pub deadline: Option<Deadline>,
-    /// The tightest limit's state, sent back on successful answers of limited routes.
-    pub rate_limit: Option<RateLimitInfo>,
-    /// The policy that refused the request, for the access log.
-    pub limited_by: Option<Arc<str>>,
     /// Response-cache state on routes with a cache; boxed because pingora copies the context
     /// with its per-request future, and most routes have no cache.
     pub cache: Option<Box<super::caching::CacheCtx>>,
@@ -50,10 +35,13 @@ pub struct RequestCtx {
     _in_flight: InFlight,
 }
 
-/// Proof that routing, authentication and limits accepted the request.
-#[derive(Debug, Clone)]
-pub struct Admitted {
-    pub identity: Identity,
+/// Where a request is on its journey.
+#[derive(Debug)]
+pub enum Stage {
+    /// Read, not yet judged.
+    Received,
+    Admitted(Admitted),
+    Denied(Denied),
 }
 
 impl RequestCtx {
@@ -62,23 +50,15 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             snapshot: None,
-            route: None,
             request_id: Default::default(),
             peer_ip: None,
             client_ip: None,
-            rewritten_path: None,
-            admitted: None,
-            auth_outcome: None,
-            token_cache: None,
-            token_hash: None,
+            stage: Stage::Received,
             rejection: None,
             request_body_bytes: 0,
             upstream_started: None,
             upstream_elapsed: None,
             upstream_addr: None,
-            deadline: None,
-            rate_limit: None,
-            limited_by: None,
             cache: None,
             retried: false,
             h2_stream: None,
@@ -86,9 +66,50 @@ impl RequestCtx {
         }
     }
 
+    /// The matched route, admitted or denied.
     pub fn route(&self) -> Option<&super::RouteRuntime> {
-        let snap = self.snapshot.as_ref()?;
-        snap.routes.get(self.route?)
+        let index = match &self.stage {
+            Stage::Admitted(a) => a.route(),
+            Stage::Denied(d) => d.route?,
+            Stage::Received => return None,
+        };
+        self.snapshot.as_ref()?.routes.get(index)
+    }
+
+    pub fn admitted(&self) -> Option<&Admitted> {
+        match &self.stage {
+            Stage::Admitted(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn principal(&self) -> Option<&Principal> {
+        self.admitted()?.identity().principal()
+    }
+
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.admitted()?.deadline()
+    }
+
+    /// The tightest policy's state on an admitted request of a limited route.
+    pub fn rate_limit(&self) -> Option<&RateLimitInfo> {
+        self.admitted()?.rate_limit()
+    }
+
+    pub fn auth_trace(&self) -> Option<&AuthTrace> {
+        match &self.stage {
+            Stage::Admitted(a) => Some(a.auth()),
+            Stage::Denied(d) => Some(&d.auth),
+            Stage::Received => None,
+        }
+    }
+
+    /// The policy that refused the request.
+    pub fn limited_by(&self) -> Option<&str> {
+        match &self.stage {
+            Stage::Denied(d) => d.limited_by.as_deref(),
+            _ => None,
+        }
     }
 }
 

@@ -2,15 +2,13 @@
 //! file reads as a request's journey: route -> authenticate -> limit -> forward -> log.
 
 use super::caching;
-use super::ctx::{Admitted, RequestCtx};
+use super::ctx::{RequestCtx, Stage};
 use super::head_timeout;
 use super::headers;
 use super::respond::{RateLimitInfo, Rejection};
 use super::{Shared, Snapshot};
-use crate::deadline::{self, Deadline};
-use crate::ratelimit::RequestKeys;
+use crate::pipeline::{self, Inbound};
 use crate::respcache::CacheResult;
-use crate::route::path::normalize_path_with;
 use crate::upstream::ErrorKind;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,11 +61,11 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.shared.snapshot();
         identify(session, ctx, &snapshot);
-        let verdict = self.admit(session, ctx, &snapshot).await;
+        let verdict = pipeline::admit(&snapshot, &inbound(session, ctx)).await;
         ctx.snapshot = Some(snapshot);
         match verdict {
             Ok(admitted) => {
-                ctx.admitted = Some(admitted);
+                ctx.stage = Stage::Admitted(admitted);
                 // Only now, after auth and limits, may the cache answer.
                 if let Some((entry, result)) = caching::lookup(session, ctx).await {
                     caching::serve(session, ctx, &entry, result).await?;
@@ -75,10 +73,10 @@ impl ProxyHttp for Gateway {
                 }
                 Ok(false)
             }
-            Err(rejection) => {
-                send_rejection(session, ctx, &rejection).await?;
-                ctx.rejection = Some(rejection);
-                Ok(true)
+            Err(denied) => {
+                let sent = send_rejection(session, ctx, &denied.rejection).await;
+                ctx.stage = Stage::Denied(denied);
+                sent.map(|()| true)
             }
         }
     }
@@ -111,19 +109,19 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // Fail closed: without admission nothing is forwarded, whatever a bug upstream did.
-        if ctx.admitted.is_none() {
+        let (Some(admitted), Some(route)) = (ctx.admitted(), ctx.route()) else {
+            tracing::error!(
+                request_id = ctx.request_id.as_str(),
+                "request reached forwarding unadmitted; refused"
+            );
             ctx.rejection = Some(Rejection::Internal);
             return Error::e_explain(
                 ErrorType::InternalError,
                 "request reached forwarding unadmitted",
             );
-        }
-        let Some(route) = ctx.route() else {
-            ctx.rejection = Some(Rejection::Internal);
-            return Error::e_explain(ErrorType::InternalError, "admitted request without a route");
         };
         let now = Instant::now();
-        let left = match ctx.deadline {
+        let left = match admitted.deadline() {
             Some(d) if d.passed(now) => {
                 route.timeouts.inc();
                 ctx.rejection = Some(Rejection::UpstreamTimeout {
@@ -205,7 +203,7 @@ impl ProxyHttp for Gateway {
             Method::GET | Method::HEAD | Method::OPTIONS
         );
         let time_left = ctx
-            .deadline
+            .deadline()
             .is_none_or(|d| d.remaining(Instant::now()) > Duration::from_millis(10));
         let retry =
             idempotent && !ctx.retried && time_left && route.upstream.spec.endpoints.len() > 1;
@@ -228,7 +226,7 @@ impl ProxyHttp for Gateway {
                 .report_failure(ctx.upstream_addr, ErrorKind::of(&e));
         }
         let mut e = e.more_context(format!("peer: {peer}"));
-        let deadline_passed = ctx.deadline.is_some_and(|d| d.passed(Instant::now()));
+        let deadline_passed = ctx.deadline().is_some_and(|d| d.passed(Instant::now()));
         // A request that may have reached the upstream is only retried by pingora's own rule
         // (an idempotent request on a reused connection the upstream had already closed), and
         // never once the deadline is spent.
@@ -296,7 +294,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         headers::edit_response(resp, |h| {
             h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
-            if let Some(info) = &ctx.rate_limit {
+            if let Some(info) = ctx.rate_limit() {
                 rate_limit_headers(h, info);
             }
             if let Some(c) = &ctx.cache {
@@ -370,8 +368,11 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
-        // Answers the gateway chose to give (413, 502 with no endpoint) are not errors of ours.
-        ctx.rejection.is_some()
+        // Answers the gateway chose to give (413, 502 with no endpoint) are not errors of ours;
+        // an internal failure (a request that reached forwarding unadmitted) always is.
+        ctx.rejection
+            .as_ref()
+            .is_some_and(|r| !matches!(r, Rejection::Internal))
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -380,74 +381,20 @@ impl ProxyHttp for Gateway {
     }
 }
 
-impl Gateway {
-    /// Route -> hygiene -> authenticate -> limit. Only an `Ok` here lets a request reach an
-    /// upstream.
-    async fn admit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        snapshot: &Snapshot,
-    ) -> std::result::Result<Admitted, Rejection> {
-        let req = session.req_header();
-        check_framing(req)?;
-        check_singletons(req, &snapshot.auth)?;
-        let path = normalize_path_with(
-            req.uri.path().as_bytes(),
-            snapshot.config.server.encoded_slashes,
-        )
-        .map_err(|e| Rejection::BadRequest(e.message()))?;
-        let host = host_of(req);
-        let spec = snapshot
-            .router
-            .find(&req.method, host, &path)
-            .ok_or(Rejection::NotFound)?;
-        ctx.route = Some(spec.index);
-        if let Cow::Owned(p) = path {
-            ctx.rewritten_path = Some(p);
-        }
-        check_hygiene(req, spec, snapshot)?;
-        ctx.deadline = Deadline::for_request(
-            spec.deadline,
-            req.headers.get(deadline::CLIENT_HEADER),
-            ctx.started,
-        );
-        let decision = snapshot.auth.authenticate(&spec.auth, &req.headers).await;
-        ctx.auth_outcome = decision.outcome;
-        ctx.token_cache = decision.tier;
-        ctx.token_hash = decision.token_hash;
-        let identity = decision.result?;
-        if !spec.rate_limits.is_empty() {
-            let keys = RequestKeys {
-                client_ip: ctx.client_ip,
-                principal: identity.principal(),
-                headers: &req.headers,
-            };
-            match snapshot.limiters.check(&spec.rate_limits, &keys).await {
-                Ok(info) => ctx.rate_limit = info,
-                Err((pos, info)) => {
-                    snapshot.routes[spec.index].rate_limited[pos].inc();
-                    ctx.limited_by = Some(info.policy.clone());
-                    return Err(Rejection::RateLimited(info));
-                }
-            }
-        }
-        Ok(Admitted { identity })
-    }
-}
-
 /// On a `revokes_token` route (a logout), the upstream's 2xx revokes the presented token here
 /// and, through Redis, on every replica, before the client sees the answer.
 async fn revoke_after_logout(ctx: &RequestCtx) {
-    let (Some(route), Some(snapshot), Some(hash)) =
-        (ctx.route(), ctx.snapshot.as_ref(), ctx.token_hash)
-    else {
+    let (Some(route), Some(snapshot), Some(hash)) = (
+        ctx.route(),
+        ctx.snapshot.as_ref(),
+        ctx.auth_trace().and_then(|t| t.token_hash),
+    ) else {
         return;
     };
     if !route.spec.revokes_token {
         return;
     }
-    let principal = ctx.admitted.as_ref().and_then(|a| a.identity.principal());
+    let principal = ctx.principal();
     let ttl = principal
         .map_or(crate::auth::revoke::DEFAULT_TTL, |p| {
             crate::auth::cache::ttl_for(p, crate::auth::revoke::DEFAULT_TTL)
@@ -482,6 +429,21 @@ fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
         peer.map(|p| headers::client_ip(p, &req.headers, &snapshot.config.server.trusted_proxies));
 }
 
+/// The plain inputs admission judges, borrowed from the session.
+fn inbound<'a>(session: &'a Session, ctx: &RequestCtx) -> Inbound<'a> {
+    let req = session.req_header();
+    Inbound {
+        method: &req.method,
+        target_len: req.raw_path().len(),
+        path: req.uri.path().as_bytes(),
+        query: req.uri.query(),
+        host: host_of(req),
+        headers: &req.headers,
+        client_ip: ctx.client_ip,
+        arrived: ctx.started,
+    }
+}
+
 /// `X-Forwarded-Host`: the Host header's own value (a reference count, not a copy), or the
 /// authority of an absolute-form target.
 fn forwarded_host(req: &RequestHeader) -> Option<HeaderValue> {
@@ -501,93 +463,6 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
     })
-}
-
-/// Limits on the request itself, before anything looks at what it asks for. pingora's parser
-/// already refuses malformed heads (obs-fold, control characters in headers, conflicting
-/// Content-Length) with a bare 400.
-fn check_framing(req: &RequestHeader) -> std::result::Result<(), Rejection> {
-    const MAX_REQUEST_LINE: usize = 8 * 1024;
-    const MAX_HEADER_BLOCK: usize = 64 * 1024;
-    let line = req.method.as_str().len() + req.raw_path().len() + " HTTP/1.1\r\n".len() + 1;
-    if line > MAX_REQUEST_LINE {
-        return Err(Rejection::UriTooLong);
-    }
-    let block: usize = req
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if block > MAX_HEADER_BLOCK {
-        return Err(Rejection::HeadersTooLarge);
-    }
-    // Both framings at once is the classic request-smuggling shape: refuse, do not pick one.
-    if req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && req.headers.contains_key(http::header::CONTENT_LENGTH)
-    {
-        return Err(Rejection::BadRequest(
-            "Content-Length and Transfer-Encoding together are not accepted",
-        ));
-    }
-    Ok(())
-}
-
-/// `Authorization` (and each API-key header) at most once: the gateway and the upstream must
-/// never read different credentials from one request (RFC 9110 singleton fields).
-fn check_singletons(
-    req: &RequestHeader,
-    auth: &crate::auth::Authenticator,
-) -> std::result::Result<(), Rejection> {
-    let twice = |name: &http::HeaderName| {
-        let mut all = req.headers.get_all(name).iter();
-        all.next().is_some() && all.next().is_some()
-    };
-    if twice(&http::header::AUTHORIZATION) {
-        return Err(Rejection::BadRequest(
-            "more than one Authorization header is not accepted",
-        ));
-    }
-    if auth.key_headers().iter().any(twice) {
-        return Err(Rejection::BadRequest(
-            "more than one API key header is not accepted",
-        ));
-    }
-    Ok(())
-}
-
-fn check_hygiene(
-    req: &RequestHeader,
-    spec: &crate::config::model::RouteSpec,
-    snapshot: &Snapshot,
-) -> std::result::Result<(), Rejection> {
-    let limit = snapshot.config.server.max_request_body;
-    let declared = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Rejection::PayloadTooLarge { limit });
-    }
-    if let (Some(max), Some(q)) = (spec.max_query_length, req.uri.query()) {
-        if q.len() > max {
-            return Err(Rejection::BadRequest(
-                "the query string is longer than this route allows (max_query_length)",
-            ));
-        }
-    }
-    if let (Some(max), Some(q)) = (spec.max_page_size, req.uri.query()) {
-        let too_big = q
-            .split('&')
-            .filter_map(|p| p.strip_prefix("page_size="))
-            .any(|v| v.parse::<u64>().map_or(v.len() > 20, |n| n > max));
-        if too_big {
-            return Err(Rejection::BadRequest(
-                "page_size is larger than this route allows (max_page_size)",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Headers every answer gets, whoever made it: HSTS on TLS connections and the route's own
@@ -667,7 +542,7 @@ fn rejection_for(e: &Error, ctx: &RequestCtx) -> Option<Rejection> {
                 .as_ref()
                 .map_or(0, |s| s.config.server.max_request_body),
         }),
-        (_, ErrorSource::Upstream) if timed_out => match ctx.deadline {
+        (_, ErrorSource::Upstream) if timed_out => match ctx.deadline() {
             Some(d) if d.passed(Instant::now()) => {
                 if let Some(route) = ctx.route() {
                     route.timeouts.inc();
@@ -710,10 +585,10 @@ fn prepare_upstream_request(
     let proto = if over_tls(session) { "https" } else { "http" };
     headers::edit_request(req, |parts| {
         // The upstream must see the exact path that was routed.
-        if let Some(path) = &ctx.rewritten_path {
+        if let Some(path) = ctx.admitted().and_then(|a| a.rewritten_path()) {
             let pq = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
-                None => path.clone(),
+                None => path.to_string(),
             };
             parts.uri = pq.parse().map_err(|e| {
                 Error::because(ErrorType::InternalError, "rewriting normalised path", e)
@@ -732,7 +607,7 @@ fn prepare_upstream_request(
         }
 
         h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
-        if let Some(d) = ctx.deadline {
+        if let Some(d) = ctx.deadline() {
             // What the upstream has left, so it can give up on work nobody will wait for.
             let left = d.remaining(Instant::now()).as_millis().max(1);
             h.insert(
@@ -760,8 +635,8 @@ fn prepare_upstream_request(
             }
         }
 
-        if let (Some(admitted), Some(route)) = (&ctx.admitted, ctx.route()) {
-            if let Some(p) = admitted.identity.principal() {
+        if let (Some(admitted), Some(route)) = (ctx.admitted(), ctx.route()) {
+            if let Some(p) = admitted.identity().principal() {
                 let value = |s: &str| {
                     HeaderValue::from_str(s).map_err(|e| {
                         Error::because(ErrorType::InternalError, "identity header value", e)

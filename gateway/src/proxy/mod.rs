@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub auth: Authenticator,
     pub limiters: Limiters,
     pub redis: Option<Arc<RedisLink>>,
+    /// What `redis` is kept under in [`Reusable`].
+    redis_fingerprint: Option<String>,
     pub response_cache: Arc<ResponseCache>,
     /// Metrics for requests no route accepted (404, malformed paths).
     pub unmatched: RouteMetrics,
@@ -73,7 +75,12 @@ pub enum Background {
 }
 
 /// Stateful parts that outlive a configuration version when their settings do not change:
-/// JWKS key stores, limiter buckets, the Redis connection.
+/// JWKS key stores, limiter buckets, the token and response caches, the Redis connection.
+///
+/// A reload is all or nothing: building a version only reads these slots (taking the running
+/// part, or making a new one that belongs to the version), and only [`Shared::install`] writes
+/// them. A version that fails anywhere is dropped with its new parts, and nothing running
+/// changed.
 #[derive(Default)]
 pub struct Reusable {
     pub key_stores: KeyStores,
@@ -85,7 +92,7 @@ pub struct Reusable {
 
 impl Reusable {
     fn response_cache(&self, s: &ResponseCacheSettings) -> Arc<ResponseCache> {
-        let mut slot = self
+        let slot = self
             .response_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -95,34 +102,60 @@ impl Reusable {
         {
             return c.clone();
         }
-        let cache = Arc::new(ResponseCache::new(s.max_size, s.max_entry_size));
-        *slot = Some(cache.clone());
-        cache
+        Arc::new(ResponseCache::new(s.max_size, s.max_entry_size))
     }
 
-    fn redis(&self, config: &Config, metrics: &Metrics) -> Result<Option<Arc<RedisLink>>, String> {
+    /// The running link when the settings are unchanged, else a new (lazy, not yet connected)
+    /// one, with the fingerprint it is kept under.
+    fn redis(
+        &self,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> Result<Option<(String, Arc<RedisLink>)>, String> {
         let Some(settings) = &config.redis else {
             return Ok(None);
         };
         let fingerprint = format!(
-            "{}|{}|{:?}",
+            "{}|{}|{:?}|{:?}",
             String::from_utf8_lossy(settings.url.expose()),
             settings.key_prefix,
-            settings.command_timeout
+            settings.command_timeout,
+            settings.ca.as_ref().map(|c| c.fingerprint),
         );
-        let mut slot = self.redis.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = self.redis.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((fp, link)) = slot.as_ref() {
             if *fp == fingerprint {
-                return Ok(Some(link.clone()));
+                return Ok(Some((fingerprint, link.clone())));
             }
         }
-        let link = RedisLink::new(settings, metrics)?;
-        crate::redis_link::spawn(crate::auth::revoke::listen(
-            Arc::downgrade(&link),
-            Arc::downgrade(&self.auth.revocations),
-        ))?;
-        *slot = Some((fingerprint, link.clone()));
-        Ok(Some(link))
+        Ok(Some((fingerprint, RedisLink::new(settings, metrics)?)))
+    }
+
+    /// Makes an installed version's parts the running ones: the one place these slots change.
+    fn commit(&self, snapshot: &Snapshot) -> Result<(), String> {
+        // The one step that can fail goes first, so a failure leaves every slot as it was.
+        let mut slot = self.redis.lock().unwrap_or_else(|p| p.into_inner());
+        match (&snapshot.redis, &snapshot.redis_fingerprint) {
+            (Some(link), Some(fp)) => {
+                if !slot.as_ref().is_some_and(|(_, l)| Arc::ptr_eq(l, link)) {
+                    // A new link: its revocation events start with it.
+                    crate::redis_link::spawn(crate::auth::revoke::listen(
+                        Arc::downgrade(link),
+                        Arc::downgrade(&self.auth.revocations),
+                    ))?;
+                    *slot = Some((fp.clone(), link.clone()));
+                }
+            }
+            _ => *slot = None,
+        }
+        self.key_stores.commit(&snapshot.auth.store_entries);
+        self.limiters.commit(&snapshot.limiters.policies);
+        self.auth.commit(&snapshot.auth.cache);
+        *self
+            .response_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(snapshot.response_cache.clone());
+        Ok(())
     }
 }
 
@@ -134,7 +167,7 @@ impl Snapshot {
         reuse: &Reusable,
     ) -> Result<Self, String> {
         let config = Arc::new(config);
-        let redis = reuse.redis(&config, metrics)?;
+        let (redis_fingerprint, redis) = reuse.redis(&config, metrics)?.unzip();
         let auth = Authenticator::build(
             &config.auth,
             &reuse.key_stores,
@@ -202,6 +235,7 @@ impl Snapshot {
             auth,
             limiters,
             redis,
+            redis_fingerprint,
             response_cache: reuse.response_cache(&config.response_cache),
             unmatched: metrics.route("unmatched"),
             config,
@@ -247,6 +281,7 @@ impl Shared {
     ) -> Result<Self, String> {
         let reuse = Reusable::default();
         let snapshot = build(&metrics, &reuse)?;
+        reuse.commit(&snapshot)?;
         let shared = Shared {
             generation: AtomicU64::new(snapshot.generation),
             current: ArcSwap::from_pointee(snapshot),
@@ -274,13 +309,15 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Swaps in a new configuration version; requests already running finish on the old one.
-    pub fn install(&self, snapshot: Snapshot) {
+    /// Commits a new configuration version: its parts become the running ones, its
+    /// background work starts, and it is swapped in; requests already running finish on the
+    /// old one.
+    pub fn install(&self, snapshot: Snapshot) -> Result<(), String> {
+        self.reuse.commit(&snapshot)?;
         let snapshot = Arc::new(snapshot);
         self.start_background(&snapshot);
-        self.reuse.key_stores.retain(&snapshot.auth.stores);
-        self.reuse.limiters.retain(&snapshot.limiters.policies);
         self.current.store(snapshot);
+        Ok(())
     }
 
     fn start_background(&self, snapshot: &Snapshot) {

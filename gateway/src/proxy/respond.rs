@@ -7,9 +7,9 @@ use pingora_http::ResponseHeader;
 use serde_json::{json, Map, Value};
 use std::time::{Duration, SystemTime};
 
-/// Why a credential was refused, as the 401's `error_description` says it: fixed texts, or one
-/// naming a claim the provider's configuration asked for. Never request data or key material.
-pub type Reason = std::borrow::Cow<'static, str>;
+use crate::auth::AuthError;
+pub use crate::auth::Reason;
+pub use crate::ratelimit::RateLimitInfo;
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,13 +30,16 @@ pub enum Rejection {
     Internal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitInfo {
-    pub policy: std::sync::Arc<str>,
-    pub limit: u32,
-    pub remaining: u32,
-    pub reset_s: u64,
-    pub retry_after_s: u64,
+impl From<AuthError> for Rejection {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => Rejection::MissingToken,
+            AuthError::Expired { expired_at } => Rejection::TokenExpired { expired_at },
+            AuthError::Invalid { reason } => Rejection::InvalidToken { reason },
+            AuthError::Scope { required } => Rejection::InsufficientScope { required },
+            AuthError::Unavailable { retry_after } => Rejection::AuthUnavailable { retry_after },
+        }
+    }
 }
 
 /// Texts from `auth` that appear in 401 answers.

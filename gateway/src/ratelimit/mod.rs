@@ -9,7 +9,6 @@ use crate::auth::Principal;
 use crate::config::model::{LimitKey, RatePolicy};
 use crate::config::raw::LimitScope;
 use crate::metrics::Metrics;
-use crate::proxy::respond::RateLimitInfo;
 use crate::redis_link::RedisLink;
 use http::HeaderMap;
 use local::LocalLimiter;
@@ -66,28 +65,32 @@ pub struct LimiterRegistry {
 }
 
 impl LimiterRegistry {
-    fn get_or_create(&self, policy: &Arc<RatePolicy>, metrics: &Metrics) -> Arc<PolicyLimiter> {
-        let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+    /// The running limiter of an unchanged policy (its buckets survive the reload), else a new
+    /// one; the registry changes only in [`LimiterRegistry::commit`].
+    fn find_or_new(&self, policy: &Arc<RatePolicy>, metrics: &Metrics) -> Arc<PolicyLimiter> {
+        let map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = map.get(&*policy.name) {
             if existing.same_policy(policy) {
                 return existing.clone();
             }
         }
-        let limiter = Arc::new(PolicyLimiter {
+        Arc::new(PolicyLimiter {
             policy: policy.clone(),
             local: LocalLimiter::new(policy),
             keys_gauge: metrics.rate_limit_keys.with_label_values(&[&policy.name]),
             fallbacks: metrics
                 .rate_limit_fallbacks_total
                 .with_label_values(&[&policy.name]),
-        });
-        map.insert(policy.name.to_string(), limiter.clone());
-        limiter
+        })
     }
 
-    pub fn retain(&self, in_use: &[Arc<PolicyLimiter>]) {
+    /// Makes an installed version's limiters the running ones.
+    pub fn commit(&self, in_use: &[Arc<PolicyLimiter>]) {
         let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, l| in_use.iter().any(|u| Arc::ptr_eq(u, l)));
+        *map = in_use
+            .iter()
+            .map(|l| (l.policy.name.to_string(), l.clone()))
+            .collect();
     }
 }
 
@@ -95,6 +98,16 @@ impl LimiterRegistry {
 pub struct Limiters {
     pub policies: Vec<Arc<PolicyLimiter>>,
     redis: Option<Arc<RedisLink>>,
+}
+
+/// A policy's state after a request: what the `RateLimit-*` headers and a 429 report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    pub policy: Arc<str>,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_s: u64,
+    pub retry_after_s: u64,
 }
 
 /// What the request is limited by, for one policy.
@@ -120,7 +133,7 @@ impl Limiters {
         Limiters {
             policies: policies
                 .iter()
-                .map(|p| registry.get_or_create(p, metrics))
+                .map(|p| registry.find_or_new(p, metrics))
                 .collect(),
             redis,
         }

@@ -26,10 +26,15 @@ impl ReloadableCert {
         })
     }
 
-    /// Re-reads the files; on any problem the current certificate stays.
-    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
-        self.current.store(load_certified_key(cert, key)?);
-        Ok(())
+    /// Reads the files into a certificate ready to serve, changing nothing yet: a reload
+    /// that fails later must leave the running certificate in place.
+    pub fn prepare(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+        load_certified_key(cert, key)
+    }
+
+    /// Serves `prepared` from the next handshake on.
+    pub fn commit(&self, prepared: Arc<CertifiedKey>) {
+        self.current.store(prepared);
     }
 }
 

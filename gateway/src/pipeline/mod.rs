@@ -1,0 +1,284 @@
+//! Admission: route -> request limits -> authenticate -> limit, on plain inputs (method, path,
+//! headers, client address, time), never on the pingora session. Its one output that lets a
+//! request reach an upstream, [`Admitted`], can only be built here.
+
+pub mod limits;
+
+use crate::auth::cache::{Tier, TokenHash};
+use crate::auth::{Identity, Outcome};
+use crate::deadline::{self, Deadline};
+use crate::proxy::respond::{RateLimitInfo, Rejection};
+use crate::proxy::Snapshot;
+use crate::ratelimit::RequestKeys;
+use crate::route::path::normalize_path_with;
+use http::{HeaderMap, Method};
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What admission looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub method: &'a Method,
+    /// Length of the request target as sent (path and query), for the request-line limit.
+    pub target_len: usize,
+    /// The path as sent, before normalisation.
+    pub path: &'a [u8],
+    pub query: Option<&'a str>,
+    /// The authority or `Host`, for host routes.
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The client as `trusted_proxies` decide it.
+    pub client_ip: Option<IpAddr>,
+    pub arrived: Instant,
+}
+
+/// What authentication left behind, for the access log, metrics and a logout's revocation.
+#[derive(Debug, Clone, Default)]
+pub struct AuthTrace {
+    /// `None` on public routes and for anonymous requests on optional ones.
+    pub outcome: Option<Outcome>,
+    pub tier: Option<Tier>,
+    pub token_hash: Option<TokenHash>,
+}
+
+/// Proof that routing, request limits, authentication and rate limits accepted the request.
+/// Its fields are private and it has no public constructor: nothing else can make one, and
+/// forwarding takes one.
+#[derive(Debug)]
+pub struct Admitted {
+    route: usize,
+    identity: Identity,
+    deadline: Option<Deadline>,
+    rate_limit: Option<RateLimitInfo>,
+    auth: AuthTrace,
+    rewritten_path: Option<String>,
+}
+
+impl Admitted {
+    /// Index into the snapshot's routes.
+    pub fn route(&self) -> usize {
+        self.route
+    }
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+    /// The tightest policy's state, for the answer's `RateLimit-*` headers.
+    pub fn rate_limit(&self) -> Option<&RateLimitInfo> {
+        self.rate_limit.as_ref()
+    }
+    pub fn auth(&self) -> &AuthTrace {
+        &self.auth
+    }
+    /// The normalised path, when it differs from what the client sent: what the upstream gets.
+    pub fn rewritten_path(&self) -> Option<&str> {
+        self.rewritten_path.as_deref()
+    }
+}
+
+/// A request refused at admission, with what is known of it for logs and metrics.
+#[derive(Debug)]
+pub struct Denied {
+    pub rejection: Rejection,
+    /// The route, when one matched before the refusal.
+    pub route: Option<usize>,
+    pub auth: AuthTrace,
+    /// The policy that refused it, for a 429.
+    pub limited_by: Option<Arc<str>>,
+}
+
+impl Denied {
+    fn before_routing(rejection: Rejection) -> Self {
+        Denied {
+            rejection,
+            route: None,
+            auth: AuthTrace::default(),
+            limited_by: None,
+        }
+    }
+}
+
+/// Decides one request against one configuration version.
+pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, Denied> {
+    limits::framing(req).map_err(Denied::before_routing)?;
+    limits::singletons(req.headers, snapshot.auth.key_headers()).map_err(Denied::before_routing)?;
+    let path = normalize_path_with(req.path, snapshot.config.server.encoded_slashes)
+        .map_err(|e| Denied::before_routing(Rejection::BadRequest(e.message())))?;
+    let spec = snapshot
+        .router
+        .find(req.method, req.host, &path)
+        .ok_or_else(|| Denied::before_routing(Rejection::NotFound))?;
+    let route = spec.index;
+    let denied = |rejection: Rejection, auth: AuthTrace| Denied {
+        rejection,
+        route: Some(route),
+        auth,
+        limited_by: None,
+    };
+    limits::route(req, spec, snapshot.config.server.max_request_body)
+        .map_err(|r| denied(r, AuthTrace::default()))?;
+    let deadline = Deadline::for_request(
+        spec.deadline,
+        req.headers.get(deadline::CLIENT_HEADER),
+        req.arrived,
+    );
+    let decision = snapshot.auth.authenticate(&spec.auth, req.headers).await;
+    let auth = AuthTrace {
+        outcome: decision.outcome,
+        tier: decision.tier,
+        token_hash: decision.token_hash,
+    };
+    let identity = match decision.result {
+        Ok(identity) => identity,
+        Err(e) => return Err(denied(e.into(), auth)),
+    };
+    let mut rate_limit = None;
+    if !spec.rate_limits.is_empty() {
+        let keys = RequestKeys {
+            client_ip: req.client_ip,
+            principal: identity.principal(),
+            headers: req.headers,
+        };
+        match snapshot.limiters.check(&spec.rate_limits, &keys).await {
+            Ok(info) => rate_limit = info,
+            Err((pos, info)) => {
+                snapshot.routes[route].rate_limited[pos].inc();
+                return Err(Denied {
+                    limited_by: Some(info.policy.clone()),
+                    ..denied(Rejection::RateLimited(info), auth)
+                });
+            }
+        }
+    }
+    Ok(Admitted {
+        route,
+        identity,
+        deadline,
+        rate_limit,
+        auth,
+        rewritten_path: match path {
+            Cow::Owned(p) => Some(p),
+            Cow::Borrowed(_) => None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::proxy::Reusable;
+    use http::HeaderValue;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    const SECRET: &str = "pipeline-test-secret-of-32-bytes!!";
+
+    fn snapshot() -> Snapshot {
+        let yaml = r#"
+upstreams: { u: { endpoints: ["127.0.0.1:9"] } }
+auth:
+  providers:
+    p: { type: jwt, algorithms: [HS256], keys: [{ secret_env: S }], subject_claim: user_id, required_claims: { token_type: access } }
+rate_limits:
+  two: { rate: 1/m, burst: 2, key: client_ip }
+routes:
+  - { name: open, path_prefix: /open/, auth: none, rate_limit: two, upstream: u }
+  - { name: private, path_prefix: /api/, auth: required, max_query_length: 8, upstream: u }
+"#;
+        let env: HashMap<String, String> = [("S".to_string(), SECRET.to_string())].into();
+        let config = crate::config::load_str(yaml, Path::new("."), &env).expect("config");
+        Snapshot::build(config, 1, &Metrics::new(), &Reusable::default()).expect("snapshot")
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("token")
+    }
+
+    fn admit_now(snap: &Snapshot, target: &str, headers: &HeaderMap) -> Result<Admitted, Denied> {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let req = Inbound {
+            method: &Method::GET,
+            target_len: target.len(),
+            path: path.as_bytes(),
+            query,
+            host: Some("gw.test"),
+            headers,
+            client_ip: Some("192.0.2.1".parse().expect("ip")),
+            arrived: Instant::now(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(admit(snap, &req))
+    }
+
+    fn bearer(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).expect("value"),
+        );
+        h
+    }
+
+    #[test]
+    fn an_access_token_is_admitted_with_its_identity_and_normalised_path() {
+        let snap = snapshot();
+        let t = token(
+            serde_json::json!({"user_id": 7, "exp": 9_999_999_999u64, "token_type": "access"}),
+        );
+        let a = admit_now(&snap, "/api/./users/", &bearer(&t)).expect("admitted");
+        assert_eq!(snap.routes[a.route()].spec.name, "private");
+        assert_eq!(
+            a.identity().principal().map(|p| p.subject.as_str()),
+            Some("7")
+        );
+        assert_eq!(a.rewritten_path(), Some("/api/users/"));
+        assert_eq!(a.auth().outcome, Some(Outcome::Ok));
+    }
+
+    #[test]
+    fn denials_say_why_and_which_route() {
+        let snap = snapshot();
+        let refresh = token(
+            serde_json::json!({"user_id": 7, "exp": 9_999_999_999u64, "token_type": "refresh"}),
+        );
+        let d = admit_now(&snap, "/api/x", &bearer(&refresh)).expect_err("refresh token");
+        assert!(matches!(d.rejection, Rejection::InvalidToken { .. }));
+        assert_eq!(d.route, Some(1));
+        assert_eq!(d.auth.outcome, Some(Outcome::InvalidToken));
+        let d = admit_now(&snap, "/api/x", &HeaderMap::new()).expect_err("no token");
+        assert_eq!(d.rejection, Rejection::MissingToken);
+        let d = admit_now(&snap, "/nowhere", &HeaderMap::new()).expect_err("no route");
+        assert_eq!((d.rejection, d.route), (Rejection::NotFound, None));
+        let d = admit_now(&snap, "/api/x?much-too-long", &HeaderMap::new()).expect_err("query");
+        assert!(matches!(d.rejection, Rejection::BadRequest(_)));
+    }
+
+    #[test]
+    fn a_spent_limit_names_its_policy() {
+        let snap = snapshot();
+        let h = HeaderMap::new();
+        for _ in 0..2 {
+            let a = admit_now(&snap, "/open/x", &h).expect("within the burst");
+            assert_eq!(a.rate_limit().map(|r| &*r.policy), Some("two"));
+        }
+        let d = admit_now(&snap, "/open/x", &h).expect_err("burst spent");
+        assert_eq!(d.limited_by.as_deref(), Some("two"));
+        assert!(matches!(d.rejection, Rejection::RateLimited(_)));
+    }
+}

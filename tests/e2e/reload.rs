@@ -1,0 +1,147 @@
+//! A reload is all or nothing: a file that fails anywhere changes nothing running.
+
+use authgate_tests::*;
+use jsonwebtoken::Algorithm;
+use rcgen::{CertificateParams, KeyPair};
+use std::path::Path;
+
+fn reload(gw: &Gateway) -> (u16, Value) {
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .expect("reload");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+fn config(mock: &Mock, extra_provider: &str, upstream_host: &str) -> String {
+    format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams:
+  lms: {{ endpoints: ["{m}"] }}
+  other: {{ endpoints: ["{upstream_host}"] }}
+auth:
+  providers:
+    simple: {{ type: jwt, algorithms: [HS256], keys: [{{ secret_env: JWT_SECRET }}], subject_claim: user_id, required_claims: {{ token_type: access }} }}
+    {extra_provider}
+routes:
+  - {{ name: jwks, path_prefix: /echo/jwks/, auth: {{ providers: [issuer] }}, upstream: lms }}
+  - {{ name: r, path_prefix: /, auth: required, upstream: lms }}
+"#,
+        m = mock.addr
+    )
+}
+
+#[test]
+fn a_rejected_reload_leaves_no_half_built_jwks_provider_behind() {
+    let mock = Mock::start("m");
+    let issuer = format!(
+        r#"issuer: {{ type: jwt, algorithms: [RS256], jwks_url: "http://{}/.well-known/jwks.json", audience: [api] }}"#,
+        mock.addr
+    );
+    // Start with the issuer on static keys only.
+    let pem = tokens::key_file("rsa-1", "pub");
+    let static_issuer = format!(
+        r#"issuer: {{ type: jwt, algorithms: [RS256], keys: [{{ public_key_file: {} }}], audience: [api] }}"#,
+        pem.display()
+    );
+    let gw = Gateway::start(
+        &config(&mock, &static_issuer, &mock.addr.to_string()),
+        &[("JWT_SECRET", MOCK_JWT_SECRET)],
+    );
+    gw.wait_ready();
+    // Reload 1 adds the JWKS and fails later, on an upstream that does not resolve.
+    std::fs::write(
+        &gw.config,
+        config(&mock, &issuer, "no-such-host.invalid:80"),
+    )
+    .expect("write");
+    let (status, body) = reload(&gw);
+    assert_eq!(status, 422, "{body}");
+    // Reload 2 is good: the JWKS store it needs is new, fetched and kept ready.
+    std::fs::write(&gw.config, config(&mock, &issuer, &mock.addr.to_string())).expect("write");
+    let (status, body) = reload(&gw);
+    assert_eq!(status, 200, "{body}");
+    gw.wait_ready();
+    let t = tokens::sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &json!({"sub": "k", "aud": "api", "exp": tokens::now() + 600}),
+    );
+    let r = client()
+        .get(gw.url("/echo/jwks/x"))
+        .bearer_auth(&t)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+}
+
+fn write_cert(dir: &Path, name: &str) -> String {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).expect("cert");
+    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+    cert.pem()
+}
+
+fn tls_config(dir: &Path, tls_port: u16, upstream: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: ["${{AG_LISTEN}}"]
+  tls: {{ listen: "127.0.0.1:{tls_port}", cert_file: {d}/server.pem, key_file: {d}/server.key }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams: {{ lms: {{ endpoints: ["{upstream}"] }} }}
+routes: [{{ name: r, path_prefix: /, auth: none, upstream: lms }}]
+"#,
+        d = dir.display()
+    )
+}
+
+fn served_by(port: u16, pem: &str) -> bool {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"))
+        .build()
+        .expect("client")
+        .get(format!("https://localhost:{port}/echo/x"))
+        .send()
+        .is_ok_and(|r| r.status() == 200)
+}
+
+#[test]
+fn a_rejected_reload_keeps_the_running_certificate() {
+    let mock = Mock::start("m");
+    let dir = TestDir::new("reload-cert");
+    let old = write_cert(&dir.0, "old");
+    let port = free_port();
+    let gw = Gateway::start(&tls_config(&dir.0, port, &mock.addr.to_string()), &[]);
+    assert!(served_by(port, &old));
+    // A renewed certificate in a file that fails elsewhere: rejected, the old one stays.
+    let new = write_cert(&dir.0, "new");
+    std::fs::write(
+        &gw.config,
+        tls_config(&dir.0, port, "no-such-host.invalid:80"),
+    )
+    .expect("write");
+    let (status, body) = reload(&gw);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        served_by(port, &old),
+        "the rejected reload swapped the certificate"
+    );
+    assert!(!served_by(port, &new));
+    // The same certificate with a good file: served from then on.
+    std::fs::write(&gw.config, tls_config(&dir.0, port, &mock.addr.to_string())).expect("write");
+    let (status, body) = reload(&gw);
+    assert_eq!(status, 200, "{body}");
+    assert!(served_by(port, &new));
+}
