@@ -22,11 +22,13 @@ routes:
     methods: [GET]
     auth: required
     deadline: 5s
-    cache: {{ ttl: 60s }}
+    cache: {{ ttl: 60s, vary: [] }}
     max_query_length: 200
     max_page_size: 50
     upstream: lms
   - {{ name: mine, path_prefix: /echo/mine/, auth: required, cache: {{ ttl: 60s, vary: [subject] }}, upstream: lms }}
+  - {{ name: shared, path_prefix: /echo/shared/, auth: required, cache: {{ ttl: 60s, vary: [] }}, upstream: lms }}
+  - {{ name: maybe, path_prefix: /echo/maybe/, auth: optional, cache: {{ ttl: 60s, vary: [] }}, upstream: lms }}
   - {{ name: fallback, path_prefix: /echo/fallback/, auth: none, cache: {{ ttl: 1s, stale_if_error: 30s }}, upstream: lms }}
   - {{ name: swr, path_prefix: /echo/swr/, auth: none, cache: {{ ttl: 1s, stale_while_revalidate: 30s }}, upstream: lms }}
   - {{ name: open, path_prefix: /echo/, auth: none, cache: {{ ttl: 60s }}, upstream: lms }}
@@ -335,4 +337,115 @@ fn stale_while_revalidate_refreshes_in_one_request() {
         "refreshed by then"
     );
     assert_eq!(mock.count("GET /echo"), before);
+}
+
+fn echoed(r: reqwest::blocking::Response, header: &str) -> (String, Option<String>) {
+    let xc = x_cache(&r);
+    let v: Value = r.json().expect("json");
+    let value = v["headers"].as_array().and_then(|a| {
+        a.iter()
+            .find(|p| {
+                p[0].as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(header))
+            })
+            .and_then(|p| p[1].as_str().map(str::to_owned))
+    });
+    (xc, value)
+}
+
+#[test]
+fn an_upstream_vary_on_a_gateway_header_is_keyed_on_what_the_upstream_received() {
+    let (_mock, gw) = start();
+    // The upstream marks per-user answers the standard way.
+    let vary = [
+        ("X-Mock-Cache-Control", "public, max-age=60"),
+        ("X-Mock-Response-Header", "Vary: X-Auth-Subject"),
+    ];
+    let (t7, t42) = (token(7), token(42));
+    let call = |t: &str, extra: &[(&str, &str)]| {
+        let mut headers = vary.to_vec();
+        headers.extend_from_slice(extra);
+        echoed(
+            get(&gw, "/echo/shared/me", Some(t), &headers),
+            "x-auth-subject",
+        )
+    };
+    assert_eq!(call(&t7, &[]), ("MISS".into(), Some("7".into())));
+    // Another user never gets user 7's answer, even naming 7 in the header itself.
+    assert_eq!(call(&t42, &[]), ("MISS".into(), Some("42".into())));
+    assert_eq!(
+        call(&t42, &[("X-Auth-Subject", "7")]),
+        ("HIT".into(), Some("42".into()))
+    );
+    assert_eq!(call(&t7, &[]), ("HIT".into(), Some("7".into())));
+}
+
+#[test]
+fn the_host_is_part_of_the_cache_key() {
+    let (mock, gw) = start();
+    let call = |host: &str| {
+        echoed(
+            get(&gw, "/echo/hosted?q=1", None, &[("Host", host)]),
+            "host",
+        )
+    };
+    assert_eq!(
+        call("evil.example"),
+        ("MISS".into(), Some("evil.example".into()))
+    );
+    assert_eq!(
+        call("api.example"),
+        ("MISS".into(), Some("api.example".into()))
+    );
+    assert_eq!(
+        call("API.example:80"),
+        ("HIT".into(), Some("api.example".into()))
+    );
+    assert_eq!(mock.count("GET /echo"), 2);
+}
+
+#[test]
+fn anonymous_and_authenticated_callers_never_share_an_entry() {
+    let (mock, gw) = start();
+    let anon = get(&gw, "/echo/maybe/x", None, &[]);
+    assert_eq!(x_cache(&anon), "MISS");
+    let t = token(5);
+    let authed = get(&gw, "/echo/maybe/x", Some(&t), &[]);
+    assert_eq!(x_cache(&authed), "MISS", "not the anonymous entry");
+    assert_eq!(x_cache(&get(&gw, "/echo/maybe/x", None, &[])), "HIT");
+    assert_eq!(
+        x_cache(&get(&gw, "/echo/maybe/x", Some(&token(6)), &[])),
+        "HIT"
+    );
+    assert_eq!(mock.count("GET /echo"), 2);
+}
+
+#[test]
+fn a_cached_route_with_auth_must_say_how_it_varies() {
+    let dir = TestDir::new("vary-required");
+    let file = dir.path("c.yaml");
+    std::fs::write(
+        &file,
+        r#"
+upstreams: { u: { endpoints: ["127.0.0.1:1"] } }
+auth:
+  providers:
+    p: { type: jwt, algorithms: [HS256], keys: [{ secret_env: S }], audience: [a] }
+routes: [{ name: r, path_prefix: /, auth: required, cache: { ttl: 60s }, upstream: u }]
+"#,
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin("authgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .env("S", "a-secret-that-is-long-enough-for-hs256!")
+        .output()
+        .expect("check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].cache.vary: must be given"),
+        "{stderr}"
+    );
 }

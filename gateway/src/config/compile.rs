@@ -983,7 +983,19 @@ impl Compiler<'_> {
                 if c.ttl.0.is_zero() {
                     self.err(format!("{path}.cache.ttl"), "must be greater than 0");
                 }
-                for (i, v) in c.vary.iter().enumerate() {
+                let vary = match &c.vary {
+                    Some(v) => v.clone(),
+                    None if route_auth != RouteAuth::None => {
+                        self.err(
+                            format!("{path}.cache.vary"),
+                            "must be given on a route with auth: [] shares one entry among \
+                             every admitted caller, [subject] keeps one per user",
+                        );
+                        Vec::new()
+                    }
+                    None => Vec::new(),
+                };
+                for (i, v) in vary.iter().enumerate() {
                     let ok = v == "subject"
                         || v == "scopes"
                         || http::HeaderName::from_bytes(v.as_bytes()).is_ok();
@@ -996,7 +1008,7 @@ impl Compiler<'_> {
                 }
                 RouteCacheSpec {
                     ttl: c.ttl.0,
-                    vary: c.vary.iter().map(|v| v.to_ascii_lowercase()).collect(),
+                    vary: vary.iter().map(|v| v.to_ascii_lowercase()).collect(),
                     stale_while_revalidate: c.stale_while_revalidate.map(|d| d.0),
                     stale_if_error: c.stale_if_error.map(|d| d.0),
                 }

@@ -465,8 +465,9 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct RouteCacheConfig {
     pub ttl: Dur,
+    /// Required on a route with auth (`[]` shares one entry among every admitted caller).
     #[serde(default)]
-    pub vary: Vec<String>,
+    pub vary: Option<Vec<String>>,
     #[serde(default)]
     pub stale_while_revalidate: Option<Dur>,
     #[serde(default)]

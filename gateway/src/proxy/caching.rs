@@ -19,6 +19,8 @@ const MAX_COALESCE_WAIT: Duration = Duration::from_secs(10);
 /// The cache's state for one request on a cached route.
 pub struct CacheCtx {
     pub primary: CacheKey,
+    /// The request's headers as the upstream receives them, for the upstream's `Vary`.
+    upstream_view: http::HeaderMap,
     pub result: CacheResult,
     /// Set when this request is the one fetching the key.
     pub fill: Option<Fill>,
@@ -57,15 +59,25 @@ pub async fn lookup(
         .unwrap_or(req.uri.path());
     let principal = ctx.principal();
     let vary = policy::vary_values(&spec.vary, principal, &req.headers);
+    let host = policy::cache_host(
+        super::gateway::host_of(req),
+        super::gateway::over_tls(session),
+    );
     let primary = policy::primary_key(
-        &route.spec.name,
-        &route.upstream.spec.name,
-        path,
-        req.uri.query(),
+        &policy::KeyParts {
+            route: &route.spec.name,
+            upstream: &route.upstream.spec.name,
+            host: &host,
+            authenticated: principal.is_some(),
+            path,
+            query: req.uri.query(),
+        },
         &vary,
     );
+    let upstream_view = super::gateway::upstream_view(session, ctx);
     let mut state = Box::new(CacheCtx {
         primary,
+        upstream_view,
         result: CacheResult::Miss,
         fill: None,
         stale: None,
@@ -79,7 +91,7 @@ pub async fn lookup(
     let head = req.method == Method::HEAD;
     let mut waited = false;
     loop {
-        if let Some(entry) = cache.lookup(&primary, &req.headers) {
+        if let Some(entry) = cache.lookup(&primary, &state.upstream_view) {
             match entry.freshness() {
                 Freshness::Fresh => return Some((entry, CacheResult::Hit)),
                 // One request refreshes; everyone else gets the stale answer meanwhile.
@@ -259,7 +271,7 @@ fn storable_headers(resp: &ResponseHeader) -> Vec<(HeaderName, HeaderValue)> {
 }
 
 /// A body chunk of a fill: kept while under the entry size limit, stored at the end.
-pub fn on_upstream_body(session: &Session, ctx: &mut RequestCtx, body: &Option<Bytes>, end: bool) {
+pub fn on_upstream_body(ctx: &mut RequestCtx, body: &Option<Bytes>, end: bool) {
     let Some(snapshot) = ctx.snapshot.clone() else {
         return;
     };
@@ -288,7 +300,7 @@ pub fn on_upstream_body(session: &Session, ctx: &mut RequestCtx, body: &Option<B
                 stale_while_revalidate: spec.stale_while_revalidate.unwrap_or_default(),
                 stale_if_error: spec.stale_if_error.unwrap_or_default(),
             };
-            cache.store(&c.primary, p.vary, &session.req_header().headers, entry);
+            cache.store(&c.primary, p.vary, &c.upstream_view, entry);
         }
         // Dropping the guard wakes the requests that waited for this one.
         c.fill = None;

@@ -277,12 +277,12 @@ impl ProxyHttp for Gateway {
 
     fn upstream_response_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        caching::on_upstream_body(session, ctx, body, end_of_stream);
+        caching::on_upstream_body(ctx, body, end_of_stream);
         Ok(None)
     }
 
@@ -457,7 +457,7 @@ fn forwarded_host(req: &RequestHeader) -> Option<HeaderValue> {
     }
 }
 
-fn host_of(req: &RequestHeader) -> Option<&str> {
+pub fn host_of(req: &RequestHeader) -> Option<&str> {
     req.uri.authority().map(|a| a.as_str()).or_else(|| {
         req.headers
             .get(http::header::HOST)
@@ -499,7 +499,7 @@ pub fn rate_limit_headers(h: &mut http::HeaderMap, info: &RateLimitInfo) {
     h.insert(headers::RATELIMIT_RESET, HeaderValue::from(info.reset_s));
 }
 
-fn over_tls(session: &Session) -> bool {
+pub fn over_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
@@ -578,10 +578,7 @@ fn prepare_upstream_request(
     ctx: &RequestCtx,
 ) -> Result<()> {
     let downstream = session.req_header();
-    let trusted_peer = match (ctx.peer_ip, ctx.snapshot.as_ref()) {
-        (Some(ip), Some(s)) => s.config.server.trusted_proxies.contains(&ip),
-        _ => false,
-    };
+    let trusted_peer = trusted_peer(ctx);
     let proto = if over_tls(session) { "https" } else { "http" };
     headers::edit_request(req, |parts| {
         // The upstream must see the exact path that was routed.
@@ -594,20 +591,50 @@ fn prepare_upstream_request(
                 Error::because(ErrorType::InternalError, "rewriting normalised path", e)
             })?;
         }
-        let h = &mut parts.headers;
-        // Room for the headers added below in one growth, not one per insert (measured:
-        // about 700 instructions fewer per request than growing as they come).
-        h.reserve(8);
+        // Room for the headers added in one growth, not one per insert (measured: about 700
+        // instructions fewer per request than growing as they come).
+        parts.headers.reserve(8);
+        header_plan(&mut parts.headers, downstream, ctx, proto, trusted_peer)
+    })
+}
 
-        // Identity headers come only from the gateway: drop any the client sent, in any
-        // spelling an upstream framework might read as one of ours.
-        headers::remove_gateway_owned(h);
-        if !trusted_peer {
-            headers::remove_untrusted_rewrites(h);
-        }
+/// The headers as the upstream receives them (the client's, edited by [`header_plan`]): what
+/// an upstream's `Vary` on a gateway-set header (`X-Auth-Subject`, `X-Forwarded-*`) must be
+/// keyed on, never the client's own header of that name.
+pub fn upstream_view(session: &Session, ctx: &RequestCtx) -> http::HeaderMap {
+    let downstream = session.req_header();
+    let mut h = downstream.headers.clone();
+    let proto = if over_tls(session) { "https" } else { "http" };
+    // The plan fails only for values a header cannot carry, which admission refused already.
+    let _ = header_plan(&mut h, downstream, ctx, proto, trusted_peer(ctx));
+    h
+}
 
-        h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
-        if let Some(d) = ctx.deadline() {
+fn trusted_peer(ctx: &RequestCtx) -> bool {
+    match (ctx.peer_ip, ctx.snapshot.as_ref()) {
+        (Some(ip), Some(s)) => s.config.server.trusted_proxies.contains(&ip),
+        _ => false,
+    }
+}
+
+/// What the gateway removes from and adds to the client's headers on the way upstream.
+fn header_plan(
+    h: &mut http::HeaderMap,
+    downstream: &RequestHeader,
+    ctx: &RequestCtx,
+    proto: &'static str,
+    trusted_peer: bool,
+) -> Result<()> {
+    // Identity headers come only from the gateway: drop any the client sent, in any spelling
+    // an upstream framework might read as one of ours.
+    headers::remove_gateway_owned(h);
+    if !trusted_peer {
+        headers::remove_untrusted_rewrites(h);
+    }
+
+    h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
+    match ctx.deadline() {
+        Some(d) => {
             // What the upstream has left, so it can give up on work nobody will wait for.
             let left = d.remaining(Instant::now()).as_millis().max(1);
             h.insert(
@@ -615,44 +642,48 @@ fn prepare_upstream_request(
                 HeaderValue::from(left as u64),
             );
         }
-        if let Some(peer) = ctx.peer_ip {
-            h.insert(
-                headers::X_FORWARDED_FOR,
-                headers::forwarded_for(&downstream.headers, peer),
-            );
+        // Only the gateway says how long is left; a client's value it did not accept goes.
+        None => {
+            h.remove(headers::X_REQUEST_TIMEOUT_MS);
         }
-        if !(trusted_peer && downstream.headers.contains_key(headers::X_FORWARDED_PROTO)) {
-            h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        }
-        if !(trusted_peer && downstream.headers.contains_key(headers::X_FORWARDED_HOST)) {
-            match forwarded_host(downstream) {
-                Some(host) => {
-                    h.insert(headers::X_FORWARDED_HOST, host);
-                }
-                None => {
-                    h.remove(headers::X_FORWARDED_HOST);
-                }
+    }
+    if let Some(peer) = ctx.peer_ip {
+        h.insert(
+            headers::X_FORWARDED_FOR,
+            headers::forwarded_for(&downstream.headers, peer),
+        );
+    }
+    if !(trusted_peer && downstream.headers.contains_key(headers::X_FORWARDED_PROTO)) {
+        h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(trusted_peer && downstream.headers.contains_key(headers::X_FORWARDED_HOST)) {
+        match forwarded_host(downstream) {
+            Some(host) => {
+                h.insert(headers::X_FORWARDED_HOST, host);
+            }
+            None => {
+                h.remove(headers::X_FORWARDED_HOST);
             }
         }
+    }
 
-        if let (Some(admitted), Some(route)) = (ctx.admitted(), ctx.route()) {
-            if let Some(p) = admitted.identity().principal() {
-                let value = |s: &str| {
-                    HeaderValue::from_str(s).map_err(|e| {
-                        Error::because(ErrorType::InternalError, "identity header value", e)
-                    })
-                };
-                h.insert(headers::X_AUTH_SUBJECT, value(&p.subject)?);
-                let scopes = p.scopes.header_value().cloned().ok_or_else(|| {
-                    Error::explain(ErrorType::InternalError, "identity header value: scopes")
-                })?;
-                h.insert(headers::X_AUTH_SCOPES, scopes);
-                h.insert(headers::X_AUTH_PROVIDER, value(&p.provider)?);
-            }
-            if !route.spec.forward_authorization {
-                h.remove(http::header::AUTHORIZATION);
-            }
+    if let (Some(admitted), Some(route)) = (ctx.admitted(), ctx.route()) {
+        if let Some(p) = admitted.identity().principal() {
+            let value = |s: &str| {
+                HeaderValue::from_str(s).map_err(|e| {
+                    Error::because(ErrorType::InternalError, "identity header value", e)
+                })
+            };
+            h.insert(headers::X_AUTH_SUBJECT, value(&p.subject)?);
+            let scopes = p.scopes.header_value().cloned().ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "identity header value: scopes")
+            })?;
+            h.insert(headers::X_AUTH_SCOPES, scopes);
+            h.insert(headers::X_AUTH_PROVIDER, value(&p.provider)?);
         }
-        Ok(())
-    })
+        if !route.spec.forward_authorization {
+            h.remove(http::header::AUTHORIZATION);
+        }
+    }
+    Ok(())
 }

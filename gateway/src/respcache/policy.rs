@@ -27,7 +27,13 @@ fn name_of(param: &str) -> &str {
     param.split_once('=').map_or(param, |(n, _)| n)
 }
 
-/// What a route's `vary` list reads from a request.
+/// Stands for "no identity" where a `vary` value would name one; no subject or scope list can
+/// equal it (both are printable ASCII).
+const ANONYMOUS: &str = "\u{0}anonymous";
+
+/// What a route's `vary` list reads from a request. `subject` is the provider and the subject
+/// together (user "1" of one provider is not user "1" of another); every value of a header
+/// counts, as the upstream sees them all.
 pub fn vary_values(
     vary: &[String],
     principal: Option<&Principal>,
@@ -35,34 +41,69 @@ pub fn vary_values(
 ) -> Vec<String> {
     vary.iter()
         .map(|v| match v.as_str() {
-            "subject" => {
-                principal.map_or_else(|| "\u{0}anonymous".to_string(), |p| p.subject.clone())
+            "subject" => principal.map_or_else(
+                || ANONYMOUS.to_string(),
+                |p| format!("{}\u{0}{}", p.provider, p.subject),
+            ),
+            "scopes" => principal.map_or_else(
+                || ANONYMOUS.to_string(),
+                |p| {
+                    let mut s = p.scopes.to_vec();
+                    s.sort();
+                    s.join(" ")
+                },
+            ),
+            header => {
+                let mut out = String::new();
+                for (i, h) in headers.get_all(header).iter().enumerate() {
+                    if i > 0 {
+                        out.push('\u{0}');
+                    }
+                    out.push_str(&String::from_utf8_lossy(h.as_bytes()));
+                }
+                out
             }
-            "scopes" => principal.map_or_else(String::new, |p| {
-                let mut s = p.scopes.to_vec();
-                s.sort();
-                s.join(" ")
-            }),
-            header => headers
-                .get(header)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-                .unwrap_or_default(),
         })
         .collect()
 }
 
-/// The primary key: route and upstream, method, normalised path, sorted query, route `vary`
-/// values.
-pub fn primary_key(
-    route: &str,
-    upstream: &str,
-    path: &str,
-    query: Option<&str>,
-    vary: &[String],
-) -> CacheKey {
+/// The request's host as a cache sees it: lowercased, without the scheme's default port.
+pub fn cache_host(host: Option<&str>, tls: bool) -> String {
+    let host = host.unwrap_or_default().to_ascii_lowercase();
+    let default_port = if tls { ":443" } else { ":80" };
+    match host.strip_suffix(default_port) {
+        Some(h) => h.to_string(),
+        None => host,
+    }
+}
+
+/// What a request is known as to the cache, besides its route's `vary` values.
+pub struct KeyParts<'a> {
+    pub route: &'a str,
+    pub upstream: &'a str,
+    /// From [`cache_host`]: DRF builds `next` links from `Host`, and host routes serve tenants.
+    pub host: &'a str,
+    /// Anonymous and authenticated callers never share an entry.
+    pub authenticated: bool,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+/// The primary key: route and upstream, host, whether the caller is authenticated, method,
+/// normalised path, sorted query, route `vary` values.
+pub fn primary_key(parts: &KeyParts<'_>, vary: &[String]) -> CacheKey {
     let mut h = Sha256::new();
+    let who = if parts.authenticated { "auth" } else { "anon" };
     // GET and HEAD share entries: HEAD is GET without the body.
-    for part in [route, upstream, "GET", path, &sorted_query(query)] {
+    for part in [
+        parts.route,
+        parts.upstream,
+        parts.host,
+        who,
+        "GET",
+        parts.path,
+        &sorted_query(parts.query),
+    ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -178,14 +219,83 @@ mod tests {
             sorted_query(Some("tag=b&tag=a"))
         );
         assert_eq!(sorted_query(None), "");
-        let k1 = primary_key("r", "u", "/s", Some("q=1&c=2"), &[]);
-        let k2 = primary_key("r", "u", "/s", Some("c=2&q=1"), &[]);
+        let parts = |route, host, authenticated, query| KeyParts {
+            route,
+            upstream: "u",
+            host,
+            authenticated,
+            path: "/s",
+            query,
+        };
+        let k1 = primary_key(&parts("r", "api", true, Some("q=1&c=2")), &[]);
+        let k2 = primary_key(&parts("r", "api", true, Some("c=2&q=1")), &[]);
         assert_eq!(k1, k2);
         assert_ne!(
             k1,
-            primary_key("r", "u", "/s", Some("c=2&q=1"), &["alice".into()])
+            primary_key(&parts("r", "api", true, Some("c=2&q=1")), &["alice".into()])
         );
-        assert_ne!(k1, primary_key("other", "u", "/s", Some("c=2&q=1"), &[]));
+        assert_ne!(
+            k1,
+            primary_key(&parts("other", "api", true, Some("c=2&q=1")), &[])
+        );
+        // Another host, or an anonymous caller, never shares the entry.
+        assert_ne!(
+            k1,
+            primary_key(&parts("r", "evil.example", true, Some("c=2&q=1")), &[])
+        );
+        assert_ne!(
+            k1,
+            primary_key(&parts("r", "api", false, Some("c=2&q=1")), &[])
+        );
+    }
+
+    #[test]
+    fn hosts_lose_case_and_default_ports() {
+        assert_eq!(
+            cache_host(Some("API.Example.com:80"), false),
+            "api.example.com"
+        );
+        assert_eq!(
+            cache_host(Some("api.example.com:443"), true),
+            "api.example.com"
+        );
+        assert_eq!(
+            cache_host(Some("api.example.com:8080"), false),
+            "api.example.com:8080"
+        );
+        assert_eq!(
+            cache_host(Some("api.example.com:443"), false),
+            "api.example.com:443"
+        );
+        assert_eq!(cache_host(None, false), "");
+    }
+
+    #[test]
+    fn vary_values_keep_providers_and_anonymity_apart() {
+        let mut a = Principal::for_tests("1", &[]);
+        a.provider = "jwt".into();
+        let mut b = Principal::for_tests("1", &[]);
+        b.provider = "knox".into();
+        let subject = ["subject".to_string()];
+        let scopes = ["scopes".to_string()];
+        let h = hm(&[]);
+        assert_ne!(
+            vary_values(&subject, Some(&a), &h),
+            vary_values(&subject, Some(&b), &h)
+        );
+        assert_ne!(
+            vary_values(&scopes, Some(&a), &h),
+            vary_values(&scopes, None, &h)
+        );
+        // Every value of a header counts.
+        let one = hm(&[("accept-language", "en")]);
+        let mut two = hm(&[("accept-language", "en")]);
+        two.append("accept-language", http::HeaderValue::from_static("fr"));
+        let lang = ["accept-language".to_string()];
+        assert_ne!(
+            vary_values(&lang, None, &one),
+            vary_values(&lang, None, &two)
+        );
     }
 
     #[test]
