@@ -13,6 +13,7 @@ mod jwt;
 mod observe;
 mod ratelimit;
 mod reload;
+mod state;
 mod tls;
 mod tokens;
 mod trust;

@@ -88,12 +88,14 @@ impl Admin {
                 "jti",
                 Revocation::Jti {
                     id: jti,
-                    ttl_ms: ttl.unwrap_or(revoke::DEFAULT_TTL).as_millis() as u64,
+                    ttl_ms: ttl
+                        .unwrap_or(snap.config.auth.revocation_ttl)
+                        .as_millis() as u64,
                 },
             ),
             (None, None, Some(subject)) if !subject.is_empty() => (
                 "subject",
-                Revocations::subject_now(&subject, ttl.unwrap_or(revoke::DEFAULT_TTL)),
+                Revocations::subject_now(&subject, ttl.unwrap_or(snap.config.auth.revocation_ttl)),
             ),
             _ => return bad("give exactly one of token, jti, subject"),
         };
@@ -224,7 +226,8 @@ fn jti_of(token: &str, snap: &crate::proxy::Snapshot, hash: &[u8; 32]) -> Option
 }
 
 /// How long a revoked token could still be presented: its cached expiry, else a JWT's `exp`
-/// (read without verifying: it only sizes the record), else the default.
+/// (read without verifying: it only sizes the record) plus the largest leeway, else
+/// `auth.revocation_ttl`.
 fn token_lifetime(
     token: &str,
     snap: &crate::proxy::Snapshot,
@@ -232,10 +235,9 @@ fn token_lifetime(
 ) -> std::time::Duration {
     use crate::auth::cache::Entry;
     use base64::Engine;
-    // Generous margin for providers' leeway.
-    let margin = std::time::Duration::from_secs(600);
+    let unknown = snap.config.auth.revocation_ttl;
     if let Some(Entry::Valid(p)) = snap.auth.cache.get_local(hash) {
-        return crate::auth::cache::ttl_for(&p, revoke::DEFAULT_TTL) + margin;
+        return revoke::ttl_for(&p, unknown);
     }
     let exp = token
         .split('.')
@@ -246,15 +248,18 @@ fn token_lifetime(
                 .ok()
         })
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|c| c.get("exp").and_then(serde_json::Value::as_u64));
+        .and_then(|c| c.get("exp").and_then(serde_json::Value::as_f64))
+        .filter(|e| e.is_finite() && *e >= 0.0 && *e <= 253_402_300_799.0);
     match exp {
         Some(exp) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            std::time::Duration::from_secs(exp.saturating_sub(now)) + margin
+            std::time::Duration::from_secs((exp as u64).saturating_sub(now))
+                + snap.config.auth.max_leeway
+                + std::time::Duration::from_secs(1)
         }
-        None => revoke::DEFAULT_TTL,
+        None => unknown,
     }
 }
 

@@ -382,8 +382,10 @@ impl AuthState {
         Arc::new(TokenCache::new(settings, metrics))
     }
 
-    /// Makes an installed version's token cache the running one (the one revocations clear).
-    pub fn commit(&self, cache: &Arc<TokenCache>) {
+    /// Makes an installed version's token cache the running one (the one revocations clear),
+    /// and its `auth.revocation_ttl` the one revocations use.
+    pub fn commit(&self, cache: &Arc<TokenCache>, revocation_ttl: Duration) {
+        self.revocations.set_default_ttl(revocation_ttl);
         let mut slot = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if !slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, cache)) {
             self.revocations.use_cache(cache);

@@ -11,9 +11,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-/// How long a revocation is kept when the token's own expiry is unknown.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a revocation is kept when the token's own expiry is unknown, until the
+/// configuration says (`auth.revocation_ttl`).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_ENTRIES: u64 = 1_000_000;
+
+/// How long a revocation of this identity must last: as long as the token could still be
+/// accepted (its `exp` plus the provider's leeway), or `unknown` when it has no expiry.
+pub fn ttl_for(p: &Principal, unknown: Duration) -> Duration {
+    match p.valid_until {
+        Some(until) => until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1)),
+        None => unknown,
+    }
+}
 
 /// One revocation, as published on the events channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +75,9 @@ impl<K> moka::Expiry<K, Held> for HeldExpiry {
 fn held_cache<K: std::hash::Hash + Eq + Send + Sync + 'static>() -> Cache<K, Held> {
     Cache::builder()
         .max_capacity(MAX_ENTRIES)
+        // LRU, not TinyLFU: a new revocation is always admitted (TinyLFU may refuse an entry
+        // it has not seen often, which would silently let a revoked token through).
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
         .expire_after(HeldExpiry)
         .build()
 }
@@ -74,6 +90,8 @@ pub struct Revocations {
     any: AtomicBool,
     /// The token cache in use, whose entries a revocation removes.
     cache: ArcSwapOption<TokenCache>,
+    /// `auth.revocation_ttl` of the running configuration, in ms.
+    default_ttl_ms: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -96,7 +114,19 @@ impl Revocations {
             subjects: held_cache(),
             any: AtomicBool::new(false),
             cache: ArcSwapOption::empty(),
+            default_ttl_ms: std::sync::atomic::AtomicU64::new(DEFAULT_TTL.as_millis() as u64),
         }
+    }
+
+    /// `auth.revocation_ttl` of the configuration being installed.
+    pub fn set_default_ttl(&self, ttl: Duration) {
+        self.default_ttl_ms
+            .store(ttl.as_millis() as u64, Ordering::Release);
+    }
+
+    /// How long a revocation without a known expiry lasts.
+    pub fn default_ttl(&self) -> Duration {
+        Duration::from_millis(self.default_ttl_ms.load(Ordering::Acquire))
     }
 
     pub fn use_cache(&self, cache: &Arc<TokenCache>) {
@@ -242,10 +272,12 @@ impl Revocations {
             .flatten()
             .and_then(|v| v.parse::<u64>().ok());
         let jti_revoked = values.get(2).is_some_and(Option::is_some);
+        // Local copies of what Redis holds: as long as the token could pass, at least.
+        let ttl_ms = ttl_for(p, self.default_ttl()).as_millis() as u64;
         if token_revoked {
             self.apply(&Revocation::Token {
                 id: hex::encode(hash),
-                ttl_ms: DEFAULT_TTL.as_millis() as u64,
+                ttl_ms,
             });
         }
         let subject_revoked =
@@ -254,7 +286,7 @@ impl Revocations {
             self.apply(&Revocation::Subject {
                 id: p.subject.clone(),
                 not_before_ms: nbf,
-                ttl_ms: DEFAULT_TTL.as_millis() as u64,
+                ttl_ms: self.default_ttl().as_millis() as u64,
             });
         }
         token_revoked || jti_revoked || subject_revoked

@@ -418,6 +418,17 @@ impl Compiler<'_> {
         if a.cache.max_entries == 0 {
             self.err("auth.cache.max_entries", "must be at least 1");
         }
+        if a.revocation_ttl.0 < Duration::from_secs(60) {
+            self.err("auth.revocation_ttl", "must be at least 1m");
+        }
+        let max_leeway = providers
+            .iter()
+            .filter_map(|p| match &p.kind {
+                ProviderKind::Jwt(j) => Some(j.leeway),
+                _ => None,
+            })
+            .max()
+            .unwrap_or_default();
         AuthSettings {
             realm: a.realm.clone(),
             refresh_endpoint: a.refresh_endpoint.clone(),
@@ -428,6 +439,8 @@ impl Compiler<'_> {
                 max_ttl: a.cache.max_ttl.0,
                 negative_ttl: a.cache.negative_ttl.0,
             },
+            revocation_ttl: a.revocation_ttl.0,
+            max_leeway,
         }
     }
 

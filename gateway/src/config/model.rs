@@ -145,6 +145,9 @@ pub struct AuthSettings {
     pub login_endpoint: Option<String>,
     pub providers: Vec<Arc<ProviderSpec>>,
     pub cache: TokenCacheSettings,
+    pub revocation_ttl: Duration,
+    /// The largest `leeway` of the jwt providers: how long past `exp` a token may still pass.
+    pub max_leeway: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

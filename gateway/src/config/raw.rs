@@ -255,6 +255,14 @@ pub struct AuthConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub cache: TokenCacheConfig,
+    /// How long a revocation is kept when the token's expiry is unknown (API keys, opaque
+    /// tokens without `exp`, `jti`s, subjects).
+    #[serde(default = "default_revocation_ttl")]
+    pub revocation_ttl: Dur,
+}
+
+fn default_revocation_ttl() -> Dur {
+    Dur::secs(30 * 24 * 3600)
 }
 
 fn default_realm() -> String {
@@ -269,6 +277,7 @@ impl Default for AuthConfig {
             login_endpoint: None,
             providers: BTreeMap::new(),
             cache: TokenCacheConfig::default(),
+            revocation_ttl: default_revocation_ttl(),
         }
     }
 }

@@ -395,11 +395,11 @@ async fn revoke_after_logout(ctx: &RequestCtx) {
         return;
     }
     let principal = ctx.principal();
-    let ttl = principal
-        .map_or(crate::auth::revoke::DEFAULT_TTL, |p| {
-            crate::auth::cache::ttl_for(p, crate::auth::revoke::DEFAULT_TTL)
-        })
-        .max(Duration::from_secs(1));
+    // As long as the token could still be accepted: its `exp` plus leeway, or
+    // `auth.revocation_ttl` for tokens without one.
+    let ttl = principal.map_or(snapshot.config.auth.revocation_ttl, |p| {
+        crate::auth::revoke::ttl_for(p, snapshot.config.auth.revocation_ttl)
+    });
     let ttl_ms = ttl.as_millis() as u64;
     // A JWT by its jti, which a re-encoded ECDSA signature keeps (see `admin::jti_of`).
     let revocation = match principal.and_then(|p| p.jti.clone()) {

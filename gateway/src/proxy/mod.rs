@@ -150,7 +150,8 @@ impl Reusable {
         }
         self.key_stores.commit(&snapshot.auth.store_entries);
         self.limiters.commit(&snapshot.limiters.policies);
-        self.auth.commit(&snapshot.auth.cache);
+        self.auth
+            .commit(&snapshot.auth.cache, snapshot.config.auth.revocation_ttl);
         *self
             .response_cache
             .lock()
