@@ -88,3 +88,139 @@ routes:
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Abuse before authentication.
+
+fn abuse_config(
+    mock: &Mock,
+    auth_extra: &str,
+    introspect_query: &str,
+    max_concurrency: u32,
+) -> String {
+    format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams: {{ lms: {{ endpoints: ["{m}"] }} }}
+auth:
+  {auth_extra}
+  providers:
+    knox:
+      type: introspection
+      url: "http://{m}/api/auth/introspect/{introspect_query}"
+      client_id: {cid}
+      client_secret_env: INTROSPECTION_SECRET
+      timeout: 5s
+      max_concurrency: {max_concurrency}
+rate_limits:
+  per_ip: {{ rate: 1/m, burst: 3, key: client_ip }}
+routes:
+  - {{ name: limited, path_prefix: /echo/limited/, auth: required, rate_limit: per_ip, upstream: lms }}
+  - {{ name: r, path_prefix: /echo/, auth: required, upstream: lms }}
+"#,
+        m = mock.addr,
+        cid = MOCK_INTROSPECTION.0,
+    )
+}
+
+fn junk_call(gw: &Gateway, path: &str, i: usize) -> (u16, Value) {
+    let r = client()
+        .get(gw.url(path))
+        .bearer_auth(format!("junk-{i}-{}", "x".repeat(20)))
+        .send()
+        .expect("send");
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn junk_tokens_spend_client_ip_limits_before_authentication() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start(
+        &abuse_config(&mock, "", "", 64),
+        &[("INTROSPECTION_SECRET", MOCK_INTROSPECTION.1)],
+    );
+    let statuses: Vec<u16> = (0..8)
+        .map(|i| junk_call(&gw, "/echo/limited/x", i).0)
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429, 429]);
+    // Only the three attempts within the limit cost the IdP a call.
+    assert_eq!(mock.count("POST /api/auth/introspect"), 3);
+}
+
+#[test]
+fn a_spent_failure_budget_answers_credentials_429_without_verifying_them() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start(
+        &abuse_config(&mock, "failure_limit: { rate: 1/m, burst: 3 }", "", 64),
+        &[("INTROSPECTION_SECRET", MOCK_INTROSPECTION.1)],
+    );
+    for i in 0..3 {
+        assert_eq!(junk_call(&gw, "/echo/x", i).0, 401, "attempt {i}");
+    }
+    for i in 3..10 {
+        let (status, body) = junk_call(&gw, "/echo/x", i);
+        assert_eq!(status, 429, "attempt {i}: {body}");
+        assert_eq!(body["policy"], "auth_failures");
+    }
+    assert_eq!(
+        mock.count("POST /api/auth/introspect"),
+        3,
+        "blocked attempts are never introspected"
+    );
+    // Even a good token from that address waits; a request without one is just unauthenticated.
+    let v: Value = client()
+        .post(mock.url("/__mock/opaque"))
+        .json(&json!({"sub": "1", "ttl_s": 600}))
+        .send()
+        .expect("opaque")
+        .json()
+        .expect("json");
+    let good = v["token"].as_str().expect("token");
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .bearer_auth(good)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 429);
+    let r = client().get(gw.url("/echo/x")).send().expect("send");
+    assert_eq!(r.status(), 401);
+    assert!(
+        metric(
+            &gw.metrics(),
+            "authgate_rate_limited_total",
+            &[("route", "r"), ("policy", "auth_failures")]
+        ) >= 7.0
+    );
+}
+
+#[test]
+fn a_junk_token_flood_costs_the_introspection_endpoint_at_most_max_concurrency() {
+    let mock = Mock::start("m");
+    // Every introspection call takes 2 s, so the flood is all in flight at once.
+    let gw = Gateway::start(
+        &abuse_config(&mock, "", "?delay_ms=2000", 2),
+        &[("INTROSPECTION_SECRET", MOCK_INTROSPECTION.1)],
+    );
+    let gw = &gw;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| s.spawn(move || junk_call(gw, "/echo/x", i).0))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        6,
+        "{statuses:?}"
+    );
+    assert_eq!(mock.count("POST /api/auth/introspect"), 2);
+}

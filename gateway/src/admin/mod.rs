@@ -88,9 +88,7 @@ impl Admin {
                 "jti",
                 Revocation::Jti {
                     id: jti,
-                    ttl_ms: ttl
-                        .unwrap_or(snap.config.auth.revocation_ttl)
-                        .as_millis() as u64,
+                    ttl_ms: ttl.unwrap_or(snap.config.auth.revocation_ttl).as_millis() as u64,
                 },
             ),
             (None, None, Some(subject)) if !subject.is_empty() => (

@@ -46,6 +46,8 @@ pub struct Introspector {
     timeout: Duration,
     subject_field: String,
     client: reqwest::Client,
+    /// `max_concurrency` calls at once: a flood of junk tokens costs the IdP at most that.
+    slots: tokio::sync::Semaphore,
 }
 
 impl Introspector {
@@ -64,10 +66,15 @@ impl Introspector {
             timeout: spec.timeout,
             subject_field: spec.subject_field.clone(),
             client,
+            slots: tokio::sync::Semaphore::new(spec.max_concurrency as usize),
         })
     }
 
     pub async fn introspect(&self, token: &str) -> Result<Principal, IntrospectionFailure> {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            tracing::warn!(provider = %self.name, "introspection calls at max_concurrency; answered 503");
+            return Err(IntrospectionFailure::Unavailable);
+        };
         let request = self
             .client
             .post(&self.url)

@@ -441,6 +441,19 @@ impl Compiler<'_> {
             },
             revocation_ttl: a.revocation_ttl.0,
             max_leeway,
+            failure_limit: a.failure_limit.as_ref().map(|f| {
+                if f.burst == 0 {
+                    self.err("auth.failure_limit.burst", "must be at least 1");
+                }
+                Arc::new(RatePolicy {
+                    index: usize::MAX,
+                    name: "auth_failures".into(),
+                    rate: f.rate,
+                    burst: f.burst,
+                    key: LimitKey::ClientIp,
+                    scope: LimitScope::Local,
+                })
+            }),
         }
     }
 
@@ -703,6 +716,9 @@ impl Compiler<'_> {
         if i.timeout.0.is_zero() {
             self.err(format!("{path}.timeout"), "must be greater than 0");
         }
+        if i.max_concurrency == 0 {
+            self.err(format!("{path}.max_concurrency"), "must be at least 1");
+        }
         IntrospectionSpec {
             url: i.url.clone(),
             client_id: i.client_id.clone(),
@@ -710,6 +726,7 @@ impl Compiler<'_> {
             timeout: i.timeout.0,
             ca,
             subject_field,
+            max_concurrency: i.max_concurrency,
         }
     }
 

@@ -148,6 +148,8 @@ pub struct AuthSettings {
     pub revocation_ttl: Duration,
     /// The largest `leeway` of the jwt providers: how long past `exp` a token may still pass.
     pub max_leeway: Duration,
+    /// `auth.failure_limit` as a local, client-IP policy named `auth_failures`.
+    pub failure_limit: Option<Arc<RatePolicy>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +231,7 @@ pub struct IntrospectionSpec {
     pub timeout: Duration,
     pub ca: Option<Arc<CaBundle>>,
     pub subject_field: String,
+    pub max_concurrency: u32,
 }
 
 #[derive(Debug)]
@@ -270,6 +273,14 @@ pub enum LimitKey {
     Subject,
     ApiKey,
     Header(http::HeaderName),
+}
+
+impl LimitKey {
+    /// Keys known before authentication are spent before it, so a request that fails
+    /// authentication still counts (junk tokens are not free, and cost the IdP nothing).
+    pub fn before_auth(&self) -> bool {
+        matches!(self, LimitKey::ClientIp | LimitKey::Header(_))
+    }
 }
 
 #[derive(Debug)]

@@ -259,6 +259,17 @@ pub struct AuthConfig {
     /// tokens without `exp`, `jti`s, subjects).
     #[serde(default = "default_revocation_ttl")]
     pub revocation_ttl: Dur,
+    /// Per client IP: each refused credential spends one; while spent, credentials from that
+    /// address get 429 without being looked at.
+    #[serde(default)]
+    pub failure_limit: Option<FailureLimitConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureLimitConfig {
+    pub rate: Rate,
+    pub burst: u32,
 }
 
 fn default_revocation_ttl() -> Dur {
@@ -278,6 +289,7 @@ impl Default for AuthConfig {
             providers: BTreeMap::new(),
             cache: TokenCacheConfig::default(),
             revocation_ttl: default_revocation_ttl(),
+            failure_limit: None,
         }
     }
 }
@@ -358,6 +370,13 @@ pub struct IntrospectionConfig {
     /// The answer's field that names the subject (default `sub`).
     #[serde(default)]
     pub subject_field: Option<String>,
+    /// Introspection calls in flight at once; beyond it, 503 `auth_unavailable`.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+}
+
+fn default_max_concurrency() -> u32 {
+    64
 }
 
 fn default_introspection_timeout() -> Dur {

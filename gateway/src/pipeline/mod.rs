@@ -5,7 +5,7 @@
 pub mod limits;
 
 use crate::auth::cache::{Tier, TokenHash};
-use crate::auth::{Identity, Outcome};
+use crate::auth::{AuthError, Identity, Outcome};
 use crate::deadline::{self, Deadline};
 use crate::proxy::respond::{RateLimitInfo, Rejection};
 use crate::proxy::Snapshot;
@@ -126,6 +126,36 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
         req.headers.get(deadline::CLIENT_HEADER),
         req.arrived,
     );
+    // Policies keyed by what is known now (client address, a header) are spent first: a
+    // request that then fails authentication has paid for its attempt.
+    let phases = &snapshot.routes[route].limits;
+    let before = limit(
+        snapshot,
+        req,
+        None,
+        &phases.before_auth,
+        &phases.before_auth_counters,
+    )
+    .await
+    .map_err(|(info, d)| Denied {
+        limited_by: Some(info.policy.clone()),
+        ..denied(d, AuthTrace::default())
+    })?;
+    // An address that keeps presenting bad credentials is answered before anything looks at
+    // the next one (no verification, introspection or Redis lookup).
+    let failures = snapshot.limiters.failures.as_ref();
+    if let Some(info) = failures
+        .filter(|_| presents_credentials(snapshot, req.headers))
+        .and_then(|f| f.blocked(req.client_ip))
+    {
+        if let Some(c) = &phases.failures_counter {
+            c.inc();
+        }
+        return Err(Denied {
+            limited_by: Some(info.policy.clone()),
+            ..denied(Rejection::RateLimited(info), AuthTrace::default())
+        });
+    }
     let decision = snapshot.auth.authenticate(&spec.auth, req.headers).await;
     let auth = AuthTrace {
         outcome: decision.outcome,
@@ -134,26 +164,38 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     };
     let identity = match decision.result {
         Ok(identity) => identity,
-        Err(e) => return Err(denied(e.into(), auth)),
-    };
-    let mut rate_limit = None;
-    if !spec.rate_limits.is_empty() {
-        let keys = RequestKeys {
-            client_ip: req.client_ip,
-            principal: identity.principal(),
-            headers: req.headers,
-        };
-        match snapshot.limiters.check(&spec.rate_limits, &keys).await {
-            Ok(info) => rate_limit = info,
-            Err((pos, info)) => {
-                snapshot.routes[route].rate_limited[pos].inc();
-                return Err(Denied {
-                    limited_by: Some(info.policy.clone()),
-                    ..denied(Rejection::RateLimited(info), auth)
-                });
+        Err(e) => {
+            // A presented credential refused (invalid or expired) spends the failure budget.
+            if matches!(e, AuthError::Invalid { .. } | AuthError::Expired { .. }) {
+                if let Some(f) = failures {
+                    f.failed(req.client_ip);
+                }
             }
+            return Err(denied(e.into(), auth));
         }
-    }
+    };
+    let after = match limit(
+        snapshot,
+        req,
+        identity.principal(),
+        &phases.after_auth,
+        &phases.after_auth_counters,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err((info, d)) => {
+            return Err(Denied {
+                limited_by: Some(info.policy.clone()),
+                ..denied(d, auth)
+            })
+        }
+    };
+    // The tightest of both phases goes back in the answer's headers.
+    let rate_limit = match (before, after) {
+        (Some(b), Some(a)) => Some(if a.remaining < b.remaining { a } else { b }),
+        (b, a) => b.or(a),
+    };
     Ok(Admitted {
         route,
         identity,
@@ -165,6 +207,44 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
             Cow::Borrowed(_) => None,
         },
     })
+}
+
+/// Whether the request carries something authentication would verify.
+fn presents_credentials(snapshot: &Snapshot, headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::AUTHORIZATION)
+        || snapshot
+            .auth
+            .key_headers()
+            .iter()
+            .any(|h| headers.contains_key(h))
+}
+
+/// Spends one of each of `policies`: the tightest state, or the one that refused (counted).
+async fn limit(
+    snapshot: &Snapshot,
+    req: &Inbound<'_>,
+    principal: Option<&crate::auth::Principal>,
+    policies: &[usize],
+    counters: &[prometheus::IntCounter],
+) -> Result<Option<RateLimitInfo>, (RateLimitInfo, Rejection)> {
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    let keys = RequestKeys {
+        client_ip: req.client_ip,
+        principal,
+        headers: req.headers,
+    };
+    snapshot
+        .limiters
+        .check(policies, &keys)
+        .await
+        .map_err(|(pos, info)| {
+            if let Some(c) = counters.get(pos) {
+                c.inc();
+            }
+            (info.clone(), Rejection::RateLimited(info))
+        })
 }
 
 #[cfg(test)]

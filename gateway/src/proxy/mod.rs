@@ -51,10 +51,22 @@ pub struct RouteRuntime {
     pub metrics: RouteMetrics,
     pub upstream_duration: Histogram,
     pub timeouts: IntCounter,
-    /// `authgate_rate_limited_total{route, policy}`, aligned with `spec.rate_limits`.
-    pub rate_limited: Vec<IntCounter>,
+    /// The route's policies spent before authentication, and those spent after it.
+    pub limits: LimitPhases,
     /// `authgate_response_cache_total{route, result}` by `CacheResult`; empty without a cache.
     pub cache_results: Vec<IntCounter>,
+}
+
+/// A route's policies (indices into the snapshot's), split by when they are spent, each with
+/// its `authgate_rate_limited_total` counter.
+#[derive(Default)]
+pub struct LimitPhases {
+    pub before_auth: Vec<usize>,
+    pub before_auth_counters: Vec<IntCounter>,
+    pub after_auth: Vec<usize>,
+    pub after_auth_counters: Vec<IntCounter>,
+    /// `authgate_rate_limited_total{route, policy="auth_failures"}` with `auth.failure_limit`.
+    pub failures_counter: Option<IntCounter>,
 }
 
 pub struct NotReady<'a> {
@@ -149,7 +161,7 @@ impl Reusable {
             _ => *slot = None,
         }
         self.key_stores.commit(&snapshot.auth.store_entries);
-        self.limiters.commit(&snapshot.limiters.policies);
+        self.limiters.commit(&snapshot.limiters.all());
         self.auth
             .commit(&snapshot.auth.cache, snapshot.config.auth.revocation_ttl);
         *self
@@ -177,8 +189,13 @@ impl Snapshot {
             generation,
             metrics,
         )?;
-        let limiters =
-            Limiters::build(&config.rate_limits, &reuse.limiters, redis.clone(), metrics);
+        let limiters = Limiters::build(
+            &config.rate_limits,
+            config.auth.failure_limit.as_ref(),
+            &reuse.limiters,
+            redis.clone(),
+            metrics,
+        );
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for spec in &config.upstreams {
             upstreams.push(Arc::new(UpstreamPool::build(spec.clone(), metrics)?));
@@ -188,7 +205,30 @@ impl Snapshot {
             .iter()
             .map(|spec| {
                 let upstream = upstreams[spec.upstream].clone();
+                let counter = |i: usize| {
+                    metrics
+                        .rate_limited_total
+                        .with_label_values(&[&*spec.name, &*config.rate_limits[i].name])
+                };
+                let mut limits = LimitPhases {
+                    failures_counter: config.auth.failure_limit.as_ref().map(|f| {
+                        metrics
+                            .rate_limited_total
+                            .with_label_values(&[&*spec.name, &*f.name])
+                    }),
+                    ..LimitPhases::default()
+                };
+                for &i in &spec.rate_limits {
+                    if config.rate_limits[i].key.before_auth() {
+                        limits.before_auth.push(i);
+                        limits.before_auth_counters.push(counter(i));
+                    } else {
+                        limits.after_auth.push(i);
+                        limits.after_auth_counters.push(counter(i));
+                    }
+                }
                 RouteRuntime {
+                    limits,
                     metrics: metrics.route(&spec.name),
                     upstream_duration: metrics
                         .upstream_duration
@@ -196,15 +236,6 @@ impl Snapshot {
                     timeouts: metrics
                         .upstream_timeouts_total
                         .with_label_values(&[&spec.name]),
-                    rate_limited: spec
-                        .rate_limits
-                        .iter()
-                        .map(|&i| {
-                            metrics
-                                .rate_limited_total
-                                .with_label_values(&[&*spec.name, &*config.rate_limits[i].name])
-                        })
-                        .collect(),
                     cache_results: if spec.cache.is_some() {
                         CacheResult::ALL
                             .iter()

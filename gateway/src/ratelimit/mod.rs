@@ -59,9 +59,24 @@ impl PolicyLimiter {
 }
 
 /// Policy limiters outlive configuration versions, so a reload does not hand out fresh buckets.
-#[derive(Default)]
 pub struct LimiterRegistry {
     by_name: Mutex<HashMap<String, Arc<PolicyLimiter>>>,
+    /// Addresses blocked by `auth.failure_limit`; bounded, each entry expiring with its block.
+    blocked: Arc<moka::sync::Cache<u64, Blocked>>,
+}
+
+impl Default for LimiterRegistry {
+    fn default() -> Self {
+        LimiterRegistry {
+            by_name: Mutex::default(),
+            blocked: Arc::new(
+                moka::sync::Cache::builder()
+                    .max_capacity(1_000_000)
+                    .expire_after(BlockedExpiry)
+                    .build(),
+            ),
+        }
+    }
 }
 
 impl LimiterRegistry {
@@ -98,6 +113,84 @@ impl LimiterRegistry {
 pub struct Limiters {
     pub policies: Vec<Arc<PolicyLimiter>>,
     redis: Option<Arc<RedisLink>>,
+    /// `auth.failure_limit`, when configured.
+    pub failures: Option<FailureLimiter>,
+}
+
+/// `auth.failure_limit`: refused credentials per client address. The bucket (governor) is
+/// spent by each refusal; once it is empty the address is blocked until a token refills, and
+/// while blocked its credentials are answered 429 before any verification, introspection or
+/// Redis lookup. Checking a block costs a map lookup and spends nothing.
+pub struct FailureLimiter {
+    limiter: Arc<PolicyLimiter>,
+    blocked: Arc<moka::sync::Cache<u64, Blocked>>,
+}
+
+#[derive(Clone, Copy)]
+struct Blocked {
+    until: std::time::Instant,
+    reset: Duration,
+}
+
+struct BlockedExpiry;
+
+impl moka::Expiry<u64, Blocked> for BlockedExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &u64,
+        v: &Blocked,
+        now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.until.saturating_duration_since(now))
+    }
+    fn expire_after_update(
+        &self,
+        _k: &u64,
+        v: &Blocked,
+        now: std::time::Instant,
+        _d: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.until.saturating_duration_since(now))
+    }
+}
+
+impl FailureLimiter {
+    fn key(ip: Option<IpAddr>) -> u64 {
+        hash_key("ip", &KeyValue::Ip(ip))
+    }
+
+    /// The 429's state while `ip` has spent its budget.
+    pub fn blocked(&self, ip: Option<IpAddr>) -> Option<RateLimitInfo> {
+        let b = self.blocked.get(&Self::key(ip))?;
+        let left = b.until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        Some(info(&self.limiter.policy, 0, b.reset.max(left), left))
+    }
+
+    /// Spends one for a refused credential from `ip`; blocks it once the bucket is empty.
+    pub fn failed(&self, ip: Option<IpAddr>) {
+        let key = Self::key(ip);
+        let interval = self.limiter.policy.rate.interval();
+        let wait = match self.limiter.local.check(key) {
+            Verdict::Allowed {
+                remaining: 0,
+                reset,
+            } => Some((interval, reset)),
+            Verdict::Allowed { .. } => None,
+            Verdict::Limited { retry_after, reset } => Some((retry_after, reset)),
+        };
+        if let Some((wait, reset)) = wait {
+            self.blocked.insert(
+                key,
+                Blocked {
+                    until: std::time::Instant::now() + wait,
+                    reset,
+                },
+            );
+        }
+    }
 }
 
 /// A policy's state after a request: what the `RateLimit-*` headers and a 429 report.
@@ -126,6 +219,7 @@ static HASHER: LazyLock<std::collections::hash_map::RandomState> = LazyLock::new
 impl Limiters {
     pub fn build(
         policies: &[Arc<RatePolicy>],
+        failure_limit: Option<&Arc<RatePolicy>>,
         registry: &LimiterRegistry,
         redis: Option<Arc<RedisLink>>,
         metrics: &Metrics,
@@ -136,7 +230,20 @@ impl Limiters {
                 .map(|p| registry.find_or_new(p, metrics))
                 .collect(),
             redis,
+            failures: failure_limit.map(|p| FailureLimiter {
+                limiter: registry.find_or_new(p, metrics),
+                blocked: registry.blocked.clone(),
+            }),
         }
+    }
+
+    /// Every limiter the registry keeps for this version, the failure limiter included.
+    pub fn all(&self) -> Vec<Arc<PolicyLimiter>> {
+        let mut all = self.policies.clone();
+        if let Some(f) = &self.failures {
+            all.push(f.limiter.clone());
+        }
+        all
     }
 
     /// Checks the route's policies in order. `route_policies` are indices into `policies`.
@@ -182,6 +289,9 @@ impl Limiters {
     pub fn maintain(&self) {
         for l in &self.policies {
             l.maintain();
+        }
+        if let Some(f) = &self.failures {
+            f.limiter.maintain();
         }
     }
 }
