@@ -224,3 +224,43 @@ fn a_junk_token_flood_costs_the_introspection_endpoint_at_most_max_concurrency()
     );
     assert_eq!(mock.count("POST /api/auth/introspect"), 2);
 }
+
+#[test]
+fn ipv6_clients_share_a_bucket_per_64_and_mapped_ipv4_peers_are_trusted_proxies() {
+    let mock = Mock::start("m");
+    // A dual-stack listener: IPv4 peers arrive as ::ffff:127.0.0.1, which must still match
+    // trusted_proxies 127.0.0.0/8, so X-Forwarded-For is believed.
+    let gw = Gateway::start(
+        &format!(
+            r#"
+server: {{ listen: ["[::]:${{AG_LISTEN_PORT}}"], trusted_proxies: ["127.0.0.0/8"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams: {{ lms: {{ endpoints: ["{m}"] }} }}
+rate_limits:
+  per_ip: {{ rate: 1/h, burst: 2, key: client_ip }}
+routes: [{{ name: r, path_prefix: /, auth: none, rate_limit: per_ip, upstream: lms }}]
+"#,
+            m = mock.addr
+        ),
+        &[],
+    );
+    let from = |xff: &str| {
+        client()
+            .get(gw.url("/echo/x"))
+            .header("X-Forwarded-For", xff)
+            .send()
+            .expect("send")
+            .status()
+            .as_u16()
+    };
+    // Three addresses of one /64: one client, burst 2.
+    assert_eq!(from("2001:db8::1"), 200);
+    assert_eq!(from("2001:db8::2"), 200);
+    assert_eq!(from("2001:db8::abcd:3"), 429);
+    // Another /64, and IPv4 clients behind the proxy, are others.
+    assert_eq!(from("2001:db8:0:1::1"), 200);
+    assert_eq!(from("203.0.113.1"), 200);
+    assert_eq!(from("203.0.113.2"), 200);
+    assert_eq!(from("203.0.113.2"), 200);
+    assert_eq!(from("203.0.113.2"), 429);
+}

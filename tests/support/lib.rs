@@ -293,6 +293,7 @@ impl Gateway {
             .env("AG_LISTEN", addr.to_string())
             .env("AG_ADMIN", admin.to_string())
             .env("AG_ADMIN_PORT", admin.port().to_string())
+            .env("AG_LISTEN_PORT", addr.port().to_string())
             .env("RUST_LOG", "info")
             .env_remove("AUTHGATE_CONFIG");
         for (k, v) in env {

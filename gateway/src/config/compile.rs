@@ -232,6 +232,9 @@ impl Compiler<'_> {
         if s.idle_timeout.0.is_zero() {
             self.err("server.idle_timeout", "must be greater than 0");
         }
+        if !(1..=128).contains(&s.client_ipv6_prefix) {
+            self.err("server.client_ipv6_prefix", "must be 1 to 128");
+        }
         if s.http2.max_concurrent_streams == 0 {
             self.err("server.http2.max_concurrent_streams", "must be at least 1");
         }
@@ -246,6 +249,7 @@ impl Compiler<'_> {
             encoded_slashes: s.encoded_slashes,
             idle_timeout: s.idle_timeout.0,
             h2_max_concurrent_streams: s.http2.max_concurrent_streams,
+            client_ipv6_prefix: s.client_ipv6_prefix,
         }
     }
 

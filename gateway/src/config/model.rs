@@ -77,6 +77,7 @@ pub struct ServerSettings {
     pub encoded_slashes: EncodedSlashes,
     pub idle_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
+    pub client_ipv6_prefix: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -92,8 +93,11 @@ pub struct TlsSettings {
 pub struct TrustedProxies(pub Vec<IpNet>);
 
 impl TrustedProxies {
+    /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack `[::]` listener sees
+    /// for IPv4 peers) match as the IPv4 address they are.
     pub fn contains(&self, ip: &IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(ip))
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

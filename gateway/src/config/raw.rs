@@ -78,6 +78,13 @@ pub struct ServerConfig {
     pub idle_timeout: Dur,
     #[serde(default)]
     pub http2: Http2Config,
+    /// IPv6 clients are one client per this prefix for `client_ip` limits (a host has a /64).
+    #[serde(default = "default_ipv6_prefix")]
+    pub client_ipv6_prefix: u8,
+}
+
+fn default_ipv6_prefix() -> u8 {
+    64
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +144,7 @@ impl Default for ServerConfig {
             encoded_slashes: EncodedSlashes::Reject,
             idle_timeout: default_idle_timeout(),
             http2: Http2Config::default(),
+            client_ipv6_prefix: default_ipv6_prefix(),
         }
     }
 }

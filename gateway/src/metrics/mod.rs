@@ -31,6 +31,7 @@ pub struct Metrics {
     pub rate_limit_keys: IntGaugeVec,
     pub response_cache_total: IntCounterVec,
     pub rate_limit_fallbacks_total: IntCounterVec,
+    pub rate_limit_overflow_total: IntCounterVec,
     pub header_timeouts_total: IntCounter,
     pub idle_timeouts_total: IntCounter,
     pub build_info: IntGaugeVec,
@@ -141,6 +142,11 @@ impl Metrics {
             rate_limit_fallbacks_total: counter(
                 "authgate_rate_limit_fallbacks_total",
                 "Shared-policy checks answered by the local limiter because Redis did not answer.",
+                &["policy"],
+            ),
+            rate_limit_overflow_total: counter(
+                "authgate_rate_limit_overflow_total",
+                "Requests judged by a policy's shared overflow bucket because its key table was full.",
                 &["policy"],
             ),
             header_timeouts_total: {

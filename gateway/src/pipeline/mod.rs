@@ -29,7 +29,8 @@ pub struct Inbound<'a> {
     /// The authority or `Host`, for host routes.
     pub host: Option<&'a str>,
     pub headers: &'a HeaderMap,
-    /// The client as `trusted_proxies` decide it.
+    /// The client as `trusted_proxies` decide it, as limits key it (IPv6 reduced to
+    /// `server.client_ipv6_prefix`, see [`crate::ratelimit::limit_address`]).
     pub client_ip: Option<IpAddr>,
     pub arrived: Instant,
 }

@@ -61,7 +61,8 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.shared.snapshot();
         identify(session, ctx, &snapshot);
-        let verdict = pipeline::admit(&snapshot, &inbound(session, ctx)).await;
+        let prefix = snapshot.config.server.client_ipv6_prefix;
+        let verdict = pipeline::admit(&snapshot, &inbound(session, ctx, prefix)).await;
         ctx.snapshot = Some(snapshot);
         match verdict {
             Ok(admitted) => {
@@ -420,17 +421,18 @@ async fn revoke_after_logout(ctx: &RequestCtx) {
 fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
     let req = session.req_header();
     ctx.request_id = headers::RequestId::of(&req.headers);
+    // IPv4 peers of a dual-stack listener arrive as `::ffff:a.b.c.d`: they are IPv4 clients.
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+        .map(|a| a.ip().to_canonical());
     ctx.peer_ip = peer;
     ctx.client_ip =
         peer.map(|p| headers::client_ip(p, &req.headers, &snapshot.config.server.trusted_proxies));
 }
 
 /// The plain inputs admission judges, borrowed from the session.
-fn inbound<'a>(session: &'a Session, ctx: &RequestCtx) -> Inbound<'a> {
+fn inbound<'a>(session: &'a Session, ctx: &RequestCtx, ipv6_prefix: u8) -> Inbound<'a> {
     let req = session.req_header();
     Inbound {
         method: &req.method,
@@ -439,7 +441,9 @@ fn inbound<'a>(session: &'a Session, ctx: &RequestCtx) -> Inbound<'a> {
         query: req.uri.query(),
         host: host_of(req),
         headers: &req.headers,
-        client_ip: ctx.client_ip,
+        client_ip: ctx
+            .client_ip
+            .map(|ip| crate::ratelimit::limit_address(ip, ipv6_prefix)),
         arrived: ctx.started,
     }
 }

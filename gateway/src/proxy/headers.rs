@@ -197,6 +197,7 @@ impl Default for RequestId {
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Entries left of that
 /// are whatever the client chose to send and are never believed.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let peer = peer.to_canonical();
     if trusted.is_empty() || !trusted.contains(&peer) {
         return peer;
     }
@@ -212,7 +213,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
             return candidate;
         };
         for entry in s.rsplit(',') {
-            match parse_forwarded_ip(entry.trim()) {
+            match parse_forwarded_ip(entry.trim()).map(|ip| ip.to_canonical()) {
                 Some(ip) if trusted.contains(&ip) => candidate = ip,
                 Some(ip) => return ip,
                 // Garbage in the chain: stop at the last address we could vouch for.

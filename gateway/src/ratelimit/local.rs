@@ -20,6 +20,8 @@ const OVERFLOW_KEY: u64 = u64::MAX;
 
 pub struct LocalLimiter {
     limiter: Keyed,
+    /// Requests judged by the shared overflow bucket because the key table was full.
+    overflowed: Option<prometheus::IntCounter>,
     clock: DefaultClock,
     interval: Duration,
     burst: u32,
@@ -47,11 +49,24 @@ impl LocalLimiter {
             interval,
             burst: burst.get(),
             max_keys,
+            overflowed: None,
         }
     }
 
+    /// Counts requests that land in the overflow bucket in `counter`, so a full key table
+    /// is visible (`authgate_rate_limit_overflow_total`), never a silent change of limits.
+    pub fn counting_overflow(mut self, counter: prometheus::IntCounter) -> Self {
+        self.overflowed = Some(counter);
+        self
+    }
+
     pub fn check(&self, key: u64) -> Verdict {
+        // governor's store cannot say whether a key is already in it, so past the cap every
+        // request shares the overflow bucket until pruning frees room.
         let key = if key != OVERFLOW_KEY && self.limiter.len() >= self.max_keys {
+            if let Some(c) = &self.overflowed {
+                c.inc();
+            }
             OVERFLOW_KEY
         } else {
             key
@@ -100,6 +115,22 @@ mod tests {
             key: LimitKey::ClientIp,
             scope: LimitScope::Local,
         }
+    }
+
+    #[test]
+    fn past_the_key_cap_new_keys_share_a_counted_overflow_bucket() {
+        let counter = prometheus::IntCounter::new("overflow", "test").expect("counter");
+        let l =
+            LocalLimiter::with_max_keys(&policy("1/h", 2), 2).counting_overflow(counter.clone());
+        assert!(matches!(l.check(1), Verdict::Allowed { .. }));
+        assert!(matches!(l.check(2), Verdict::Allowed { .. }));
+        assert_eq!(counter.get(), 0);
+        // Past the cap keys share one bucket (burst 2), and each use is counted: nobody is
+        // unlimited, and the operator sees it.
+        assert!(matches!(l.check(3), Verdict::Allowed { .. }));
+        assert!(matches!(l.check(4), Verdict::Allowed { .. }));
+        assert!(matches!(l.check(5), Verdict::Limited { .. }));
+        assert_eq!(counter.get(), 3);
     }
 
     #[test]

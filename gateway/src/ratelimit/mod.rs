@@ -91,7 +91,11 @@ impl LimiterRegistry {
         }
         Arc::new(PolicyLimiter {
             policy: policy.clone(),
-            local: LocalLimiter::new(policy),
+            local: LocalLimiter::new(policy).counting_overflow(
+                metrics
+                    .rate_limit_overflow_total
+                    .with_label_values(&[&policy.name]),
+            ),
             keys_gauge: metrics.rate_limit_keys.with_label_values(&[&policy.name]),
             fallbacks: metrics
                 .rate_limit_fallbacks_total
@@ -193,6 +197,16 @@ impl FailureLimiter {
     }
 }
 
+/// The address a client is limited as: IPv4 as it is, IPv6 as its `prefix` (a host usually
+/// holds a whole /64; per-address buckets would let it pick a fresh one per request).
+pub fn limit_address(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, ipv6_prefix.min(128))
+            .map_or(IpAddr::V6(v6), |n| IpAddr::V6(n.network())),
+        v4 => v4,
+    }
+}
+
 /// A policy's state after a request: what the `RateLimit-*` headers and a 429 report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitInfo {
@@ -205,6 +219,7 @@ pub struct RateLimitInfo {
 
 /// What the request is limited by, for one policy.
 pub struct RequestKeys<'a> {
+    /// Already reduced to its limiting prefix (see [`limit_address`]).
     pub client_ip: Option<IpAddr>,
     pub principal: Option<&'a Principal>,
     pub headers: &'a HeaderMap,
@@ -380,6 +395,20 @@ fn hash_key(kind: &str, value: &KeyValue<'_>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_limited_per_prefix_and_mapped_ipv4_as_ipv4() {
+        let a = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(limit_address(a("2001:db8::1"), 64), a("2001:db8::"));
+        assert_eq!(limit_address(a("2001:db8::ffff:1"), 64), a("2001:db8::"));
+        assert_ne!(limit_address(a("2001:db8:0:1::1"), 64), a("2001:db8::"));
+        assert_eq!(limit_address(a("2001:db8::1"), 128), a("2001:db8::1"));
+        assert_eq!(limit_address(a("::ffff:10.1.2.3"), 64), a("10.1.2.3"));
+        assert_eq!(limit_address(a("10.1.2.3"), 64), a("10.1.2.3"));
+        let trusted =
+            crate::config::model::TrustedProxies(vec!["10.0.0.0/8".parse().expect("net")]);
+        assert!(trusted.contains(&a("::ffff:10.0.0.7")));
+    }
 
     fn principal(sub: &str) -> Principal {
         Principal::for_tests(sub, &[])
