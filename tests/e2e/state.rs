@@ -264,3 +264,137 @@ routes: [{{ name: r, path_prefix: /, auth: none, rate_limit: per_ip, upstream: l
     assert_eq!(from("203.0.113.2"), 200);
     assert_eq!(from("203.0.113.2"), 429);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cached identities never outlive the provider that made them.
+
+fn fingerprint_config(mock: &Mock, redis: Option<&Redis>, secret_var: &str) -> String {
+    let redis = redis.map_or(String::new(), |r| {
+        format!("redis: {{ url: \"{}\", command_timeout: 500ms }}", r.url())
+    });
+    format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+{redis}
+upstreams: {{ lms: {{ endpoints: ["{m}"] }} }}
+auth:
+  providers:
+    simple: {{ type: jwt, algorithms: [HS256], keys: [{{ secret_env: {secret_var} }}], subject_claim: user_id, required_claims: {{ token_type: access }} }}
+    issuer: {{ type: jwt, algorithms: [RS256], jwks_url: "http://{m}/.well-known/jwks.json", jwks_refresh: 1s, audience: [api] }}
+routes:
+  - {{ name: jwks, path_prefix: /echo/jwks/, auth: {{ providers: [issuer] }}, upstream: lms }}
+  - {{ name: r, path_prefix: /echo/, auth: {{ providers: [simple] }}, upstream: lms }}
+"#,
+        m = mock.addr
+    )
+}
+
+fn hs256(secret: &str, user: u64) -> String {
+    tokens::sign(
+        Algorithm::HS256,
+        secret,
+        None,
+        &json!({"user_id": user, "exp": tokens::now() + 600, "token_type": "access"}),
+    )
+}
+
+fn status_of(gw: &Gateway, path: &str, token: &str) -> u16 {
+    client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+const OLD: &str = "the-old-secret-that-leaked-0123456789";
+const NEW: &str = "the-new-secret-after-rotation-0123456";
+
+#[test]
+fn a_rotated_secret_makes_identities_cached_under_the_old_one_misses() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start(
+        &fingerprint_config(&mock, None, "SECRET_A"),
+        &[("SECRET_A", OLD), ("SECRET_B", NEW)],
+    );
+    let forged = hs256(OLD, 1);
+    assert_eq!(status_of(&gw, "/echo/x", &forged), 200);
+    assert_eq!(status_of(&gw, "/echo/x", &forged), 200, "now cached");
+    // The operator rotates the leaked secret and reloads: the cached identity goes with it.
+    std::fs::write(&gw.config, fingerprint_config(&mock, None, "SECRET_B")).expect("write");
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .expect("reload");
+    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(&gw, "/echo/x", &forged), 401);
+    assert_eq!(status_of(&gw, "/echo/x", &hs256(NEW, 1)), 200);
+}
+
+#[test]
+fn a_replica_with_other_keys_never_takes_an_identity_from_redis() {
+    let mock = Mock::start("m");
+    let redis = Redis::start();
+    let env = [("SECRET_A", OLD), ("SECRET_B", NEW)];
+    let a = Gateway::start(&fingerprint_config(&mock, Some(&redis), "SECRET_A"), &env);
+    let b = Gateway::start(&fingerprint_config(&mock, Some(&redis), "SECRET_B"), &env);
+    let token = hs256(OLD, 2);
+    assert_eq!(status_of(&a, "/echo/x", &token), 200);
+    wait_until("the identity in Redis", WAIT, || {
+        metric(
+            &a.metrics(),
+            "authgate_token_cache_total",
+            &[("tier", "redis"), ("result", "miss")],
+        ) >= 1.0
+    });
+    // Same provider name, other key: b must verify (and refuse) rather than trust a's entry.
+    assert_eq!(status_of(&b, "/echo/x", &token), 401);
+    assert_eq!(
+        metric(
+            &b.metrics(),
+            "authgate_token_cache_total",
+            &[("tier", "redis"), ("result", "hit")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn a_jwks_key_the_issuer_retires_stops_working_at_the_next_refresh() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start(
+        &fingerprint_config(&mock, None, "SECRET_A"),
+        &[("SECRET_A", OLD)],
+    );
+    gw.wait_ready();
+    let token = tokens::sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &json!({"sub": "k", "aud": "api", "exp": tokens::now() + 600}),
+    );
+    assert_eq!(status_of(&gw, "/echo/jwks/x", &token), 200);
+    assert_eq!(status_of(&gw, "/echo/jwks/x", &token), 200, "now cached");
+    let refreshes = |gw: &Gateway| {
+        metric(
+            &gw.metrics(),
+            "authgate_jwks_refresh_total",
+            &[("provider", "issuer"), ("result", "ok")],
+        )
+    };
+    let before = refreshes(&gw);
+    client()
+        .post(mock.url("/__mock/jwks/rotate?drop_old=true"))
+        .send()
+        .expect("rotate");
+    wait_until("a JWKS refresh after the rotation", WAIT, || {
+        refreshes(&gw) >= before + 2.0
+    });
+    assert_eq!(
+        status_of(&gw, "/echo/jwks/x", &token),
+        401,
+        "rsa-1 is retired"
+    );
+}

@@ -2,6 +2,7 @@
 //! (`tok:<sha256>`), shared by every replica. It holds identities, never a route's decision:
 //! scopes and provider lists are checked against the cached identity on every request.
 
+use super::fingerprint::Fingerprint;
 use super::Principal;
 use crate::config::model::TokenCacheSettings;
 use crate::metrics::Metrics;
@@ -50,10 +51,12 @@ pub struct Refusal {
     pub rejection: super::AuthError,
 }
 
-/// An entry and the moment it stops being served.
+/// An entry, the fingerprint of the provider that made it, and the moment it stops being
+/// served.
 #[derive(Clone)]
 struct Stored {
     entry: Entry,
+    fingerprint: Fingerprint,
     until: Instant,
 }
 
@@ -79,6 +82,9 @@ struct Shared {
     cid: Option<String>,
     jti: Option<String>,
     iat: Option<u64>,
+    /// Hex fingerprint of the provider that made it; entries without one are misses.
+    #[serde(default)]
+    fp: Option<String>,
 }
 
 fn secs(t: Option<SystemTime>) -> Option<u64> {
@@ -116,28 +122,60 @@ impl TokenCache {
     }
 
     pub fn get_local(&self, key: &TokenHash) -> Option<Entry> {
-        let found = match self.local.get(key) {
-            Some(s) if Instant::now() < s.until => Some(s.entry),
+        self.get_local_stamped(key).map(|(e, _)| e)
+    }
+
+    /// An entry with the fingerprint of the provider that made it. Not counted: the caller
+    /// knows whether it could use it ([`TokenCache::count_local`]).
+    pub fn get_local_stamped(&self, key: &TokenHash) -> Option<(Entry, Fingerprint)> {
+        match self.local.get(key) {
+            Some(s) if Instant::now() < s.until => Some((s.entry, s.fingerprint)),
             Some(_) => {
                 self.local.remove(key);
                 None
             }
             None => None,
-        };
-        if found.is_some() {
+        }
+    }
+
+    /// `authgate_token_cache_total{tier="local"}`: a hit is an entry the request could use.
+    pub fn count_local(&self, hit: bool) {
+        if hit {
             &self.local_hit
         } else {
             &self.local_miss
         }
         .inc();
-        found
     }
 
-    pub fn put_local(&self, key: TokenHash, entry: Entry) {
+    /// `authgate_token_cache_total{tier="redis"}`, likewise.
+    pub fn count_redis(&self, hit: bool) {
+        if hit {
+            &self.redis_hit
+        } else {
+            &self.redis_miss
+        }
+        .inc();
+    }
+
+    pub fn put_local(&self, key: TokenHash, entry: Entry, fingerprint: Fingerprint) {
+        self.put_local_within(key, entry, fingerprint, Duration::MAX);
+    }
+
+    /// [`put_local`](Self::put_local), for at most `limit` (a copy of a Redis entry keeps what
+    /// that entry has left, never a fresh lifetime).
+    pub fn put_local_within(
+        &self,
+        key: TokenHash,
+        entry: Entry,
+        fingerprint: Fingerprint,
+        limit: Duration,
+    ) {
         let ttl = match &entry {
             Entry::Valid(p) => ttl_for(p, self.settings.max_ttl),
             Entry::Refused(_) => self.settings.negative_ttl,
-        };
+        }
+        .min(limit);
         if ttl.is_zero() {
             return;
         }
@@ -145,6 +183,7 @@ impl TokenCache {
             key,
             Stored {
                 entry,
+                fingerprint,
                 until: Instant::now() + ttl,
             },
         );
@@ -167,24 +206,33 @@ impl TokenCache {
         self.len() == 0
     }
 
-    pub async fn get_redis(&self, redis: &RedisLink, key: &TokenHash) -> Option<Principal> {
+    /// A Redis entry with the fingerprint it was stored under and what its TTL has left.
+    pub async fn get_redis(
+        &self,
+        redis: &RedisLink,
+        key: &TokenHash,
+    ) -> Option<(Principal, Fingerprint, Duration)> {
         let rkey = redis.key("tok", &hex::encode(key));
-        let raw: Option<Option<Vec<u8>>> = redis
+        // One round trip: the value and its remaining lifetime.
+        let raw: Option<(Option<Vec<u8>>, i64)> = redis
             .run(RedisOp::CacheGet, |mut c| async move {
-                redis::cmd("GET").arg(rkey).query_async(&mut c).await
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&rkey)
+                    .cmd("PTTL")
+                    .arg(&rkey)
+                    .query_async(&mut c)
+                    .await
             })
             .await;
-        let found = raw
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<Shared>(&b).ok());
-        if found.is_some() {
-            &self.redis_hit
-        } else {
-            &self.redis_miss
-        }
-        .inc();
-        let s = found?;
-        Some(Principal {
+        let (value, pttl) = raw.map_or((None, 0), |(v, t)| (v, t));
+        let s = value
+            .and_then(|b| serde_json::from_slice::<Shared>(&b).ok())
+            .filter(|_| pttl > 0)?;
+        let mut fingerprint = [0u8; 16];
+        hex::decode_to_slice(s.fp.as_deref()?, &mut fingerprint).ok()?;
+        let left = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
+        let p = Principal {
             subject: s.sub,
             scopes: super::scope_set(s.scopes),
             provider: s.provider.into(),
@@ -193,10 +241,17 @@ impl TokenCache {
             credential_id: s.cid.map(Into::into),
             jti: s.jti,
             issued_at: time(s.iat),
-        })
+        };
+        Some((p, fingerprint, left))
     }
 
-    pub async fn put_redis(&self, redis: &RedisLink, key: &TokenHash, p: &Principal) {
+    pub async fn put_redis(
+        &self,
+        redis: &RedisLink,
+        key: &TokenHash,
+        p: &Principal,
+        fingerprint: &Fingerprint,
+    ) {
         let ttl = ttl_for(p, self.settings.max_ttl);
         if ttl < Duration::from_millis(1) {
             return;
@@ -210,6 +265,7 @@ impl TokenCache {
             cid: p.credential_id.as_deref().map(str::to_owned),
             jti: p.jti.clone(),
             iat: secs(p.issued_at),
+            fp: Some(hex::encode(fingerprint)),
         };
         let Ok(body) = serde_json::to_vec(&stored) else {
             return;

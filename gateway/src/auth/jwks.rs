@@ -39,6 +39,11 @@ pub struct JwksStore {
     pub url: String,
     pub refresh: Duration,
     keys: ArcSwapOption<KeySet>,
+    /// Digest of the key set last loaded (two halves; written only by a fetch): cached
+    /// identities verified under another key set are misses, so a retired key stops working
+    /// at the next refresh.
+    key_set_hi: std::sync::atomic::AtomicU64,
+    key_set_lo: std::sync::atomic::AtomicU64,
     client: reqwest::Client,
     fetch_lock: tokio::sync::Mutex<()>,
     last_fetch: Mutex<Option<Instant>>,
@@ -69,6 +74,8 @@ impl JwksStore {
             url: url.to_string(),
             refresh,
             keys: ArcSwapOption::empty(),
+            key_set_hi: std::sync::atomic::AtomicU64::new(0),
+            key_set_lo: std::sync::atomic::AtomicU64::new(0),
             client,
             fetch_lock: tokio::sync::Mutex::new(()),
             last_fetch: Mutex::new(None),
@@ -77,6 +84,14 @@ impl JwksStore {
             ok,
             error,
         })
+    }
+
+    /// The digest of the key set in use ([`super::fingerprint::of_key_set`]).
+    pub fn key_set_digest(&self) -> super::fingerprint::Fingerprint {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.key_set_hi.load(Ordering::Acquire).to_be_bytes());
+        out[8..].copy_from_slice(&self.key_set_lo.load(Ordering::Acquire).to_be_bytes());
+        out
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -213,6 +228,16 @@ impl JwksStore {
             return Err("the JWK set has no usable key".into());
         }
         let n = keys.len();
+        let digest = super::fingerprint::of_key_set(&set.keys);
+        let (hi, lo) = digest.split_at(8);
+        self.key_set_hi.store(
+            u64::from_be_bytes(hi.try_into().unwrap_or_default()),
+            Ordering::Release,
+        );
+        self.key_set_lo.store(
+            u64::from_be_bytes(lo.try_into().unwrap_or_default()),
+            Ordering::Release,
+        );
         self.keys.store(Some(Arc::new(KeySet { keys })));
         Ok(n)
     }

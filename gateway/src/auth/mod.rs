@@ -6,6 +6,7 @@
 
 pub mod apikey;
 pub mod cache;
+pub mod fingerprint;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
@@ -412,6 +413,8 @@ pub struct Authenticator {
     single_flight: SingleFlight,
     /// The headers API-key providers read keys from, each allowed once per request.
     key_headers: Vec<http::HeaderName>,
+    /// Each provider's configuration fingerprint (see [`fingerprint`]).
+    fingerprints: Vec<fingerprint::Fingerprint>,
 }
 
 impl Authenticator {
@@ -482,6 +485,11 @@ impl Authenticator {
             }
         }
         Ok(Authenticator {
+            fingerprints: settings
+                .providers
+                .iter()
+                .map(|p| fingerprint::of(p))
+                .collect(),
             key_headers,
             providers,
             names,
@@ -495,6 +503,17 @@ impl Authenticator {
             generation,
             single_flight: SingleFlight::default(),
         })
+    }
+
+    /// Provider `i`'s fingerprint now: its configuration's, with its JWKS key set folded in.
+    fn fingerprint(&self, i: usize) -> fingerprint::Fingerprint {
+        match &self.providers[i] {
+            Provider::Jwt(v) => match v.jwks() {
+                Some(store) => fingerprint::combine(&self.fingerprints[i], &store.key_set_digest()),
+                None => self.fingerprints[i],
+            },
+            _ => self.fingerprints[i],
+        }
     }
 
     pub fn key_headers(&self) -> &[http::HeaderName] {
@@ -642,28 +661,42 @@ impl Authenticator {
                 (i, Ok(p), tier)
             }
         };
-        match self.cache.get_local(&hash) {
-            Some(Entry::Valid(p)) => {
-                if let Some(i) = index_of(&p) {
+        match self.cache.get_local_stamped(&hash) {
+            Some((Entry::Valid(p), fp)) => {
+                // Made by a provider of this route, as it is configured now (keys, claims
+                // rules, API key list, JWKS key set): anything else is a miss.
+                if let Some(i) = index_of(&p).filter(|&i| self.fingerprint(i) == fp) {
+                    self.cache.count_local(true);
                     return checked(i, p, Tier::Local);
                 }
             }
-            Some(Entry::Refused(r)) if Some(r.mask) == mask && r.generation == self.generation => {
+            Some((Entry::Refused(r), _))
+                if Some(r.mask) == mask && r.generation == self.generation =>
+            {
+                self.cache.count_local(true);
                 return (r.provider, Err(r.rejection), Tier::Local);
             }
             _ => {}
         }
+        self.cache.count_local(false);
         if let Some(redis) = &self.redis {
-            if let Some(p) = self.cache.get_redis(redis, &hash).await {
-                if let Some(i) = index_of(&p) {
-                    // This replica may have started after a revocation it never heard of.
-                    if self.revocations.revoked_in_redis(redis, &hash, &p).await {
-                        return (i, Err(revoked()), Tier::Redis);
-                    }
-                    let p = Arc::new(p);
-                    self.cache.put_local(hash, Entry::Valid(p.clone()));
-                    return checked(i, p, Tier::Redis);
+            let found = self.cache.get_redis(redis, &hash).await;
+            let usable = found.and_then(|(p, fp, left)| {
+                index_of(&p)
+                    .filter(|&i| self.fingerprint(i) == fp)
+                    .map(|i| (i, p, fp, left))
+            });
+            self.cache.count_redis(usable.is_some());
+            if let Some((i, p, fp, left)) = usable {
+                // This replica may have started after a revocation it never heard of.
+                if self.revocations.revoked_in_redis(redis, &hash, &p).await {
+                    return (i, Err(revoked()), Tier::Redis);
                 }
+                let p = Arc::new(p);
+                // The local copy lives no longer than the Redis entry has left.
+                self.cache
+                    .put_local_within(hash, Entry::Valid(p.clone()), fp, left);
+                return checked(i, p, Tier::Redis);
             }
         }
         let (provider, result) = self.verify(presented, hash, candidates).await;
@@ -677,9 +710,10 @@ impl Authenticator {
                 if self.revocations.principal_revoked(p) {
                     return (provider, Err(revoked()), Tier::Miss);
                 }
-                self.cache.put_local(hash, Entry::Valid(p.clone()));
+                let fp = self.fingerprint(provider);
+                self.cache.put_local(hash, Entry::Valid(p.clone()), fp);
                 if let Some(redis) = &self.redis {
-                    self.cache.put_redis(redis, &hash, p).await;
+                    self.cache.put_redis(redis, &hash, p, &fp).await;
                 }
             }
             // Nobody could tell: never remembered.
@@ -694,6 +728,7 @@ impl Authenticator {
                             provider,
                             rejection: rejection.clone(),
                         })),
+                        [0; 16],
                     );
                 }
             }

@@ -150,6 +150,7 @@ fn tokens(n: u64) -> Result<(), String> {
         cache.put_local(
             token_hash(i),
             Entry::Valid(Arc::new(principal(i, &provider, now))),
+            [0; 16],
         );
     }
     let held = cache.len();
