@@ -80,7 +80,8 @@ pub struct RedisLink {
     pub prefix: String,
     timeout: Duration,
     epoch: Instant,
-    open_until_ms: AtomicU64,
+    /// One breaker per kind of command: a slow rate-limit script must not stop revocations.
+    open_until_ms: [AtomicU64; 7],
     errors: [IntCounter; 7],
 }
 
@@ -117,7 +118,7 @@ impl RedisLink {
             prefix: settings.key_prefix.clone(),
             timeout: settings.command_timeout,
             epoch: Instant::now(),
-            open_until_ms: AtomicU64::new(0),
+            open_until_ms: Default::default(),
             errors: RedisOp::ALL
                 .map(|op| metrics.redis_errors_total.with_label_values(&[op.as_str()])),
         }))
@@ -127,9 +128,9 @@ impl RedisLink {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether Redis is worth asking right now.
-    pub fn available(&self) -> bool {
-        self.open_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    /// Whether Redis is worth asking right now for this kind of command.
+    pub fn available(&self, op: RedisOp) -> bool {
+        self.open_until_ms[op as usize].load(Ordering::Relaxed) <= self.now_ms()
     }
 
     /// Runs one command with the timeout and breaker; `None` when Redis did not answer.
@@ -138,7 +139,7 @@ impl RedisLink {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if !self.available() {
+        if !self.available(op) {
             return None;
         }
         match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
@@ -162,7 +163,8 @@ impl RedisLink {
     fn failed(&self, op: RedisOp, why: &str) {
         self.errors[op as usize].inc();
         let until = self.now_ms() + BREAKER_OPEN.as_millis() as u64;
-        let was_closed = self.open_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms();
+        let was_closed =
+            self.open_until_ms[op as usize].swap(until, Ordering::Relaxed) <= self.now_ms();
         if was_closed {
             tracing::warn!(
                 op = op.as_str(),

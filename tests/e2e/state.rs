@@ -398,3 +398,103 @@ fn a_jwks_key_the_issuer_retires_stops_working_at_the_next_refresh() {
         "rsa-1 is retired"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Revocations that survive Redis going away.
+
+#[test]
+fn a_revocation_made_while_redis_is_down_reaches_every_replica_once_it_returns() {
+    let mock = Mock::start("m");
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let yaml = format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+redis: {{ url: "redis://127.0.0.1:{port}/0", command_timeout: 200ms }}
+upstreams: {{ lms: {{ endpoints: ["{m}"] }} }}
+auth:
+  providers:
+    simple: {{ type: jwt, algorithms: [HS256], keys: [{{ secret_env: JWT_SECRET }}], subject_claim: user_id, required_claims: {{ token_type: access }} }}
+routes: [{{ name: r, path_prefix: /echo/, auth: required, upstream: lms }}]
+"#,
+        m = mock.addr
+    );
+    let env = [("JWT_SECRET", MOCK_JWT_SECRET)];
+    let a = Gateway::start(&yaml, &env);
+    let b = Gateway::start(&yaml, &env);
+    let tokens: Vec<String> = (0..3)
+        .map(|i| {
+            tokens::sign(
+                Algorithm::HS256,
+                MOCK_JWT_SECRET,
+                None,
+                &json!({"user_id": 50 + i, "exp": tokens::now() + 600, "jti": format!("down-{i}"), "token_type": "access"}),
+            )
+        })
+        .collect();
+    for t in &tokens {
+        assert_eq!(status_of(&a, "/echo/x", t), 200);
+        assert_eq!(status_of(&b, "/echo/x", t), 200, "cached on b too");
+    }
+    // Redis goes away; a revokes all three.
+    redis.proc.kill();
+    for t in &tokens {
+        let r = client()
+            .post(a.admin_url("/admin/revoke"))
+            .json(&json!({"token": t}))
+            .send()
+            .expect("revoke");
+        assert_eq!(r.status(), 202, "applied here, not yet shared");
+        assert_eq!(r.json::<Value>().expect("json")["replicas"], "pending");
+        assert_eq!(status_of(&a, "/echo/x", t), 401, "refused here at once");
+    }
+    // Redis comes back (empty: nothing of the revocations survived in it).
+    let _redis = Redis::start_on(port);
+    let back = std::time::Instant::now();
+    wait_until(
+        "every replica to refuse every revoked token",
+        std::time::Duration::from_secs(5),
+        || tokens.iter().all(|t| status_of(&b, "/echo/x", t) == 401),
+    );
+    assert!(back.elapsed() < std::time::Duration::from_secs(5));
+    // And the revocation is in Redis now, for replicas yet to start.
+    let c = Gateway::start(&yaml, &env);
+    for t in &tokens {
+        assert_eq!(status_of(&c, "/echo/x", t), 401);
+    }
+}
+
+#[test]
+fn after_each_reload_that_changes_a_key_the_old_key_admits_nothing() {
+    let mock = Mock::start("m");
+    let secrets: Vec<String> = (0..5)
+        .map(|i| format!("rotating-secret-number-{i}-0123456789abcdef"))
+        .collect();
+    let env: Vec<(String, String)> = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("SECRET_{i}"), s.clone()))
+        .collect();
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let gw = Gateway::start(&fingerprint_config(&mock, None, "SECRET_0"), &env_ref);
+    for i in 1..secrets.len() {
+        let old = hs256(&secrets[i - 1], 70);
+        // Under load: the old token is being served from the cache right up to the reload.
+        assert_eq!(status_of(&gw, "/echo/x", &old), 200);
+        assert_eq!(status_of(&gw, "/echo/x", &old), 200);
+        std::fs::write(
+            &gw.config,
+            fingerprint_config(&mock, None, &format!("SECRET_{i}")),
+        )
+        .expect("write");
+        let r = client()
+            .post(gw.admin_url("/admin/reload"))
+            .send()
+            .expect("reload");
+        assert_eq!(r.status(), 200);
+        // Once the reload has answered, the old key admits nothing, cached or not.
+        assert_eq!(status_of(&gw, "/echo/x", &old), 401, "reload {i}");
+        assert_eq!(status_of(&gw, "/echo/x", &hs256(&secrets[i], 70)), 200);
+    }
+}

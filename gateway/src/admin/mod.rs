@@ -97,16 +97,19 @@ impl Admin {
             ),
             _ => return bad("give exactly one of token, jti, subject"),
         };
-        let shared = snap
+        let reach = snap
             .auth
             .revocations
             .revoke(revocation, snap.redis.as_deref())
             .await;
-        tracing::info!(kind, shared, "revocation recorded");
-        json_response(
-            StatusCode::OK,
-            json!({"revoked": kind, "replicas": if shared { "all" } else { "this replica only" }}),
-        )
+        tracing::info!(kind, reach = ?reach, "revocation recorded");
+        // 202 while Redis has not confirmed: applied here, retried until every replica has it.
+        let (status, replicas) = match reach {
+            revoke::Reach::All => (StatusCode::OK, "all"),
+            revoke::Reach::Pending => (StatusCode::ACCEPTED, "pending"),
+            revoke::Reach::ThisReplica => (StatusCode::OK, "this replica only"),
+        };
+        json_response(status, json!({"revoked": kind, "replicas": replicas}))
     }
 
     fn readyz(&self) -> Response<Vec<u8>> {

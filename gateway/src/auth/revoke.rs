@@ -92,6 +92,22 @@ pub struct Revocations {
     cache: ArcSwapOption<TokenCache>,
     /// `auth.revocation_ttl` of the running configuration, in ms.
     default_ttl_ms: std::sync::atomic::AtomicU64,
+    /// Revocations applied here that Redis has not confirmed yet, oldest first. Kept until it
+    /// has (retried by [`retry_outbox`]), so a Redis outage never loses one.
+    outbox: std::sync::Mutex<std::collections::VecDeque<Revocation>>,
+    /// One flush at a time: the request that revoked and the retry task may both try.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+/// How far a revocation has reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Stored in Redis and published: every replica refuses it.
+    All,
+    /// Applied here; Redis has not confirmed yet and it will be retried until it does.
+    Pending,
+    /// There is no Redis: this replica only.
+    ThisReplica,
 }
 
 fn now_ms() -> u64 {
@@ -115,7 +131,14 @@ impl Revocations {
             any: AtomicBool::new(false),
             cache: ArcSwapOption::empty(),
             default_ttl_ms: std::sync::atomic::AtomicU64::new(DEFAULT_TTL.as_millis() as u64),
+            outbox: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            flushing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Revocations not yet confirmed by Redis.
+    pub fn pending(&self) -> usize {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// `auth.revocation_ttl` of the configuration being installed.
@@ -192,12 +215,50 @@ impl Revocations {
         self.any.store(true, Ordering::Release);
     }
 
-    /// Applies locally, stores in Redis with its TTL, and tells the other replicas. Returns
-    /// whether Redis took it (the local part always happens).
-    pub async fn revoke(&self, r: Revocation, redis: Option<&RedisLink>) -> bool {
+    /// Applies locally at once, then stores in Redis with its TTL and tells the other
+    /// replicas; while Redis does not answer it waits in the outbox and is retried.
+    pub async fn revoke(&self, r: Revocation, redis: Option<&RedisLink>) -> Reach {
         self.apply(&r);
-        let Some(redis) = redis else { return false };
-        let (key, value, ttl_ms) = match &r {
+        let Some(redis) = redis else {
+            return Reach::ThisReplica;
+        };
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(r);
+        if self.flush(redis).await {
+            Reach::All
+        } else {
+            Reach::Pending
+        }
+    }
+
+    /// Sends the outbox to Redis, oldest first; `true` once it is empty. Stops at the first
+    /// revocation Redis does not confirm (order is kept: nothing is skipped).
+    pub async fn flush(&self, redis: &RedisLink) -> bool {
+        let _one = self.flushing.lock().await;
+        loop {
+            let next = self
+                .outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .front()
+                .cloned();
+            let Some(r) = next else { return true };
+            if Self::share(&r, redis).await.is_none() {
+                return false;
+            }
+            self.outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+        }
+    }
+
+    /// One revocation to Redis: its key with the TTL, the shared cache entry dropped, and the
+    /// event published, in one round trip.
+    async fn share(r: &Revocation, redis: &RedisLink) -> Option<()> {
+        let (key, value, ttl_ms) = match r {
             Revocation::Token { id, ttl_ms } | Revocation::Jti { id, ttl_ms } => {
                 (redis.key("revoked", id), "1".to_string(), *ttl_ms)
             }
@@ -211,16 +272,14 @@ impl Revocations {
                 *ttl_ms,
             ),
         };
-        let Ok(event) = serde_json::to_string(&r) else {
-            return false;
-        };
+        let event = serde_json::to_string(r).ok()?;
         let channel = format!("{}events", redis.prefix);
         // A revoked token's shared cache entry goes too.
-        let cached = match &r {
+        let cached = match r {
             Revocation::Token { id, .. } => Some(redis.key("tok", id)),
             _ => None,
         };
-        let stored: Option<()> = redis
+        redis
             .run(RedisOp::Revoke, |mut c| async move {
                 let mut pipe = redis::pipe();
                 if let Some(k) = cached {
@@ -239,8 +298,7 @@ impl Revocations {
                     .query_async(&mut c)
                     .await
             })
-            .await;
-        stored.is_some()
+            .await
     }
 
     /// For an identity just verified (not from a cache): whether another replica revoked it
@@ -307,8 +365,28 @@ fn issued_ms(p: &Principal) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
+/// Retries the outbox while it holds revocations Redis has not confirmed, for as long as the
+/// link lives.
+pub async fn retry_outbox(link: Weak<RedisLink>, revocations: Weak<Revocations>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (Some(l), Some(r)) = (link.upgrade(), revocations.upgrade()) else {
+            return;
+        };
+        if r.pending() > 0 && r.flush(&l).await {
+            tracing::info!("pending revocations stored in Redis and published");
+        }
+    }
+}
+
+/// How often the subscription is pinged, and how long a ping may take: a connection that a
+/// NAT or a failover silently dropped is noticed within about this.
+const LIVENESS: Duration = Duration::from_secs(2);
+
 /// Listens on `<prefix>events` and applies what other replicas revoke, reconnecting as
-/// needed. After any gap the local token cache is cleared: events may have been missed.
+/// needed. The subscription is pinged every [`LIVENESS`]; a ping that fails or goes
+/// unanswered ends it. After any gap the local token cache is cleared: events may have been
+/// missed.
 pub async fn listen(link: Weak<RedisLink>, revocations: Weak<Revocations>) {
     use futures_util::StreamExt;
     let mut first = true;
@@ -326,15 +404,32 @@ pub async fn listen(link: Weak<RedisLink>, revocations: Weak<Revocations>) {
                         }
                         tracing::info!("revocation events: resubscribed; token cache cleared");
                     }
-                    let mut stream = pubsub.on_message();
-                    while let Some(msg) = stream.next().await {
-                        let Some(r) = revocations.upgrade() else {
-                            return;
-                        };
-                        let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                        match serde_json::from_slice::<Revocation>(&payload) {
-                            Ok(event) => r.apply(&event),
-                            Err(_) => tracing::warn!("ignoring a malformed revocation event"),
+                    let (mut sink, mut stream) = pubsub.split();
+                    let mut ping = tokio::time::interval(LIVENESS);
+                    ping.tick().await;
+                    loop {
+                        tokio::select! {
+                            msg = stream.next() => {
+                                let Some(msg) = msg else { break };
+                                let Some(r) = revocations.upgrade() else {
+                                    return;
+                                };
+                                let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                                match serde_json::from_slice::<Revocation>(&payload) {
+                                    Ok(event) => r.apply(&event),
+                                    Err(_) => tracing::warn!("ignoring a malformed revocation event"),
+                                }
+                            }
+                            _ = ping.tick() => {
+                                let alive = tokio::time::timeout(LIVENESS, sink.ping::<redis::Value>()).await;
+                                if !matches!(alive, Ok(Ok(_))) {
+                                    tracing::warn!("revocation events: the subscription stopped answering; reconnecting");
+                                    if let Some(l) = link.upgrade() {
+                                        l.count_error(RedisOp::Subscribe);
+                                    }
+                                    break;
+                                }
+                            }
                         }
                     }
                 }

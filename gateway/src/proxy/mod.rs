@@ -150,8 +150,12 @@ impl Reusable {
         match (&snapshot.redis, &snapshot.redis_fingerprint) {
             (Some(link), Some(fp)) => {
                 if !slot.as_ref().is_some_and(|(_, l)| Arc::ptr_eq(l, link)) {
-                    // A new link: its revocation events start with it.
+                    // A new link: its revocation events and outbox retries start with it.
                     crate::redis_link::spawn(crate::auth::revoke::listen(
+                        Arc::downgrade(link),
+                        Arc::downgrade(&self.auth.revocations),
+                    ))?;
+                    crate::redis_link::spawn(crate::auth::revoke::retry_outbox(
                         Arc::downgrade(link),
                         Arc::downgrade(&self.auth.revocations),
                     ))?;
