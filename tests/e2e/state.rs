@@ -498,3 +498,60 @@ fn after_each_reload_that_changes_a_key_the_old_key_admits_nothing() {
         assert_eq!(status_of(&gw, "/echo/x", &hs256(&secrets[i], 70)), 200);
     }
 }
+
+#[test]
+fn a_revocation_subscription_that_stops_answering_is_noticed_and_re_established() {
+    let mock = Mock::start("m");
+    let redis = Redis::start();
+    let yaml = format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+redis: {{ url: "{r}", command_timeout: 200ms }}
+upstreams: {{ lms: {{ endpoints: ["{m}"] }} }}
+auth:
+  providers:
+    simple: {{ type: jwt, algorithms: [HS256], keys: [{{ secret_env: JWT_SECRET }}], subject_claim: user_id, required_claims: {{ token_type: access }} }}
+routes: [{{ name: r, path_prefix: /echo/, auth: required, upstream: lms }}]
+"#,
+        r = redis.url(),
+        m = mock.addr
+    );
+    let env = [("JWT_SECRET", MOCK_JWT_SECRET)];
+    let a = Gateway::start(&yaml, &env);
+    let b = Gateway::start(&yaml, &env);
+    let token = tokens::sign(
+        Algorithm::HS256,
+        MOCK_JWT_SECRET,
+        None,
+        &json!({"user_id": 80, "exp": tokens::now() + 600, "jti": "quiet", "token_type": "access"}),
+    );
+    assert_eq!(status_of(&b, "/echo/x", &token), 200);
+    // Redis stops answering without closing anything, as behind a NAT that dropped the flow.
+    let paused = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CLIENT",
+            "PAUSE",
+            "4000",
+            "ALL",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(paused.status.success());
+    wait_until("b to notice its subscription is dead", WAIT, || {
+        b.proc
+            .output()
+            .contains("the subscription stopped answering")
+    });
+    // Once Redis answers again, b is subscribed again: a's revocation reaches it.
+    wait_until("a's revocation to reach b", WAIT, || {
+        let r = client()
+            .post(a.admin_url("/admin/revoke"))
+            .json(&json!({"jti": "quiet"}))
+            .send()
+            .expect("revoke");
+        r.status() == 200 && status_of(&b, "/echo/x", &token) == 401
+    });
+}

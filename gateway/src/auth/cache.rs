@@ -100,6 +100,9 @@ fn time(s: Option<u64>) -> Option<SystemTime> {
 /// expiry is checked on every read, so no entry is served past `until`.
 pub struct TokenCache {
     local: Cache<TokenHash, Stored>,
+    /// Refusals, apart and smaller: a flood of junk tokens evicts other junk, never the
+    /// identities of real users.
+    refused: Cache<TokenHash, Stored>,
     pub settings: TokenCacheSettings,
     local_hit: IntCounter,
     local_miss: IntCounter,
@@ -113,6 +116,11 @@ impl TokenCache {
             |tier: &str, result: &str| metrics.token_cache_total.with_label_values(&[tier, result]);
         TokenCache {
             local: Cache::new(usize::try_from(settings.max_entries).unwrap_or(usize::MAX)),
+            refused: Cache::new(
+                usize::try_from(settings.max_entries / 10)
+                    .unwrap_or(usize::MAX)
+                    .max(1000),
+            ),
             settings: settings.clone(),
             local_hit: c("local", "hit"),
             local_miss: c("local", "miss"),
@@ -128,14 +136,16 @@ impl TokenCache {
     /// An entry with the fingerprint of the provider that made it. Not counted: the caller
     /// knows whether it could use it ([`TokenCache::count_local`]).
     pub fn get_local_stamped(&self, key: &TokenHash) -> Option<(Entry, Fingerprint)> {
-        match self.local.get(key) {
-            Some(s) if Instant::now() < s.until => Some((s.entry, s.fingerprint)),
-            Some(_) => {
-                self.local.remove(key);
-                None
+        for tier in [&self.local, &self.refused] {
+            match tier.get(key) {
+                Some(s) if Instant::now() < s.until => return Some((s.entry, s.fingerprint)),
+                Some(_) => {
+                    tier.remove(key);
+                }
+                None => {}
             }
-            None => None,
         }
+        None
     }
 
     /// `authgate_token_cache_total{tier="local"}`: a hit is an entry the request could use.
@@ -179,7 +189,11 @@ impl TokenCache {
         if ttl.is_zero() {
             return;
         }
-        self.local.insert(
+        let tier = match &entry {
+            Entry::Valid(_) => &self.local,
+            Entry::Refused(_) => &self.refused,
+        };
+        tier.insert(
             key,
             Stored {
                 entry,
@@ -191,11 +205,13 @@ impl TokenCache {
 
     pub fn invalidate(&self, key: &TokenHash) {
         self.local.remove(key);
+        self.refused.remove(key);
     }
 
     /// After missed revocation events (Redis reconnected), nothing cached can be trusted.
     pub fn clear(&self) {
         self.local.clear();
+        self.refused.clear();
     }
 
     pub fn len(&self) -> u64 {
@@ -283,5 +299,71 @@ impl TokenCache {
                     .await
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max_entries: u64) -> TokenCacheSettings {
+        TokenCacheSettings {
+            max_entries,
+            max_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn refusal() -> Entry {
+        Entry::Refused(Box::new(Refusal {
+            mask: 1,
+            generation: 1,
+            provider: 0,
+            rejection: super::super::AuthError::Invalid {
+                reason: "junk".into(),
+            },
+        }))
+    }
+
+    fn hash(i: u64) -> TokenHash {
+        let mut h = [0u8; 32];
+        h[..8].copy_from_slice(&i.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn a_flood_of_refusals_never_evicts_a_real_identity() {
+        let cache = TokenCache::new(&settings(100), &Metrics::new());
+        let real = Arc::new(Principal::for_tests("42", &["read"]));
+        for i in 0..50 {
+            cache.put_local(hash(1_000_000 + i), Entry::Valid(real.clone()), [1; 16]);
+        }
+        for i in 0..20_000 {
+            cache.put_local(hash(i), refusal(), [0; 16]);
+        }
+        let kept = (0..50)
+            .filter(|i| {
+                matches!(
+                    cache.get_local_stamped(&hash(1_000_000 + i)),
+                    Some((Entry::Valid(_), fp)) if fp == [1; 16]
+                )
+            })
+            .count();
+        assert_eq!(kept, 50, "every identity survives the junk");
+        assert!(matches!(
+            cache.get_local_stamped(&hash(19_999)),
+            Some((Entry::Refused(_), _))
+        ));
+    }
+
+    #[test]
+    fn a_copy_never_outlives_what_it_was_given() {
+        let cache = TokenCache::new(&settings(100), &Metrics::new());
+        let p = Arc::new(Principal::for_tests("1", &[]));
+        cache.put_local_within(hash(1), Entry::Valid(p), [0; 16], Duration::ZERO);
+        assert!(
+            cache.get_local_stamped(&hash(1)).is_none(),
+            "no time left, not kept"
+        );
     }
 }
