@@ -467,6 +467,9 @@ routes: [{{ name: r, path_prefix: /echo/, auth: required, upstream: lms }}]
 
 #[test]
 fn after_each_reload_that_changes_a_key_the_old_key_admits_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
     let mock = Mock::start("m");
     let secrets: Vec<String> = (0..5)
         .map(|i| format!("rotating-secret-number-{i}-0123456789abcdef"))
@@ -478,25 +481,70 @@ fn after_each_reload_that_changes_a_key_the_old_key_admits_nothing() {
         .collect();
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let gw = Gateway::start(&fingerprint_config(&mock, None, "SECRET_0"), &env_ref);
-    for i in 1..secrets.len() {
-        let old = hs256(&secrets[i - 1], 70);
-        // Under load: the old token is being served from the cache right up to the reload.
-        assert_eq!(status_of(&gw, "/echo/x", &old), 200);
-        assert_eq!(status_of(&gw, "/echo/x", &old), 200);
-        std::fs::write(
-            &gw.config,
-            fingerprint_config(&mock, None, &format!("SECRET_{i}")),
-        )
-        .expect("write");
-        let r = client()
-            .post(gw.admin_url("/admin/reload"))
-            .send()
-            .expect("reload");
-        assert_eq!(r.status(), 200);
-        // Once the reload has answered, the old key admits nothing, cached or not.
-        assert_eq!(status_of(&gw, "/echo/x", &old), 401, "reload {i}");
-        assert_eq!(status_of(&gw, "/echo/x", &hs256(&secrets[i], 70)), 200);
+    let tokens: Vec<String> = secrets.iter().map(|s| hs256(s, 70)).collect();
+    // Under load: two clients keep presenting every key's token while the keys change; each
+    // answer is recorded with the moment its request was sent.
+    let stop = AtomicBool::new(false);
+    let sent = AtomicUsize::new(0);
+    let seen: Mutex<Vec<(Instant, usize, u16)>> = Mutex::new(Vec::new());
+    let reloaded: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let c = client_with_timeout(std::time::Duration::from_secs(5));
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = i % tokens.len();
+                    i += 1;
+                    let at = Instant::now();
+                    if let Ok(r) = c.get(gw.url("/echo/x")).bearer_auth(&tokens[k]).send() {
+                        seen.lock()
+                            .expect("lock")
+                            .push((at, k, r.status().as_u16()));
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        for i in 1..secrets.len() {
+            let before = sent.load(Ordering::Relaxed);
+            wait_until("load between reloads", WAIT, || {
+                sent.load(Ordering::Relaxed) >= before + 20
+            });
+            std::fs::write(
+                &gw.config,
+                fingerprint_config(&mock, None, &format!("SECRET_{i}")),
+            )
+            .expect("write");
+            let r = client()
+                .post(gw.admin_url("/admin/reload"))
+                .send()
+                .expect("reload");
+            assert_eq!(r.status(), 200);
+            reloaded.lock().expect("lock").push(Instant::now());
+        }
+        let before = sent.load(Ordering::Relaxed);
+        wait_until("load after the last reload", WAIT, || {
+            sent.load(Ordering::Relaxed) >= before + 20
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
+    let reloaded = reloaded.into_inner().expect("lock");
+    let seen = seen.into_inner().expect("lock");
+    // Key k is current from reload k (its answer) until reload k+1 is answered.
+    for (at, k, status) in &seen {
+        let retired_by = reloaded.get(*k);
+        if *status == 200 {
+            assert!(
+                retired_by.is_none_or(|r| at <= r),
+                "key {k} admitted a request sent after the reload that retired it"
+            );
+        }
     }
+    // And the load really used the keys: the last key passes after its reload.
+    assert!(seen
+        .iter()
+        .any(|(_, k, st)| *k == secrets.len() - 1 && *st == 200));
 }
 
 #[test]
