@@ -188,6 +188,12 @@ impl Compiler<'_> {
             self.socket_addr("server.tls.listen", &t.listen);
             let cert = self.file("server.tls.cert_file", &t.cert_file);
             let key = self.file("server.tls.key_file", &t.key_file);
+            // Parsed now, so `check` and a reload refuse a bad pair before anything runs.
+            if let (Some(c), Some(k)) = (&cert, &key) {
+                if let Err(e) = crate::tls::ReloadableCert::prepare(c, k) {
+                    self.err("server.tls", e);
+                }
+            }
             let hsts = match t.hsts.as_str() {
                 "off" => None,
                 v => match http::HeaderValue::from_str(v) {
@@ -283,6 +289,12 @@ impl Compiler<'_> {
             .any(|s| r.url.starts_with(s));
         if !scheme_ok {
             self.err("redis.url", "expected a redis://, rediss:// or unix:// URL");
+        } else if redis::IntoConnectionInfo::into_connection_info(r.url.as_str()).is_err() {
+            // The URL may hold a password: the message never quotes it.
+            self.err(
+                "redis.url",
+                "not a valid Redis URL (host, port, database, credentials)",
+            );
         }
         if r.command_timeout.0.is_zero() {
             self.err("redis.command_timeout", "must be greater than 0");

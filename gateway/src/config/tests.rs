@@ -264,3 +264,26 @@ fn missing_required_sections() {
     assert!(errors("upstreams: {}\nroutes: []\n").len() >= 2);
     assert!(!errors("not: [valid").is_empty());
 }
+
+#[test]
+fn what_start_up_would_refuse_is_refused_by_check_too() {
+    // A Redis URL the client cannot use, named without quoting it (it may hold a password).
+    let e = errors(&format!(
+        "redis: {{ url: 'redis://:secret@host:notaport/0' }}\n{MINIMAL}"
+    ));
+    let redis = e
+        .iter()
+        .find(|e| e.path == "redis.url")
+        .expect("redis.url error");
+    assert!(!redis.message.contains("secret"), "{}", redis.message);
+    // A TLS listener whose files hold no certificate.
+    let dir = std::env::temp_dir().join(format!("authgate-cfg-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("c.pem"), "not a certificate").expect("write");
+    std::fs::write(dir.join("k.pem"), "not a key").expect("write");
+    let e = errors(&format!(
+        "server: {{ tls: {{ listen: '127.0.0.1:8443', cert_file: {d}/c.pem, key_file: {d}/k.pem }} }}\n{MINIMAL}",
+        d = dir.display()
+    ));
+    assert!(e.iter().any(|e| e.path == "server.tls"), "{e:?}");
+}
