@@ -901,3 +901,49 @@ routes:
         "logged out, whatever the signature's encoding"
     );
 }
+
+#[test]
+fn health_checks_of_a_tls_upstream_trust_its_ca_file_or_pin() {
+    let mock = Mock::start("m");
+    // A private CA, and a pinned CA:TRUE self-signed certificate.
+    let ca_dir = TestDir::new("hc-ca");
+    let ca = new_ca("hc ca");
+    issue(&ca, &ca_dir.0);
+    std::fs::write(ca_dir.path("ca.pem"), ca.cert.pem()).expect("write");
+    let (_front_ca, ca_port) = tls_front(&ca_dir.0, &mock);
+    let pin_dir = TestDir::new("hc-pin");
+    let pem = self_signed_ca_true(&pin_dir.0);
+    std::fs::write(pin_dir.path("pin.pem"), &pem).expect("write");
+    let (_front_pin, pin_port) = tls_front(&pin_dir.0, &mock);
+    for (port, ca_file) in [
+        (ca_port, ca_dir.path("ca.pem")),
+        (pin_port, pin_dir.path("pin.pem")),
+    ] {
+        let gw = Gateway::start(
+            &format!(
+                r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams:
+  lms:
+    endpoints: ["127.0.0.1:{port}"]
+    tls: true
+    sni: localhost
+    ca_file: {ca}
+    health_check: {{ path: /health/, interval: 1s }}
+routes: [{{ name: r, path_prefix: /, auth: none, upstream: lms }}]
+"#,
+                ca = ca_file.display()
+            ),
+            &[],
+        );
+        // Checks that reach the mock passed the TLS handshake with the upstream.
+        let before = mock.count("GET /health");
+        wait_until("two health checks through TLS", WAIT, || {
+            mock.count("GET /health") >= before + 2
+        });
+        gw.wait_ready();
+        let r = client().get(gw.url("/echo/hc")).send().expect("send");
+        assert_eq!(r.status(), 200, "{}", ca_file.display());
+    }
+}

@@ -168,6 +168,20 @@ impl UpstreamPool {
         }
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().map(|a| a.to_string()))
             .map_err(|e| format!("upstream {}: {e}", spec.name))?;
+        let (ca, pins) = match (&spec.tls, &spec.ca) {
+            (true, Some(bundle)) => (
+                Some(crate::tls::pingora_cas(bundle)),
+                bundle
+                    .pins_for(&spec.sni)
+                    .into_iter()
+                    .map(|pin| Pinned {
+                        sha256: pin.sha256,
+                        pin,
+                    })
+                    .collect(),
+            ),
+            _ => (None, Vec::new()),
+        };
         if let Some(hc) = &spec.health_check {
             let mut check = HttpHealthCheck::new(&spec.sni, spec.tls);
             let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
@@ -180,6 +194,14 @@ impl UpstreamPool {
             check.peer_template.options.connection_timeout =
                 Some(hc.timeout.min(spec.connect_timeout));
             check.peer_template.options.read_timeout = Some(hc.timeout);
+            // Checks trust what requests trust: the upstream's CA bundle. A pinned certificate
+            // cannot be matched here (no post-handshake hook), so such an upstream's checks
+            // only prove liveness; requests are still matched against the pin.
+            check.peer_template.options.ca = ca.clone();
+            if !pins.is_empty() {
+                check.peer_template.options.verify_cert = false;
+                check.peer_template.options.verify_hostname = false;
+            }
             // Two failures in a row take an endpoint out; one success brings it back.
             check.consecutive_failure = 2;
             check.consecutive_success = 1;
@@ -197,20 +219,6 @@ impl UpstreamPool {
                 out_until_ms: AtomicU64::new(0),
             })
             .collect();
-        let (ca, pins) = match (&spec.tls, &spec.ca) {
-            (true, Some(bundle)) => (
-                Some(crate::tls::pingora_cas(bundle)),
-                bundle
-                    .pins_for(&spec.sni)
-                    .into_iter()
-                    .map(|pin| Pinned {
-                        sha256: pin.sha256,
-                        pin,
-                    })
-                    .collect(),
-            ),
-            _ => (None, Vec::new()),
-        };
         Ok(UpstreamPool {
             ca,
             pins,
