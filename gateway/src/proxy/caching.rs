@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest a request waits for another one filling the same key (capped by its deadline).
-const MAX_COALESCE_WAIT: Duration = Duration::from_secs(10);
+/// Short, as nginx's `proxy_cache_lock_timeout`: the filler's answer is paced by its own
+/// client, and a client reading slowly on purpose must not hold everyone else back.
+const MAX_COALESCE_WAIT: Duration = Duration::from_secs(2);
 
 /// The cache's state for one request on a cached route.
 pub struct CacheCtx {
