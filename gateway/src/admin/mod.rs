@@ -206,28 +206,33 @@ struct RevokeRequest {
     ttl: Option<String>,
 }
 
-/// The `jti` of a token: from its cached identity, else from a JWT's payload (read without
-/// verifying: an admin names the token, and a jti only ever narrows what is refused).
-fn jti_of(token: &str, snap: &crate::proxy::Snapshot, hash: &[u8; 32]) -> Option<String> {
-    use crate::auth::cache::Entry;
+/// A JWT's payload, read without verifying it: an admin names the token, and what is read only
+/// narrows or sizes what is refused.
+fn unverified_claims(token: &str) -> Option<serde_json::Value> {
     use base64::Engine;
-    if let Some(Entry::Valid(p)) = snap.auth.cache.get_local(hash) {
-        return p.jti.clone();
-    }
     if !crate::auth::jwt::is_jwt_shaped(token) {
         return None;
     }
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.split('.').nth(1)?)
         .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    serde_json::from_slice(&payload).ok()
+}
+
+/// The `jti` of a token: from its cached identity, else from a JWT's payload.
+fn jti_of(token: &str, snap: &crate::proxy::Snapshot, hash: &[u8; 32]) -> Option<String> {
+    use crate::auth::cache::Entry;
+    if let Some(Entry::Valid(p)) = snap.auth.cache.get_local(hash) {
+        return p.jti.clone();
+    }
+    let claims = unverified_claims(token)?;
     let jti = claims.get("jti")?.as_str()?;
     (!jti.is_empty() && jti.len() <= 256 && jti.bytes().all(|b| b.is_ascii_graphic()))
         .then(|| jti.to_string())
 }
 
 /// How long a revoked token could still be presented: its cached expiry, else a JWT's `exp`
-/// (read without verifying: it only sizes the record) plus the largest leeway, else
+/// plus the largest leeway, else
 /// `auth.revocation_ttl`.
 fn token_lifetime(
     token: &str,
@@ -235,22 +240,13 @@ fn token_lifetime(
     hash: &[u8; 32],
 ) -> std::time::Duration {
     use crate::auth::cache::Entry;
-    use base64::Engine;
     let unknown = snap.config.auth.revocation_ttl;
     if let Some(Entry::Valid(p)) = snap.auth.cache.get_local(hash) {
         return revoke::ttl_for(&p, unknown);
     }
-    let exp = token
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    let exp = unverified_claims(token)
         .and_then(|c| c.get("exp").and_then(serde_json::Value::as_f64))
-        .filter(|e| e.is_finite() && *e >= 0.0 && *e <= 253_402_300_799.0);
+        .filter(|e| e.is_finite() && *e >= 0.0 && *e <= crate::auth::MAX_TIME_SECS as f64);
     match exp {
         Some(exp) => {
             let now = std::time::SystemTime::now()

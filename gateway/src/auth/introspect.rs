@@ -19,8 +19,7 @@ pub enum IntrospectionFailure {
 /// Longest introspection answer read: a few hundred bytes is usual.
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// The last time accepted for `exp` and `iat` (9999-12-31T23:59:59Z), as for JWTs.
-const MAX_TIME: u64 = 253_402_300_799;
+use super::MAX_TIME_SECS as MAX_TIME;
 
 #[derive(Deserialize)]
 struct Answer {

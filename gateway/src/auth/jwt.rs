@@ -24,9 +24,7 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// remembered for a while.
 pub const MAX_KID_LEN: usize = 256;
 
-/// 9999-12-31T23:59:59Z: the last time claim accepted. Anything later (or before 1970) is a
-/// broken or hostile signer, and would overflow time arithmetic.
-const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+const MAX_NUMERIC_DATE: f64 = super::MAX_TIME_SECS as f64;
 
 /// The JOSE header fields the gateway decides on, read before jsonwebtoken sees the token
 /// (its `Header` has no `crit`, and would accept any `typ`).

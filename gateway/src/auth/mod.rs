@@ -33,6 +33,10 @@ use std::time::{Duration, SystemTime};
 /// `Retry-After` when an introspection endpoint cannot answer.
 const INTROSPECTION_RETRY: Duration = Duration::from_secs(2);
 
+/// The last time claim accepted anywhere (9999-12-31T23:59:59Z, RFC 7519 NumericDate): later
+/// (or before 1970) is a broken or hostile issuer, and would overflow time arithmetic.
+pub const MAX_TIME_SECS: u64 = 253_402_300_799;
+
 /// Why a credential was refused, as the 401's `error_description` says it: fixed texts, or one
 /// naming a claim the provider's configuration asked for. Never request data or key material.
 pub type Reason = std::borrow::Cow<'static, str>;
@@ -403,8 +407,7 @@ pub struct Authenticator {
     counters: Vec<[IntCounter; 6]>,
     /// Stores created for this version, which the caller must load and keep refreshed.
     pub new_stores: Vec<Arc<JwksStore>>,
-    pub stores: Vec<Arc<JwksStore>>,
-    /// `stores` with their registry keys, for [`KeyStores::commit`].
+    /// Every JWKS store of this version with its registry key, for [`KeyStores::commit`].
     pub store_entries: Vec<(StoreKey, Arc<JwksStore>)>,
     pub cache: Arc<TokenCache>,
     pub revocations: Arc<Revocations>,
@@ -428,7 +431,6 @@ impl Authenticator {
     ) -> Result<Self, String> {
         let mut providers = Vec::with_capacity(settings.providers.len());
         let mut new_stores = Vec::new();
-        let mut all_stores = Vec::new();
         let mut store_entries = Vec::new();
         for spec in &settings.providers {
             providers.push(match &spec.kind {
@@ -450,7 +452,6 @@ impl Authenticator {
                                 new_stores.push(s.clone());
                             }
                             store_entries.push((key, s.clone()));
-                            all_stores.push(s.clone());
                             Some(s)
                         }
                         None => None,
@@ -495,7 +496,6 @@ impl Authenticator {
             names,
             counters,
             new_stores,
-            stores: all_stores,
             store_entries,
             cache: state.cache(&settings.cache, metrics),
             revocations: state.revocations.clone(),
@@ -522,8 +522,9 @@ impl Authenticator {
 
     /// JWKS providers that have not loaded their keys yet.
     pub fn keys_loaded(&self) -> Vec<&str> {
-        self.stores
+        self.store_entries
             .iter()
+            .map(|(_, s)| s)
             .filter(|s| !s.is_loaded())
             .map(|s| &*s.provider)
             .collect()

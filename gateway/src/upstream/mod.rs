@@ -118,14 +118,7 @@ pub struct UpstreamPool {
     ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
     /// Self-signed certificates of `ca_file` that name the upstream: when there are any, the
     /// upstream must present one of them exactly (see `check_certificate`).
-    pins: Vec<Pinned>,
-}
-
-/// A pinned certificate, by digest, with its validity period.
-#[derive(Debug, Clone)]
-struct Pinned {
-    sha256: [u8; 32],
-    pin: Arc<crate::tls::trust::Pin>,
+    pins: Vec<Arc<crate::tls::trust::Pin>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -171,14 +164,7 @@ impl UpstreamPool {
         let (ca, pins) = match (&spec.tls, &spec.ca) {
             (true, Some(bundle)) => (
                 Some(crate::tls::pingora_cas(bundle)),
-                bundle
-                    .pins_for(&spec.sni)
-                    .into_iter()
-                    .map(|pin| Pinned {
-                        sha256: pin.sha256,
-                        pin,
-                    })
-                    .collect(),
+                bundle.pins_for(&spec.sni),
             ),
             _ => (None, Vec::new()),
         };
@@ -343,7 +329,7 @@ impl UpstreamPool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        if p.pin.valid_at(now) {
+        if p.valid_at(now) {
             Ok(())
         } else {
             Err("the pinned certificate of the upstream is expired or not yet valid")
