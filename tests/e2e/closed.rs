@@ -2,7 +2,6 @@
 //! request.
 
 use authgate_tests::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
@@ -181,20 +180,10 @@ struct Tls {
 
 fn tls_files() -> Tls {
     let dir = TestDir::new("h2");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(vec![]).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca.self_signed(&ca_key).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let cert = params.signed_by(&key, &ca, &ca_key).expect("cert");
-    std::fs::write(dir.path("server.pem"), cert.pem()).expect("write");
-    std::fs::write(dir.path("server.key"), key.serialize_pem()).expect("write");
+    let ca = authgate_tests::certs::new_ca("h2 test ca");
+    authgate_tests::certs::issue(&ca, &dir.0, "server.pem", "server.key");
     Tls {
-        ca_pem: ca.pem(),
+        ca_pem: ca.cert.pem(),
         dir,
     }
 }

@@ -96,14 +96,6 @@ fn get(gw: &Gateway, path: &str, token: &str) -> reqwest::blocking::Response {
         .expect("send")
 }
 
-fn echo_header(v: &Value, name: &str) -> Option<String> {
-    v["headers"]
-        .as_array()?
-        .iter()
-        .find(|p| p[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .and_then(|p| p[1].as_str().map(str::to_owned))
-}
-
 #[test]
 fn simplejwt_login_expiry_and_refresh_flow() {
     let (_mock, gw) = start_with(&["--access-ttl", "2"], "1h");

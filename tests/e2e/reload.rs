@@ -1,8 +1,8 @@
 //! A reload is all or nothing: a file that fails anywhere changes nothing running.
 
+use authgate_tests::certs::self_signed;
 use authgate_tests::*;
 use jsonwebtoken::Algorithm;
-use rcgen::{CertificateParams, KeyPair};
 use std::path::Path;
 
 fn reload(gw: &Gateway) -> (u16, Value) {
@@ -79,18 +79,6 @@ fn a_rejected_reload_leaves_no_half_built_jwks_provider_behind() {
     assert_eq!(r.status(), 200);
 }
 
-fn write_cert(dir: &Path, name: &str) -> String {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).expect("cert");
-    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
-    cert.pem()
-}
-
 fn tls_config(dir: &Path, tls_port: u16, upstream: &str) -> String {
     format!(
         r#"
@@ -121,12 +109,12 @@ fn served_by(port: u16, pem: &str) -> bool {
 fn a_rejected_reload_keeps_the_running_certificate() {
     let mock = Mock::start("m");
     let dir = TestDir::new("reload-cert");
-    let old = write_cert(&dir.0, "old");
+    let old = self_signed(&dir.0, false);
     let port = free_port();
     let gw = Gateway::start(&tls_config(&dir.0, port, &mock.addr.to_string()), &[]);
     assert!(served_by(port, &old));
     // A renewed certificate in a file that fails elsewhere: rejected, the old one stays.
-    let new = write_cert(&dir.0, "new");
+    let new = self_signed(&dir.0, false);
     std::fs::write(
         &gw.config,
         tls_config(&dir.0, port, "no-such-host.invalid:80"),

@@ -1,38 +1,8 @@
 //! TLS termination with HTTP/2, HSTS, TLS to upstreams, and certificate reload.
 
+use authgate_tests::certs::{issue, new_ca, Ca};
 use authgate_tests::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use std::path::Path;
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![]).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    Ca {
-        cert: params.self_signed(&key).unwrap(),
-        key,
-    }
-}
-
-/// A server certificate for localhost and 127.0.0.1, written as cert/key PEM files.
-fn issue(ca: &Ca, dir: &Path, cert_file: &str, key_file: &str) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    std::fs::write(dir.join(cert_file), cert.pem()).unwrap();
-    std::fs::write(dir.join(key_file), key.serialize_pem()).unwrap();
-}
 
 fn tls_client(ca: &Ca) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -59,14 +29,6 @@ routes:
 "#,
         d = dir.display()
     )
-}
-
-fn echo_header(v: &Value, name: &str) -> Option<String> {
-    v["headers"]
-        .as_array()?
-        .iter()
-        .find(|p| p[0] == name)
-        .and_then(|p| p[1].as_str().map(str::to_owned))
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! TLS to identity providers and upstreams with certificates made here, headers only the
 //! gateway writes, and request hygiene.
 
+use authgate_tests::certs::{issue, new_ca, self_signed};
 use authgate_tests::*;
 use jsonwebtoken::Algorithm;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -42,14 +42,6 @@ fn simplejwt(args: &[&str], stdin: Option<&Value>) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON from simplejwt_tokens.py")
-}
-
-fn echo_header(v: &Value, name: &str) -> Option<String> {
-    v["headers"]
-        .as_array()?
-        .iter()
-        .find(|p| p[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .and_then(|p| p[1].as_str().map(str::to_owned))
 }
 
 fn echo_header_names(v: &Value) -> Vec<String> {
@@ -272,48 +264,6 @@ routes: [{{ name: r, path_prefix: /echo/, auth: required, upstream: lms }}]
 // ---------------------------------------------------------------------------------------------
 // TLS to identity providers and upstreams, with certificates made here.
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec![]).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    Ca {
-        cert: params.self_signed(&key).expect("ca"),
-        key,
-    }
-}
-
-/// A certificate for localhost and 127.0.0.1 signed by `ca`, as cert/key files in `dir`.
-fn issue(ca: &Ca, dir: &Path) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("cert");
-    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
-}
-
-/// A self-signed certificate for localhost marked CA:TRUE, as `openssl req -x509` makes by
-/// default; returns its PEM.
-fn self_signed_ca_true(dir: &Path) -> String {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).expect("cert");
-    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
-    cert.pem()
-}
-
 /// An authgate terminating TLS with `dir`'s certificate in front of the mock, every route
 /// public: the https JWKS, introspection endpoint or upstream the test talks to.
 fn tls_front(dir: &Path, mock: &Mock) -> (Gateway, u16) {
@@ -403,7 +353,7 @@ fn jwks_and_introspection_over_https_with_a_certificate_made_here() {
     let mock = Mock::start("m");
     let dir = TestDir::new("idp-tls");
     let ca = new_ca("idp test ca");
-    issue(&ca, &dir.0);
+    issue(&ca, &dir.0, "server.pem", "server.key");
     std::fs::write(dir.path("ca.pem"), ca.cert.pem()).expect("write");
     let (_front, port) = tls_front(&dir.0, &mock);
     let ca_line = format!("ca_file: {}/ca.pem", dir.0.display());
@@ -442,7 +392,7 @@ fn jwks_and_introspection_over_https_with_a_certificate_made_here() {
 fn a_pinned_self_signed_ca_true_certificate_is_trusted_for_an_idp_and_an_upstream() {
     let mock = Mock::start("m");
     let dir = TestDir::new("pinned");
-    let pem = self_signed_ca_true(&dir.0);
+    let pem = self_signed(&dir.0, true);
     std::fs::write(dir.path("pin.pem"), &pem).expect("write");
     let (_front, port) = tls_front(&dir.0, &mock);
 
@@ -478,7 +428,7 @@ routes: [{{ name: r, path_prefix: /, auth: none, upstream: lms }}]
         .expect("send");
     assert_eq!(r.status(), 200, "pinned CA:TRUE upstream certificate");
     let other_dir = TestDir::new("other-pin");
-    self_signed_ca_true(&other_dir.0);
+    self_signed(&other_dir.0, true);
     let wrong = upstream(&format!("{}/server.pem", other_dir.0.display()));
     let r = client().get(wrong.url("/echo/wrong")).send().expect("send");
     assert_eq!(r.status(), 502);
@@ -726,31 +676,10 @@ fn rediss_with_a_ca_file_carries_shared_limits_and_cached_tokens() {
     let mock = Mock::start("m");
     let dir = TestDir::new("rediss");
     let ca = new_ca("redis test ca");
-    issue(&ca, &dir.0);
+    issue(&ca, &dir.0, "server.pem", "server.key");
     std::fs::write(dir.path("ca.pem"), ca.cert.pem()).expect("write");
-    let port = free_port();
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ])
-    .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-    .arg("--tls-cert-file")
-    .arg(dir.path("server.pem"))
-    .arg("--tls-key-file")
-    .arg(dir.path("server.key"))
-    .arg("--tls-ca-cert-file")
-    .arg(dir.path("ca.pem"))
-    .arg("--dir")
-    .arg(&dir.0);
-    let _redis = Proc::spawn("redis-server (tls)", &mut cmd, dir.path("redis.log"));
-    wait_port(format!("127.0.0.1:{port}").parse().expect("addr"), WAIT);
+    let redis = Redis::start_tls(&dir.0);
+    let port = redis.port;
     let gw = Gateway::start(
         &format!(
             r#"
@@ -908,11 +837,11 @@ fn health_checks_of_a_tls_upstream_trust_its_ca_file_or_pin() {
     // A private CA, and a pinned CA:TRUE self-signed certificate.
     let ca_dir = TestDir::new("hc-ca");
     let ca = new_ca("hc ca");
-    issue(&ca, &ca_dir.0);
+    issue(&ca, &ca_dir.0, "server.pem", "server.key");
     std::fs::write(ca_dir.path("ca.pem"), ca.cert.pem()).expect("write");
     let (_front_ca, ca_port) = tls_front(&ca_dir.0, &mock);
     let pin_dir = TestDir::new("hc-pin");
-    let pem = self_signed_ca_true(&pin_dir.0);
+    let pem = self_signed(&pin_dir.0, true);
     std::fs::write(pin_dir.path("pin.pem"), &pem).expect("write");
     let (_front_pin, pin_port) = tls_front(&pin_dir.0, &mock);
     for (port, ca_file) in [

@@ -376,20 +376,34 @@ impl Redis {
     }
 
     pub fn start_on(port: u16) -> Redis {
+        Self::spawn(port, |cmd, _| {
+            cmd.args(["--port", &port.to_string()]);
+        })
+    }
+
+    /// TLS only, on `port`: `server.pem`/`server.key` and `ca.pem` from `certs`, clients not
+    /// asked for a certificate.
+    pub fn start_tls(certs: &Path) -> Redis {
+        let port = free_port();
+        Self::spawn(port, |cmd, _| {
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.pem"));
+        })
+    }
+
+    fn spawn(port: u16, listen: impl FnOnce(&mut Command, &TestDir)) -> Redis {
         let dir = TestDir::new("redis");
         let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir.0);
+        listen(&mut cmd, &dir);
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir.0);
         let proc = Proc::spawn("redis-server", &mut cmd, dir.path("redis.log"));
         wait_port(format!("127.0.0.1:{port}").parse().expect("addr"), WAIT);
         Redis {
@@ -401,6 +415,67 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+/// The value of one header in an upstream-mock `/echo` body (names compared
+/// case-insensitively).
+pub fn echo_header(v: &Value, name: &str) -> Option<String> {
+    v["headers"]
+        .as_array()?
+        .iter()
+        .find(|p| p[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .and_then(|p| p[1].as_str().map(str::to_owned))
+}
+
+/// Certificates made in the test (rcgen): a CA, server certificates it signs, and
+/// self-signed ones.
+pub mod certs {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    use std::path::Path;
+
+    pub struct Ca {
+        pub cert: rcgen::Certificate,
+        pub key: KeyPair,
+    }
+
+    pub fn new_ca(name: &str) -> Ca {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![]).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        Ca {
+            cert: params.self_signed(&key).expect("ca"),
+            key,
+        }
+    }
+
+    /// A server certificate for localhost and 127.0.0.1 signed by `ca`, as cert/key PEM files.
+    pub fn issue(ca: &Ca, dir: &Path, cert_file: &str, key_file: &str) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("cert");
+        std::fs::write(dir.join(cert_file), cert.pem()).expect("write");
+        std::fs::write(dir.join(key_file), key.serialize_pem()).expect("write");
+    }
+
+    /// A self-signed certificate for localhost as `server.pem`/`server.key` in `dir`, marked
+    /// CA:TRUE when `ca` (as `openssl req -x509` makes by default); returns its PEM.
+    pub fn self_signed(dir: &Path, ca: bool) -> String {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        if ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        let cert = params.self_signed(&key).expect("cert");
+        std::fs::write(dir.join("server.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+        cert.pem()
     }
 }
 
