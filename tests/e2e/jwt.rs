@@ -636,6 +636,16 @@ fn jwks_rotation_outage_and_kid_flood() {
     );
 }
 
+/// `/readyz` says 503 because provider `issuer` has no keys yet.
+fn assert_waiting_for_issuer_keys(gw: &Gateway) {
+    let r = client().get(gw.admin_url("/readyz")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().unwrap()["jwks_providers_without_keys"],
+        json!(["issuer"])
+    );
+}
+
 #[test]
 fn jwks_startup_and_readiness() {
     // No static key and an unreachable JWKS: the gateway starts, is not ready, and answers the
@@ -653,12 +663,7 @@ routes: [{{ name: a, path_prefix: /, upstream: lms }}]
 "#
     );
     let gw = Gateway::start(&yaml, &[]);
-    let r = client().get(gw.admin_url("/readyz")).send().unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(
-        r.json::<Value>().unwrap()["jwks_providers_without_keys"],
-        json!(["issuer"])
-    );
+    assert_waiting_for_issuer_keys(&gw);
     let t = sign(
         Algorithm::RS256,
         "rsa-1",
@@ -696,12 +701,7 @@ routes: [{{ name: a, path_prefix: /, upstream: lms }}]
         pem = pem.display()
     );
     let gw = Gateway::start(&yaml, &[]);
-    let r = client().get(gw.admin_url("/readyz")).send().unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(
-        r.json::<Value>().unwrap()["jwks_providers_without_keys"],
-        json!(["issuer"])
-    );
+    assert_waiting_for_issuer_keys(&gw);
     // The static key works meanwhile.
     let t = sign(
         Algorithm::RS256,
