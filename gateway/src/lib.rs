@@ -5,6 +5,7 @@
 //! `config` compiles the YAML once into immutable types that `reload` swaps whole.
 
 pub mod admin;
+pub mod assertion;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod assertion;
 mod cache;
 mod closed;
 mod deadline;

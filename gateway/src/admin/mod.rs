@@ -112,6 +112,28 @@ impl Admin {
         json_response(status, json!({"revoked": kind, "replicas": replicas}))
     }
 
+    /// The public keys of `upstream_assertion`, for upstreams to verify assertions with.
+    fn jwks(&self) -> Response<Vec<u8>> {
+        match self
+            .shared
+            .reuse
+            .published_keys
+            .document(std::time::Instant::now())
+        {
+            Some(body) => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                // Verifiers refetch on an unknown kid; a short max-age bounds the rest.
+                .header("cache-control", "max-age=60")
+                .body(body)
+                .unwrap_or_default(),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "message": "upstream_assertion is not configured"}),
+            ),
+        }
+    }
+
     fn readyz(&self) -> Response<Vec<u8>> {
         let snap = self.shared.snapshot();
         let not_ready = snap.not_ready();
@@ -141,6 +163,7 @@ impl ServeHttp for Admin {
         match (method, path.as_str()) {
             (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
             (Method::GET, "/readyz") => self.readyz(),
+            (Method::GET, "/.well-known/jwks.json") => self.jwks(),
             (Method::GET, "/metrics") => Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "text/plain; version=0.0.4")

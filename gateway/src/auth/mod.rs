@@ -85,7 +85,7 @@ pub type Scopes = Arc<ScopeSet>;
 
 /// A scope list and the `X-Auth-Scopes` value it makes, built once per distinct list rather
 /// than joined on every forwarded request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ScopeSet {
     list: Box<[String]>,
     /// `None` when the scopes cannot travel in a header (control characters).

@@ -45,6 +45,10 @@ pub fn compile(file: ConfigFile, ctx: &Context<'_>) -> Result<Config, Vec<Config
     if response_cache.max_entry_size > response_cache.max_size {
         c.err("response_cache.max_entry_size", "must not exceed max_size");
     }
+    let upstream_assertion = file
+        .upstream_assertion
+        .as_ref()
+        .and_then(|a| c.upstream_assertion(a));
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -55,11 +59,41 @@ pub fn compile(file: ConfigFile, ctx: &Context<'_>) -> Result<Config, Vec<Config
             rate_limits,
             response_cache,
             routes,
+            upstream_assertion,
             warnings: c.warnings,
         })
     } else {
         Err(c.errors)
     }
+}
+
+/// Headers an assertion may not travel in: HTTP's own, and those the gateway sets for other
+/// purposes.
+fn reserved_header(h: &http::HeaderName) -> bool {
+    let n = h.as_str();
+    n.starts_with("x-forwarded-")
+        || matches!(
+            n,
+            "host"
+                | "authorization"
+                | "cookie"
+                | "content-length"
+                | "content-type"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "proxy-authorization"
+                | "forwarded"
+                | "x-real-ip"
+                | "x-request-id"
+                | "x-request-timeout-ms"
+                | "x-auth-subject"
+                | "x-auth-scopes"
+                | "x-auth-provider"
+        )
 }
 
 fn valid_name(name: &str) -> bool {
@@ -166,6 +200,74 @@ impl Compiler<'_> {
                 None
             }
         }
+    }
+
+    /// `upstream_assertion`: the key is parsed here, so `check` and a reload refuse a bad one.
+    fn upstream_assertion(&mut self, a: &raw::AssertionConfig) -> Option<Arc<AssertionSpec>> {
+        const P: &str = "upstream_assertion";
+        let header = match http::HeaderName::from_bytes(a.header.as_bytes()) {
+            Ok(h) if reserved_header(&h) => {
+                self.err(
+                    format!("{P}.header"),
+                    format!("{} is a header HTTP or the gateway itself sets", a.header),
+                );
+                None
+            }
+            Ok(h) if h.as_str().contains('_') => {
+                self.err(
+                    format!("{P}.header"),
+                    "a name with _ is dropped or folded by upstream servers; use -",
+                );
+                None
+            }
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.err(format!("{P}.header"), "not a valid header name");
+                None
+            }
+        };
+        if a.issuer.is_empty() {
+            self.err(format!("{P}.issuer"), "must not be empty");
+        }
+        let ttl = a.ttl.0;
+        if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(300) {
+            self.err(
+                format!("{P}.ttl"),
+                "must be between 2s and 5m (an assertion is a short-lived proof)",
+            );
+        }
+        let pem = match (&a.key_file, &a.key_env) {
+            (Some(f), None) => self.read_file(&format!("{P}.key_file"), f),
+            (None, Some(v)) => self
+                .env_secret(&format!("{P}.key_env"), v)
+                .map(|s| s.expose().to_vec()),
+            _ => {
+                self.err(P, "give exactly one of key_file, key_env");
+                None
+            }
+        }?;
+        let alg = match a.algorithm {
+            raw::AssertionAlgorithm::EdDSA => crate::assertion::AssertionAlg::EdDSA,
+            raw::AssertionAlgorithm::ES256 => crate::assertion::AssertionAlg::ES256,
+        };
+        let key_path = if a.key_file.is_some() {
+            "key_file"
+        } else {
+            "key_env"
+        };
+        let key = match crate::assertion::SigningKey::from_pem(alg, &pem) {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                self.err(format!("{P}.{key_path}"), e);
+                return None;
+            }
+        };
+        Some(Arc::new(AssertionSpec {
+            header: header?,
+            key,
+            issuer: a.issuer.clone(),
+            ttl,
+        }))
     }
 
     fn socket_addr(&mut self, path: &str, s: &str) {

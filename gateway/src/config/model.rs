@@ -41,8 +41,18 @@ pub struct Config {
     pub rate_limits: Vec<Arc<RatePolicy>>,
     pub response_cache: ResponseCacheSettings,
     pub routes: Vec<Arc<RouteSpec>>,
+    pub upstream_assertion: Option<Arc<AssertionSpec>>,
     /// Problems that do not stop the file from loading (`authgate check` prints them).
     pub warnings: Vec<super::ConfigError>,
+}
+
+/// `upstream_assertion`, with its key parsed.
+#[derive(Debug)]
+pub struct AssertionSpec {
+    pub header: http::HeaderName,
+    pub key: Arc<crate::assertion::SigningKey>,
+    pub issuer: String,
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,39 @@ pub struct ConfigFile {
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     #[serde(default)]
     pub response_cache: ResponseCacheConfig,
+    #[serde(default)]
+    pub upstream_assertion: Option<AssertionConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `upstream_assertion`: a signed identity for the upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionConfig {
+    #[serde(default = "default_assertion_header")]
+    pub header: String,
+    pub algorithm: AssertionAlgorithm,
+    #[serde(default)]
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub key_env: Option<String>,
+    pub issuer: String,
+    #[serde(default = "default_assertion_ttl")]
+    pub ttl: Dur,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AssertionAlgorithm {
+    EdDSA,
+    ES256,
+}
+
+fn default_assertion_header() -> String {
+    "X-Auth-Assertion".into()
+}
+
+fn default_assertion_ttl() -> Dur {
+    Dur::secs(60)
 }
 
 /// The response cache shared by every route with `cache:`.

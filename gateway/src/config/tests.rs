@@ -287,3 +287,47 @@ fn what_start_up_would_refuse_is_refused_by_check_too() {
     ));
     assert!(e.iter().any(|e| e.path == "server.tls"), "{e:?}");
 }
+
+#[test]
+fn upstream_assertion_is_compiled_with_its_key() {
+    let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../upstream-mock/keys");
+    let with = |block: &str| {
+        let text = format!("{MINIMAL}upstream_assertion:\n{block}");
+        load_str(&text, &keys, &env())
+    };
+    let c = with("  algorithm: EdDSA\n  key_file: ed-1.key.pem\n  issuer: https://gw\n")
+        .expect("loads");
+    let a = c.upstream_assertion.expect("assertion");
+    assert_eq!(a.header.as_str(), "x-auth-assertion");
+    assert_eq!(a.ttl, std::time::Duration::from_secs(60));
+    assert_eq!(a.key.kid().len(), 43);
+
+    let problems = |block: &str| -> String {
+        match with(block) {
+            Ok(_) => panic!("expected errors for {block}"),
+            Err(e) => ConfigErrors(e).to_string(),
+        }
+    };
+    // The wrong curve for the algorithm, found by `check`, not at the first request.
+    let e = problems("  algorithm: ES256\n  key_file: ed-1.key.pem\n  issuer: https://gw\n");
+    assert!(
+        e.contains("upstream_assertion.key_file") && e.contains("P-256"),
+        "{e}"
+    );
+    let e = problems(
+        "  algorithm: EdDSA\n  key_file: ed-1.key.pem\n  issuer: https://gw\n  ttl: 10m\n",
+    );
+    assert!(e.contains("upstream_assertion.ttl"), "{e}");
+    let e = problems(
+        "  algorithm: EdDSA\n  key_file: ed-1.key.pem\n  issuer: https://gw\n  header: X-Forwarded-User\n",
+    );
+    assert!(e.contains("upstream_assertion.header"), "{e}");
+    let e = problems("  algorithm: EdDSA\n  key_env: NOPE\n  issuer: https://gw\n");
+    assert!(e.contains("NOPE is not set"), "{e}");
+    let e = problems("  algorithm: HS256\n  key_file: ed-1.key.pem\n  issuer: https://gw\n");
+    assert!(e.contains("upstream_assertion"), "{e}");
+    let e = problems(
+        "  algorithm: EdDSA\n  key_file: ed-1.key.pem\n  key_env: JWT_SECRET\n  issuer: https://gw\n",
+    );
+    assert!(e.contains("exactly one of key_file, key_env"), "{e}");
+}

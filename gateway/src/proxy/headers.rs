@@ -120,6 +120,30 @@ pub fn remove_gateway_owned(h: &mut HeaderMap) {
     }
 }
 
+/// Removes `name` and any spelling of it with `_` for `-` (see [`gateway_owned`]): for a
+/// gateway-set header whose name the configuration chose.
+pub fn remove_any_spelling(h: &mut HeaderMap, name: &HeaderName) {
+    h.remove(name);
+    if !h.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let n = name.as_str();
+    let folded: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.len() == n.len()
+                && k.bytes()
+                    .zip(n.bytes())
+                    .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+        })
+        .cloned()
+        .collect();
+    for k in folded {
+        h.remove(k);
+    }
+}
+
 /// Removes from an upstream's answer the headers its `Connection` header names (RFC 9110
 /// 7.6.1); `Connection` itself is pingora's to manage. A 101 keeps `Upgrade`.
 pub fn remove_connection_nominated(h: &mut HeaderMap, switching_protocols: bool) {
@@ -307,6 +331,27 @@ mod tests {
 
     fn trusted(nets: &[&str]) -> TrustedProxies {
         TrustedProxies(nets.iter().map(|n| n.parse().expect("cidr")).collect())
+    }
+
+    #[test]
+    fn a_configured_name_is_removed_in_any_spelling() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x-pomerium-jwt-assertion", "a"),
+            ("x_pomerium_jwt_assertion", "b"),
+            ("x-pomerium_jwt-assertion", "c"),
+            ("x_pomerium_jwt_assertions", "keep"),
+            ("x_other", "keep"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("test value"),
+                v.parse().expect("test value"),
+            );
+        }
+        remove_any_spelling(&mut h, &HeaderName::from_static("x-pomerium-jwt-assertion"));
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x_other", "x_pomerium_jwt_assertions"]);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub response_cache: Arc<ResponseCache>,
     /// Metrics for requests no route accepted (404, malformed paths).
     pub unmatched: RouteMetrics,
+    /// Signs `upstream_assertion`s, when configured.
+    pub assertion: Option<crate::assertion::Signer>,
 }
 
 /// A route with its resolved parts and metric handles.
@@ -100,6 +102,9 @@ pub struct Reusable {
     pub auth: AuthState,
     redis: Mutex<Option<(String, Arc<RedisLink>)>>,
     response_cache: Mutex<Option<Arc<ResponseCache>>>,
+    /// What `/.well-known/jwks.json` serves: the assertion key, and the previous one for a
+    /// while after a change.
+    pub published_keys: crate::assertion::PublishedKeys,
 }
 
 impl Reusable {
@@ -172,6 +177,10 @@ impl Reusable {
             .response_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(snapshot.response_cache.clone());
+        self.published_keys.commit(
+            snapshot.config.upstream_assertion.as_deref(),
+            std::time::Instant::now(),
+        );
         Ok(())
     }
 }
@@ -274,6 +283,9 @@ impl Snapshot {
             redis_fingerprint,
             response_cache: reuse.response_cache(&config.response_cache),
             unmatched: metrics.route("unmatched"),
+            assertion: config.upstream_assertion.clone().map(|spec| {
+                crate::assertion::Signer::new(spec, config.auth.cache.max_entries as usize)
+            }),
             config,
         })
     }
