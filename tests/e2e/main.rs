@@ -7,6 +7,7 @@ mod cache;
 mod closed;
 mod deadline;
 mod deploy;
+mod django;
 mod faults;
 mod foundation;
 mod hostile;
