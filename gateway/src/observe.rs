@@ -57,6 +57,7 @@ fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f6
         "upstream_ms": ctx.upstream_elapsed.map(|d| round(d.as_secs_f64() * 1000.0)),
         "subject": principal.map(|p| p.subject.as_str()),
         "auth": auth,
+        "reason": trace.and_then(|t| t.denial).map(|d| d.as_str()),
         "token_cache": trace.and_then(|t| t.tier).map(|t| t.as_str()),
         "rate_limit": rate_limit,
         "policy": ctx.limited_by(),

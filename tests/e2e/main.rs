@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod assertion;
+mod authz;
 mod cache;
 mod closed;
 mod deadline;

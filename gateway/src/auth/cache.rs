@@ -320,6 +320,7 @@ mod tests {
             generation: 1,
             provider: 0,
             rejection: super::super::AuthError::Invalid {
+                code: super::super::Denial::Malformed,
                 reason: "junk".into(),
             },
         }))

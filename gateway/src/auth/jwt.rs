@@ -6,8 +6,7 @@
 
 use super::jwks::{JwksStore, Lookup};
 use super::keys::VerifyKey;
-use super::Principal;
-use super::Reason;
+use super::{Denial, Principal, Reason};
 use crate::config::compile::KeyFamily;
 use crate::config::model::{ClaimRule, JwtSpec};
 use base64::Engine;
@@ -59,9 +58,9 @@ impl JoseHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwtFailure {
     /// This provider has no key that could have signed it (another provider may).
-    NotMine(&'static str),
+    NotMine(Denial, &'static str),
     /// A key of ours checked it and it is not acceptable.
-    Invalid(Reason),
+    Invalid(Denial, Reason),
     Expired(SystemTime),
     /// Keys could not be had because the JWKS endpoint is down and none were ever loaded.
     Unavailable,
@@ -111,25 +110,38 @@ impl JwtVerifier {
 
     pub async fn verify(&self, token: &str) -> Result<Principal, JwtFailure> {
         if token.len() > MAX_TOKEN_LEN {
-            return Err(JwtFailure::Invalid("token too large".into()));
+            return Err(JwtFailure::Invalid(
+                Denial::Malformed,
+                "token too large".into(),
+            ));
         }
-        let header = JoseHeader::of(token).ok_or(JwtFailure::Invalid("malformed token".into()))?;
+        let header = JoseHeader::of(token).ok_or(JwtFailure::Invalid(
+            Denial::Malformed,
+            "malformed token".into(),
+        ))?;
         if header.crit {
             return Err(JwtFailure::Invalid(
+                Denial::Malformed,
                 "the token has critical header extensions (crit), which are not supported".into(),
             ));
         }
         if header.kid.as_ref().is_some_and(|k| k.len() > MAX_KID_LEN) {
-            return Err(JwtFailure::Invalid("the kid header is too long".into()));
+            return Err(JwtFailure::Invalid(
+                Denial::Malformed,
+                "the kid header is too long".into(),
+            ));
         }
         if !self.algorithms.contains(&header.alg) {
-            return Err(JwtFailure::NotMine("algorithm not allowed"));
+            return Err(JwtFailure::NotMine(
+                Denial::AlgNotAllowed,
+                "algorithm not allowed",
+            ));
         }
         let family = KeyFamily::of(header.alg);
         let kid = header.kid.as_deref();
 
         let mut tried_any = false;
-        let mut last = JwtFailure::NotMine("unknown key");
+        let mut last = JwtFailure::NotMine(Denial::UnknownKid, "unknown key");
         for key in self
             .static_keys
             .iter()
@@ -138,7 +150,7 @@ impl JwtVerifier {
             tried_any = true;
             match self.check_with(token, key, &header) {
                 Ok(p) => return Ok(p),
-                Err(JwtFailure::NotMine(r)) => last = JwtFailure::NotMine(r),
+                Err(JwtFailure::NotMine(d, r)) => last = JwtFailure::NotMine(d, r),
                 Err(definite) => return Err(definite),
             }
         }
@@ -153,7 +165,7 @@ impl JwtVerifier {
             for key in keys.iter().filter(|k| k.accepts(family, header.alg, kid)) {
                 match self.check_with(token, key, &header) {
                     Ok(p) => return Ok(p),
-                    Err(JwtFailure::NotMine(r)) => last = JwtFailure::NotMine(r),
+                    Err(JwtFailure::NotMine(d, r)) => last = JwtFailure::NotMine(d, r),
                     Err(definite) => return Err(definite),
                 }
             }
@@ -187,36 +199,43 @@ impl JwtVerifier {
             required.push("aud");
         }
         v.set_required_spec_claims(&required);
-        let invalid = |r: &'static str| JwtFailure::Invalid(r.into());
+        let invalid = |d: Denial, r: &'static str| JwtFailure::Invalid(d, r.into());
         let data = match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v) {
             Ok(d) => d,
             Err(e) => {
                 return Err(match e.kind() {
-                    ErrorKind::InvalidSignature => JwtFailure::NotMine("bad signature"),
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
-                        JwtFailure::NotMine("key does not fit")
+                    ErrorKind::InvalidSignature => {
+                        JwtFailure::NotMine(Denial::BadSignature, "bad signature")
                     }
-                    ErrorKind::InvalidIssuer => invalid("wrong issuer"),
-                    ErrorKind::InvalidAudience => invalid("wrong audience"),
-                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => invalid("wrong issuer"),
-                    ErrorKind::MissingRequiredClaim(_) => invalid("wrong audience"),
-                    _ => invalid("malformed token"),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
+                        JwtFailure::NotMine(Denial::AlgNotAllowed, "key does not fit")
+                    }
+                    ErrorKind::InvalidIssuer => invalid(Denial::WrongIssuer, "wrong issuer"),
+                    ErrorKind::InvalidAudience => invalid(Denial::WrongAudience, "wrong audience"),
+                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
+                        invalid(Denial::WrongIssuer, "wrong issuer")
+                    }
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        invalid(Denial::WrongAudience, "wrong audience")
+                    }
+                    _ => invalid(Denial::Malformed, "malformed token"),
                 })
             }
         };
         let claims = data.claims;
-        let exp = numeric_date(&claims, "exp")?.ok_or(invalid("token has no exp"))?;
+        let exp =
+            numeric_date(&claims, "exp")?.ok_or(invalid(Denial::Malformed, "token has no exp"))?;
         let nbf = numeric_date(&claims, "nbf")?;
         let iat = numeric_date(&claims, "iat")?;
         let now = SystemTime::now();
         let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
         // In range by numeric_date, and leeway is at most a day: no overflow.
         if nbf.is_some_and(|n| at(n) > now + self.leeway) {
-            return Err(invalid("token not valid yet (nbf)"));
+            return Err(invalid(Denial::NotYetValid, "token not valid yet (nbf)"));
         }
         if iat.is_some_and(|i| at(i) > now + self.leeway) {
             // A token from the future, as PyJWT (and so simplejwt) refuses it.
-            return Err(invalid("token not valid yet (iat)"));
+            return Err(invalid(Denial::NotYetValid, "token not valid yet (iat)"));
         }
         if let Some(want) = &self.typ {
             let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
@@ -225,6 +244,7 @@ impl JwtVerifier {
                 .map(|t| t.strip_prefix("application/").unwrap_or(t));
             if typ != Some(want.as_str()) {
                 return Err(JwtFailure::Invalid(
+                    Denial::TypMismatch,
                     format!("the typ header is not {want}").into(),
                 ));
             }
@@ -235,6 +255,7 @@ impl JwtVerifier {
                 .is_some_and(|v| rule.allowed.iter().any(|a| claim_equals(v, a)));
             if !ok {
                 return Err(JwtFailure::Invalid(
+                    Denial::ClaimMismatch,
                     format!("the {} claim is missing or not accepted", rule.claim).into(),
                 ));
             }
@@ -246,11 +267,11 @@ impl JwtVerifier {
         let subject = match claims.get(&self.subject_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
-            _ => return Err(invalid("token has no subject")),
+            _ => return Err(invalid(Denial::Malformed, "token has no subject")),
         };
         if !subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             // It is forwarded in a header; refuse what a header cannot carry safely.
-            return Err(invalid("subject is not printable ASCII"));
+            return Err(invalid(Denial::Malformed, "subject is not printable ASCII"));
         }
         let scopes = super::scope_set(scopes_of(claims.get(&self.scopes_claim)));
         Ok(Principal {
@@ -278,6 +299,7 @@ fn numeric_date(
     match v.as_f64() {
         Some(f) if f.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&f) => Ok(Some(f as u64)),
         _ => Err(JwtFailure::Invalid(
+            Denial::Malformed,
             match name {
                 "exp" => "the exp claim is not a valid time",
                 "nbf" => "the nbf claim is not a valid time",
@@ -451,6 +473,7 @@ mod tests {
             assert_eq!(
                 verify_raw(&s, &token(b"k1", good(bad.clone()))),
                 Err(JwtFailure::Invalid(
+                    Denial::ClaimMismatch,
                     "the token_type claim is missing or not accepted".into()
                 )),
                 "{bad}"
@@ -481,7 +504,7 @@ mod tests {
             b"k1",
             good(json!({"token_type": "refresh", "exp": now() - 3600})),
         );
-        assert!(matches!(verify_raw(&s, &t), Err(JwtFailure::Invalid(_))));
+        assert!(matches!(verify_raw(&s, &t), Err(JwtFailure::Invalid(..))));
     }
 
     #[test]
@@ -500,7 +523,10 @@ mod tests {
             let t = hand_made(b"k1", header, claims);
             assert_eq!(
                 verify_raw(&s, &t),
-                Err(JwtFailure::Invalid("the typ header is not at+jwt".into())),
+                Err(JwtFailure::Invalid(
+                    Denial::TypMismatch,
+                    "the typ header is not at+jwt".into()
+                )),
                 "{header}"
             );
         }
@@ -517,7 +543,7 @@ mod tests {
         ] {
             let t = hand_made(b"k1", header, claims);
             assert!(
-                matches!(verify_raw(&s, &t), Err(JwtFailure::Invalid(r)) if r.contains("crit")),
+                matches!(verify_raw(&s, &t), Err(JwtFailure::Invalid(Denial::Malformed, r)) if r.contains("crit")),
                 "{header}"
             );
         }
@@ -529,7 +555,10 @@ mod tests {
         );
         assert_eq!(
             verify_raw(&s, &t),
-            Err(JwtFailure::Invalid("the kid header is too long".into()))
+            Err(JwtFailure::Invalid(
+                Denial::Malformed,
+                "the kid header is too long".into()
+            ))
         );
         let ok = hand_made(b"k1", r#"{"alg":"HS256","kid":"short"}"#, claims);
         assert!(verify_raw(&s, &ok).is_ok());
@@ -541,7 +570,7 @@ mod tests {
         let base = r#""user_id":1,"iss":"https://issuer","aud":"api""#;
         let t =
             |claims: &str| hand_made(b"k1", r#"{"alg":"HS256"}"#, &format!("{{{base},{claims}}}"));
-        let invalid = |r: &str| Err(JwtFailure::Invalid(r.to_string().into()));
+        let invalid = |r: &str| Err(JwtFailure::Invalid(Denial::Malformed, r.to_string().into()));
         // A string nbf is refused, not skipped (jsonwebtoken alone would ignore it).
         assert_eq!(
             verify_raw(&s, &t(r#""exp":9999999999,"nbf":"4102444800""#)),
@@ -565,7 +594,7 @@ mod tests {
             r#""exp":9999999999,"nbf":-5"#,
         ] {
             assert!(
-                matches!(verify_raw(&s, &t(claims)), Err(JwtFailure::Invalid(r)) if r.contains("not a valid time")),
+                matches!(verify_raw(&s, &t(claims)), Err(JwtFailure::Invalid(Denial::Malformed, r)) if r.contains("not a valid time")),
                 "{claims}"
             );
         }
@@ -576,7 +605,10 @@ mod tests {
         let future = now() + 3600;
         assert_eq!(
             verify_raw(&s, &t(&format!(r#""exp":9999999999,"iat":{future}"#))),
-            invalid("token not valid yet (iat)")
+            Err(JwtFailure::Invalid(
+                Denial::NotYetValid,
+                "token not valid yet (iat)".into()
+            ))
         );
     }
 
@@ -599,15 +631,24 @@ mod tests {
         let t = now();
         assert_eq!(
             verify(good(json!({"iss": "https://evil"}))),
-            Err(JwtFailure::Invalid("wrong issuer".into()))
+            Err(JwtFailure::Invalid(
+                Denial::WrongIssuer,
+                "wrong issuer".into()
+            ))
         );
         assert_eq!(
             verify(good(json!({"aud": "other"}))),
-            Err(JwtFailure::Invalid("wrong audience".into()))
+            Err(JwtFailure::Invalid(
+                Denial::WrongAudience,
+                "wrong audience".into()
+            ))
         );
         assert_eq!(
             verify(good(json!({"nbf": t + 120}))),
-            Err(JwtFailure::Invalid("token not valid yet (nbf)".into()))
+            Err(JwtFailure::Invalid(
+                Denial::NotYetValid,
+                "token not valid yet (nbf)".into()
+            ))
         );
         assert!(
             verify(good(json!({"nbf": t + 10}))).is_ok(),
@@ -617,19 +658,28 @@ mod tests {
         no_exp.as_object_mut().expect("obj").remove("exp");
         assert_eq!(
             verify(no_exp),
-            Err(JwtFailure::Invalid("token has no exp".into()))
+            Err(JwtFailure::Invalid(
+                Denial::Malformed,
+                "token has no exp".into()
+            ))
         );
         let mut no_iss = good(json!({}));
         no_iss.as_object_mut().expect("obj").remove("iss");
         assert_eq!(
             verify(no_iss),
-            Err(JwtFailure::Invalid("wrong issuer".into()))
+            Err(JwtFailure::Invalid(
+                Denial::WrongIssuer,
+                "wrong issuer".into()
+            ))
         );
         let mut no_sub = good(json!({}));
         no_sub.as_object_mut().expect("obj").remove("user_id");
         assert_eq!(
             verify(no_sub),
-            Err(JwtFailure::Invalid("token has no subject".into()))
+            Err(JwtFailure::Invalid(
+                Denial::Malformed,
+                "token has no subject".into()
+            ))
         );
     }
 
@@ -657,7 +707,7 @@ mod tests {
         let forged = token(b"not-the-key", good(json!({"exp": now() - 3600})));
         assert_eq!(
             rt.block_on(v.verify(&forged)),
-            Err(JwtFailure::NotMine("bad signature"))
+            Err(JwtFailure::NotMine(Denial::BadSignature, "bad signature"))
         );
     }
 

@@ -6,12 +6,15 @@
 
 pub mod apikey;
 pub mod cache;
+pub mod denial;
 pub mod fingerprint;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod revoke;
+
+pub use denial::Denial;
 
 use crate::config::model::ApiKeySource;
 use crate::config::model::{AuthSettings, ProviderKind, RouteAuth};
@@ -52,6 +55,7 @@ pub enum AuthError {
         expired_at: SystemTime,
     },
     Invalid {
+        code: Denial,
         reason: Reason,
     },
     /// A valid identity without the route's scopes.
@@ -204,11 +208,26 @@ impl Outcome {
     }
 }
 
+impl AuthError {
+    /// The fixed reason code of a denial; `None` when nothing was refused (no credential,
+    /// or nobody could tell).
+    pub fn denial(&self) -> Option<Denial> {
+        match self {
+            AuthError::Missing | AuthError::Unavailable { .. } => None,
+            AuthError::Expired { .. } => Some(Denial::Expired),
+            AuthError::Invalid { code, .. } => Some(*code),
+            AuthError::Scope { .. } => Some(Denial::MissingScope),
+        }
+    }
+}
+
 /// The result of authentication plus what it is logged and counted as.
 pub struct Decision {
     pub result: Result<Identity, AuthError>,
     /// `None` on public routes and for anonymous requests on optional routes.
     pub outcome: Option<Outcome>,
+    /// Why it was refused, when it was.
+    pub denial: Option<Denial>,
     /// Which cache tier answered, when a credential was looked at.
     pub tier: Option<Tier>,
     /// The presented credential's hash, for `revokes_token` routes.
@@ -220,6 +239,7 @@ impl Decision {
         Decision {
             result: Ok(Identity::Anonymous),
             outcome: None,
+            denial: None,
             tier: None,
             token_hash: None,
         }
@@ -405,6 +425,8 @@ pub struct Authenticator {
     names: Vec<Arc<str>>,
     /// `[provider][outcome]`, with one extra row for `provider="none"`.
     counters: Vec<[IntCounter; 6]>,
+    /// `[provider][reason]` of `authgate_auth_denials_total`, the same rows.
+    denials: Vec<[IntCounter; 16]>,
     /// Stores created for this version, which the caller must load and keep refreshed.
     pub new_stores: Vec<Arc<JwksStore>>,
     /// Every JWKS store of this version with its registry key, for [`KeyStores::commit`].
@@ -469,11 +491,18 @@ impl Authenticator {
             .iter()
             .map(|p| Arc::from(p.name.as_str()))
             .collect();
-        let counters = names
-            .iter()
-            .map(|n| &**n)
-            .chain(std::iter::once("none"))
+        let rows = || names.iter().map(|n| &**n).chain(std::iter::once("none"));
+        let counters = rows()
             .map(|n| Outcome::ALL.map(|o| metrics.auth_total.with_label_values(&[n, o.as_str()])))
+            .collect();
+        let denials = rows()
+            .map(|n| {
+                Denial::ALL.map(|d| {
+                    metrics
+                        .auth_denials_total
+                        .with_label_values(&[n, d.as_str()])
+                })
+            })
             .collect();
         let mut key_headers: Vec<http::HeaderName> = Vec::new();
         for p in &settings.providers {
@@ -495,6 +524,7 @@ impl Authenticator {
             providers,
             names,
             counters,
+            denials,
             new_stores,
             store_entries,
             cache: state.cache(&settings.cache, metrics),
@@ -514,6 +544,11 @@ impl Authenticator {
             },
             _ => self.fingerprints[i],
         }
+    }
+
+    /// Counts a denial made before any provider looked (`too_many_failures`).
+    pub fn count_denial_without_provider(&self, d: Denial) {
+        self.denials[self.names.len()][d as usize].inc();
     }
 
     pub fn key_headers(&self) -> &[http::HeaderName] {
@@ -553,6 +588,7 @@ impl Authenticator {
             Some(Err(())) => (
                 None,
                 Err(AuthError::Invalid {
+                    code: Denial::Malformed,
                     reason: "malformed Authorization header".into(),
                 }),
             ),
@@ -562,6 +598,7 @@ impl Authenticator {
                     (
                         allowed.first().copied(),
                         Err(AuthError::Invalid {
+                            code: Denial::Malformed,
                             reason: "no provider of this route accepts this kind of credential"
                                 .into(),
                         }),
@@ -586,9 +623,14 @@ impl Authenticator {
         };
         let row = provider.unwrap_or(self.names.len());
         self.counters[row][outcome as usize].inc();
+        let denial = result.as_ref().err().and_then(AuthError::denial);
+        if let Some(d) = denial {
+            self.denials[row][d as usize].inc();
+        }
         Decision {
             result: result.map(Identity::Authenticated),
             outcome: Some(outcome),
+            denial,
             tier,
             token_hash,
         }
@@ -639,6 +681,7 @@ impl Authenticator {
     ) -> (usize, Result<Arc<Principal>, AuthError>, Tier) {
         let first = candidates[0];
         let revoked = || AuthError::Invalid {
+            code: Denial::Revoked,
             reason: "token revoked".into(),
         };
         if self.revocations.token_revoked(&hash) {
@@ -745,7 +788,7 @@ impl Authenticator {
         candidates: &[usize],
     ) -> (usize, Result<Arc<Principal>, AuthError>) {
         let token = presented.token();
-        let mut first_refusal: Option<(usize, &'static str)> = None;
+        let mut first_refusal: Option<(usize, Denial, &'static str)> = None;
         let mut unavailable: Option<(usize, Duration)> = None;
         for &i in candidates {
             match &self.providers[i] {
@@ -754,11 +797,11 @@ impl Authenticator {
                     Err(JwtFailure::Expired(at)) => {
                         return (i, Err(AuthError::Expired { expired_at: at }))
                     }
-                    Err(JwtFailure::Invalid(reason)) => {
-                        return (i, Err(AuthError::Invalid { reason }))
+                    Err(JwtFailure::Invalid(code, reason)) => {
+                        return (i, Err(AuthError::Invalid { code, reason }))
                     }
-                    Err(JwtFailure::NotMine(reason)) => {
-                        first_refusal.get_or_insert((i, reason));
+                    Err(JwtFailure::NotMine(code, reason)) => {
+                        first_refusal.get_or_insert((i, code, reason));
                     }
                     Err(JwtFailure::Unavailable) => {
                         unavailable.get_or_insert((i, jwks::MIN_REFETCH));
@@ -768,12 +811,17 @@ impl Authenticator {
                     match self.single_flight.run((hash, i), x, token).await {
                         Ok(p) => return (i, Ok(Arc::new(p))),
                         Err(IntrospectionFailure::Inactive) => {
-                            first_refusal.get_or_insert((i, "token is not active"));
+                            first_refusal.get_or_insert((
+                                i,
+                                Denial::Inactive,
+                                "token is not active",
+                            ));
                         }
                         Err(IntrospectionFailure::Malformed(reason)) => {
                             return (
                                 i,
                                 Err(AuthError::Invalid {
+                                    code: Denial::Malformed,
                                     reason: reason.into(),
                                 }),
                             );
@@ -786,7 +834,7 @@ impl Authenticator {
                 Provider::ApiKey(k) => match k.verify(token) {
                     Some(p) => return (i, Ok(Arc::new(p))),
                     None => {
-                        first_refusal.get_or_insert((i, "unknown API key"));
+                        first_refusal.get_or_insert((i, Denial::UnknownKey, "unknown API key"));
                     }
                 },
             }
@@ -794,10 +842,12 @@ impl Authenticator {
         if let Some((i, retry_after)) = unavailable {
             return (i, Err(AuthError::Unavailable { retry_after }));
         }
-        let (i, reason) = first_refusal.unwrap_or((candidates[0], "not accepted"));
+        let (i, code, reason) =
+            first_refusal.unwrap_or((candidates[0], Denial::Malformed, "not accepted"));
         (
             i,
             Err(AuthError::Invalid {
+                code,
                 reason: reason.into(),
             }),
         )

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub auth_total: IntCounterVec,
+    pub auth_denials_total: IntCounterVec,
     pub token_cache_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub upstream_timeouts_total: IntCounterVec,
@@ -88,6 +89,11 @@ impl Metrics {
                 "authgate_auth_total",
                 "Authentication decisions, by provider and outcome.",
                 &["provider", "outcome"],
+            ),
+            auth_denials_total: counter(
+                "authgate_auth_denials_total",
+                "Denials by provider and fixed reason code.",
+                &["provider", "reason"],
             ),
             token_cache_total: counter(
                 "authgate_token_cache_total",
@@ -274,6 +280,9 @@ mod tests {
         r.observe(&Method::GET, 200, 0.002);
         r.observe(&Method::from_bytes(b"BREW").expect("method"), 418, 0.001);
         m.auth_total.with_label_values(&["p", "ok"]).inc();
+        m.auth_denials_total
+            .with_label_values(&["p", "bad_signature"])
+            .inc();
         m.token_cache_total
             .with_label_values(&["local", "hit"])
             .inc();
@@ -296,6 +305,7 @@ mod tests {
             "authgate_request_duration_seconds",
             "authgate_upstream_duration_seconds",
             "authgate_auth_total",
+            "authgate_auth_denials_total",
             "authgate_token_cache_total",
             "authgate_rate_limited_total",
             "authgate_upstream_timeouts_total",

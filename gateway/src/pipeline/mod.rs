@@ -40,6 +40,8 @@ pub struct Inbound<'a> {
 pub struct AuthTrace {
     /// `None` on public routes and for anonymous requests on optional ones.
     pub outcome: Option<Outcome>,
+    /// The fixed reason of a denial (the access log's `reason`).
+    pub denial: Option<crate::auth::Denial>,
     pub tier: Option<Tier>,
     pub token_hash: Option<TokenHash>,
 }
@@ -152,14 +154,21 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
         if let Some(c) = &phases.failures_counter {
             c.inc();
         }
+        let denial = crate::auth::Denial::TooManyFailures;
+        snapshot.auth.count_denial_without_provider(denial);
+        let trace = AuthTrace {
+            denial: Some(denial),
+            ..AuthTrace::default()
+        };
         return Err(Denied {
             limited_by: Some(info.policy.clone()),
-            ..denied(Rejection::RateLimited(info), AuthTrace::default())
+            ..denied(Rejection::RateLimited(info), trace)
         });
     }
     let decision = snapshot.auth.authenticate(&spec.auth, req.headers).await;
     let auth = AuthTrace {
         outcome: decision.outcome,
+        denial: decision.denial,
         tier: decision.tier,
         token_hash: decision.token_hash,
     };

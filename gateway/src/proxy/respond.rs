@@ -35,7 +35,7 @@ impl From<AuthError> for Rejection {
         match e {
             AuthError::Missing => Rejection::MissingToken,
             AuthError::Expired { expired_at } => Rejection::TokenExpired { expired_at },
-            AuthError::Invalid { reason } => Rejection::InvalidToken { reason },
+            AuthError::Invalid { reason, .. } => Rejection::InvalidToken { reason },
             AuthError::Scope { required } => Rejection::InsufficientScope { required },
             AuthError::Unavailable { retry_after } => Rejection::AuthUnavailable { retry_after },
         }
