@@ -282,3 +282,73 @@ fn every_denial_has_a_fixed_reason_in_the_log_and_the_metrics() {
     assert_eq!(line("fine")["reason"], Value::Null);
     assert_eq!(line(&limited)["reason"], "too_many_failures");
 }
+
+#[test]
+fn draft_11_ratelimit_fields_on_every_answer_of_a_limited_route() {
+    let mock = Mock::start("m");
+    let yaml = format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams:
+  lms: {{ endpoints: ["{mock}"] }}
+auth:
+  providers:
+    jwt:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{{ secret_env: JWT_SECRET }}]
+      issuer: https://issuer
+rate_limits:
+  ip: {{ rate: 1/s, burst: 100, key: client_ip }}
+  user: {{ rate: 1/m, burst: 3, key: subject }}
+routes:
+  - name: api
+    path_prefix: /echo/
+    auth: required
+    rate_limit: [user, ip]
+    cache: {{ ttl: 60s, vary: [subject] }}
+    upstream: lms
+"#,
+        mock = mock.addr
+    );
+    let gw = Gateway::start(&yaml, &[("JWT_SECRET", SECRET)]);
+    let token = sign(Algorithm::HS256, SECRET, None, &claims(json!({})));
+    let get = |auth: Option<&str>| {
+        let mut rq = client().get(gw.url("/echo/x"));
+        if let Some(t) = auth {
+            rq = rq.bearer_auth(t);
+        }
+        let r = rq.send().unwrap();
+        let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+        (
+            r.status().as_u16(),
+            h("ratelimit-policy"),
+            h("ratelimit"),
+            h("x-cache"),
+        )
+    };
+    let policy = Some(r#""user";q=3;w=180, "ip";q=100;w=100"#.to_string());
+    // The upstream's answer, then a cache hit with this request's own values.
+    let (status, p, state, cache) = get(Some(&token));
+    assert_eq!((status, cache.as_deref()), (200, Some("MISS")));
+    assert_eq!(p, policy);
+    assert_eq!(state.as_deref(), Some(r#""user";r=2;t=60, "ip";r=99;t=1"#));
+    let (status, p, state, cache) = get(Some(&token));
+    assert_eq!((status, cache.as_deref()), (200, Some("HIT")));
+    assert_eq!(p, policy);
+    assert_eq!(state.as_deref(), Some(r#""user";r=1;t=120, "ip";r=98;t=2"#));
+    // The gateway's own 401: only the policy spent before authentication has a state.
+    let (status, p, state, _) = get(None);
+    assert_eq!(status, 401);
+    assert_eq!(p, policy);
+    assert_eq!(state.as_deref(), Some(r#""ip";r=97;t=3"#));
+    // And its 429.
+    let _ = get(Some(&token));
+    let (status, p, state, _) = get(Some(&token));
+    assert_eq!(status, 429);
+    assert_eq!(p, policy);
+    let state = state.unwrap();
+    assert!(state.starts_with(r#""user";r=0;t="#), "{state}");
+    assert!(state.contains(r#", "ip";r=95;"#), "{state}");
+}

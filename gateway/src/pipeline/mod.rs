@@ -55,6 +55,8 @@ pub struct Admitted {
     identity: Identity,
     deadline: Option<Deadline>,
     rate_limit: Option<RateLimitInfo>,
+    /// Every policy checked, for the draft-11 `RateLimit` header.
+    limit_states: Vec<RateLimitInfo>,
     auth: AuthTrace,
     rewritten_path: Option<String>,
 }
@@ -74,6 +76,9 @@ impl Admitted {
     pub fn rate_limit(&self) -> Option<&RateLimitInfo> {
         self.rate_limit.as_ref()
     }
+    pub fn limit_states(&self) -> &[RateLimitInfo] {
+        &self.limit_states
+    }
     pub fn auth(&self) -> &AuthTrace {
         &self.auth
     }
@@ -92,6 +97,8 @@ pub struct Denied {
     pub auth: AuthTrace,
     /// The policy that refused it, for a 429.
     pub limited_by: Option<Arc<str>>,
+    /// The policies checked before the refusal (the refusing one included).
+    pub limit_states: Vec<RateLimitInfo>,
 }
 
 impl Denied {
@@ -101,6 +108,7 @@ impl Denied {
             route: None,
             auth: AuthTrace::default(),
             limited_by: None,
+            limit_states: Vec::new(),
         }
     }
 }
@@ -121,7 +129,9 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
         route: Some(route),
         auth,
         limited_by: None,
+        limit_states: Vec::new(),
     };
+    let mut states = Vec::new();
     limits::route(req, spec, snapshot.config.server.max_request_body)
         .map_err(|r| denied(r, AuthTrace::default()))?;
     let deadline = Deadline::for_request(
@@ -132,18 +142,25 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     // Policies keyed by what is known now (client address, a header) are spent first: a
     // request that then fails authentication has paid for its attempt.
     let phases = &snapshot.routes[route].limits;
-    let before = limit(
+    let before = match limit(
         snapshot,
         req,
         None,
         &phases.before_auth,
         &phases.before_auth_counters,
+        &mut states,
     )
     .await
-    .map_err(|(info, d)| Denied {
-        limited_by: Some(info.policy.clone()),
-        ..denied(d, AuthTrace::default())
-    })?;
+    {
+        Ok(b) => b,
+        Err((info, d)) => {
+            return Err(Denied {
+                limited_by: Some(info.policy.clone()),
+                limit_states: states,
+                ..denied(d, AuthTrace::default())
+            })
+        }
+    };
     // An address that keeps presenting bad credentials is answered before anything looks at
     // the next one (no verification, introspection or Redis lookup).
     let failures = snapshot.limiters.failures.as_ref();
@@ -162,6 +179,7 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
         };
         return Err(Denied {
             limited_by: Some(info.policy.clone()),
+            limit_states: states,
             ..denied(Rejection::RateLimited(info), trace)
         });
     }
@@ -181,7 +199,10 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
                     f.failed(req.client_ip);
                 }
             }
-            return Err(denied(e.into(), auth));
+            return Err(Denied {
+                limit_states: states,
+                ..denied(e.into(), auth)
+            });
         }
     };
     let after = match limit(
@@ -190,6 +211,7 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
         identity.principal(),
         &phases.after_auth,
         &phases.after_auth_counters,
+        &mut states,
     )
     .await
     {
@@ -197,6 +219,7 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
         Err((info, d)) => {
             return Err(Denied {
                 limited_by: Some(info.policy.clone()),
+                limit_states: states,
                 ..denied(d, auth)
             })
         }
@@ -211,6 +234,7 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
         identity,
         deadline,
         rate_limit,
+        limit_states: states,
         auth,
         rewritten_path: match path {
             Cow::Owned(p) => Some(p),
@@ -236,6 +260,7 @@ async fn limit(
     principal: Option<&crate::auth::Principal>,
     policies: &[usize],
     counters: &[prometheus::IntCounter],
+    seen: &mut Vec<RateLimitInfo>,
 ) -> Result<Option<RateLimitInfo>, (RateLimitInfo, Rejection)> {
     if policies.is_empty() {
         return Ok(None);
@@ -247,7 +272,7 @@ async fn limit(
     };
     snapshot
         .limiters
-        .check(policies, &keys)
+        .check(policies, &keys, seen)
         .await
         .map_err(|(pos, info)| {
             if let Some(c) = counters.get(pos) {

@@ -96,6 +96,15 @@ impl RequestCtx {
         self.admitted()?.rate_limit()
     }
 
+    /// Each checked policy's state (admitted or denied), for the `RateLimit` header.
+    pub fn limit_states(&self) -> &[RateLimitInfo] {
+        match &self.stage {
+            Stage::Admitted(a) => a.limit_states(),
+            Stage::Denied(d) => &d.limit_states,
+            Stage::Received => &[],
+        }
+    }
+
     pub fn auth_trace(&self) -> Option<&AuthTrace> {
         match &self.stage {
             Stage::Admitted(a) => Some(a.auth()),

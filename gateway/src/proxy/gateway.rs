@@ -75,9 +75,12 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             Err(denied) => {
-                let sent = send_rejection(session, ctx, &denied.rejection).await;
+                // Recorded first: the answer's headers (CORS, RateLimit) read the stage.
+                let rejection = denied.rejection.clone();
                 ctx.stage = Stage::Denied(denied);
-                sent.map(|()| true)
+                send_rejection(session, ctx, &rejection)
+                    .await
+                    .map(|()| true)
             }
         }
     }
@@ -489,6 +492,15 @@ pub fn decorate_headers(session: &Session, ctx: &RequestCtx, h: &mut http::Heade
     if let Some(route) = ctx.route() {
         for (k, v) in &route.spec.response_headers {
             h.insert(k.clone(), v.clone());
+        }
+        // Draft-11 fields on every answer of a limited route, the gateway's own included;
+        // on a cache hit, this request's state.
+        if let Some(policy) = &route.ratelimit_policy {
+            h.insert(headers::RATELIMIT_POLICY, policy.clone());
+            let state = crate::ratelimit::state_header(&route.spec.rate_limits, ctx.limit_states());
+            if let Some(state) = state {
+                h.insert(headers::RATELIMIT, state);
+            }
         }
     }
 }

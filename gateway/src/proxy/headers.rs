@@ -20,6 +20,8 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const X_REQUEST_TIMEOUT_MS: HeaderName =
     HeaderName::from_static(crate::deadline::CLIENT_HEADER);
 

@@ -57,6 +57,8 @@ pub struct RouteRuntime {
     pub limits: LimitPhases,
     /// `authgate_response_cache_total{route, result}` by `CacheResult`; empty without a cache.
     pub cache_results: Vec<IntCounter>,
+    /// The route's draft-11 `RateLimit-Policy` value, constant per configuration.
+    pub ratelimit_policy: Option<http::HeaderValue>,
 }
 
 /// A route's policies (indices into the snapshot's), split by when they are spent, each with
@@ -241,6 +243,9 @@ impl Snapshot {
                     }
                 }
                 RouteRuntime {
+                    ratelimit_policy: crate::ratelimit::policy_header(
+                        spec.rate_limits.iter().map(|&i| &*config.rate_limits[i]),
+                    ),
                     limits,
                     metrics: metrics.route(&spec.name),
                     upstream_duration: metrics

@@ -402,6 +402,7 @@ mod tests {
     fn extras() {
         let t = texts();
         let rl = Rejection::RateLimited(RateLimitInfo {
+            index: 0,
             policy: "user".into(),
             limit: 5,
             remaining: 0,

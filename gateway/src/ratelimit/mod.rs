@@ -210,6 +210,8 @@ pub fn limit_address(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
 /// A policy's state after a request: what the `RateLimit-*` headers and a 429 report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitInfo {
+    /// The policy's index in the configuration (`rate_limits`), to order header items.
+    pub index: usize,
     pub policy: Arc<str>,
     pub limit: u32,
     pub remaining: u32,
@@ -262,7 +264,13 @@ impl Limiters {
     }
 
     /// Checks the route's policies in order. `route_policies` are indices into `policies`.
-    pub async fn check(&self, route_policies: &[usize], keys: &RequestKeys<'_>) -> LimitResult {
+    /// Each policy's state is also pushed to `seen`, for the per-policy `RateLimit` header.
+    pub async fn check(
+        &self,
+        route_policies: &[usize],
+        keys: &RequestKeys<'_>,
+        seen: &mut Vec<RateLimitInfo>,
+    ) -> LimitResult {
         let mut tightest: Option<RateLimitInfo> = None;
         for (pos, &i) in route_policies.iter().enumerate() {
             let limiter = &self.policies[i];
@@ -286,6 +294,7 @@ impl Limiters {
             match verdict {
                 Verdict::Allowed { remaining, reset } => {
                     let info = info(policy, remaining, reset, Duration::ZERO);
+                    seen.push(info.clone());
                     if tightest
                         .as_ref()
                         .is_none_or(|t| info.remaining < t.remaining)
@@ -294,7 +303,9 @@ impl Limiters {
                     }
                 }
                 Verdict::Limited { retry_after, reset } => {
-                    return Err((pos, info(policy, 0, reset, retry_after)));
+                    let info = info(policy, 0, reset, retry_after);
+                    seen.push(info.clone());
+                    return Err((pos, info));
                 }
             }
         }
@@ -309,6 +320,41 @@ impl Limiters {
             f.limiter.maintain();
         }
     }
+}
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-11) for a route's policies, in
+/// order: `"name";q=<burst>;w=<seconds to refill a full burst>`. `None` without policies.
+pub fn policy_header<'a>(
+    policies: impl Iterator<Item = &'a RatePolicy>,
+) -> Option<http::HeaderValue> {
+    let items: Vec<String> = policies
+        .map(|p| {
+            let window = ceil_secs(p.rate.interval().saturating_mul(p.burst)).max(1);
+            format!("\"{}\";q={};w={window}", p.name, p.burst)
+        })
+        .collect();
+    if items.is_empty() {
+        return None;
+    }
+    http::HeaderValue::from_str(&items.join(", ")).ok()
+}
+
+/// `RateLimit` for the policies a request was checked against, in the route's order:
+/// `"name";r=<remaining>;t=<seconds until full>`.
+pub fn state_header(route_order: &[usize], states: &[RateLimitInfo]) -> Option<http::HeaderValue> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for &i in route_order {
+        if let Some(s) = states.iter().find(|s| s.index == i) {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "\"{}\";r={};t={}", s.policy, s.remaining, s.reset_s);
+        }
+    }
+    (!out.is_empty())
+        .then(|| http::HeaderValue::from_str(&out).ok())
+        .flatten()
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -327,6 +373,7 @@ fn info(
     retry_after: Duration,
 ) -> RateLimitInfo {
     RateLimitInfo {
+        index: policy.index,
         policy: policy.name.clone(),
         limit: policy.burst,
         remaining,
@@ -395,6 +442,35 @@ fn hash_key(kind: &str, value: &KeyValue<'_>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn draft_11_fields_list_each_policy_in_the_routes_order() {
+        let policy = |index: usize, name: &str, rate: &str, burst: u32| RatePolicy {
+            index,
+            name: name.into(),
+            rate: rate.parse().expect("rate"),
+            burst,
+            key: LimitKey::ClientIp,
+            scope: LimitScope::Local,
+        };
+        let (ip, user) = (policy(0, "ip", "10/s", 20), policy(1, "user", "100/m", 50));
+        let header = policy_header([&user, &ip].into_iter()).expect("header");
+        // 50 at 100/m refill in 30 s; 20 at 10/s in 2 s.
+        assert_eq!(header, r#""user";q=50;w=30, "ip";q=20;w=2"#);
+        assert_eq!(policy_header(std::iter::empty()), None);
+        let states = [
+            info(&ip, 19, Duration::from_millis(100), Duration::ZERO),
+            info(&user, 49, Duration::from_millis(600), Duration::ZERO),
+        ];
+        let state = state_header(&[1, 0], &states).expect("state");
+        assert_eq!(state, r#""user";r=49;t=1, "ip";r=19;t=1"#);
+        // A refusal before the second policy was checked lists what was checked.
+        assert_eq!(
+            state_header(&[1, 0], &states[..1]).expect("state"),
+            r#""ip";r=19;t=1"#
+        );
+        assert_eq!(state_header(&[1, 0], &[]), None);
+    }
 
     #[test]
     fn ipv6_clients_are_limited_per_prefix_and_mapped_ipv4_as_ipv4() {
