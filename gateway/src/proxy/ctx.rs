@@ -116,7 +116,7 @@ impl RequestCtx {
     /// The policy that refused the request.
     pub fn limited_by(&self) -> Option<&str> {
         match &self.stage {
-            Stage::Denied(d) => d.limited_by.as_deref(),
+            Stage::Denied(d) => d.limited_by(),
             _ => None,
         }
     }
