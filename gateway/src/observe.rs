@@ -58,6 +58,7 @@ fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f6
         "subject": principal.map(|p| p.subject.as_str()),
         "auth": auth,
         "reason": trace.and_then(|t| t.denial).map(|d| d.as_str()),
+        "shadow": route.map(|r| r.shadow.is_some()),
         "token_cache": trace.and_then(|t| t.tier).map(|t| t.as_str()),
         "rate_limit": rate_limit,
         "policy": ctx.limited_by(),

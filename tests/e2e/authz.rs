@@ -352,3 +352,278 @@ routes:
     assert!(state.starts_with(r#""user";r=0;t="#), "{state}");
     assert!(state.contains(r#", "ip";r=95;"#), "{state}");
 }
+
+fn rules_config(mock: &Mock, redis: Option<&Redis>) -> String {
+    let redis = redis.map_or(String::new(), |r| {
+        format!("redis: {{ url: \"{}\" }}\n", r.url())
+    });
+    format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+{redis}upstreams:
+  lms: {{ endpoints: ["{mock}"] }}
+auth:
+  providers:
+    jwt:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{{ secret_env: JWT_SECRET }}]
+      issuer: https://issuer
+    knox:
+      type: introspection
+      url: http://{mock}/api/auth/introspect/
+      client_id: authgate
+      client_secret_env: INTROSPECTION_SECRET
+routes:
+  - name: staff
+    path_prefix: /echo/staff/
+    auth:
+      providers: [jwt, knox]
+      claims:
+        is_staff: true
+        realm_access.roles: [lms-admin, lms-owner]
+  - name: tenant
+    path_prefix: /echo/tenant/
+    auth:
+      providers: [jwt, knox]
+      claims: {{ tenant: acme, level: 2 }}
+    upstream: lms
+  - name: trial
+    path_prefix: /echo/trial/
+    auth:
+      providers: [jwt]
+      scopes: [write]
+      claims: {{ tenant: acme }}
+      mode: shadow
+    upstream: lms
+  - {{ name: api, path_prefix: /echo/, auth: {{ providers: [jwt, knox] }}, upstream: lms }}
+"#,
+        mock = mock.addr
+    )
+    .replace(
+        "        realm_access.roles: [lms-admin, lms-owner]\n",
+        "        realm_access.roles: [lms-admin, lms-owner]\n    upstream: lms\n",
+    )
+}
+
+fn status_and_body(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
+    let r = client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut body: Value = r.json().unwrap_or(Value::Null);
+    body["_challenge"] = json!(challenge);
+    (status, body)
+}
+
+#[test]
+fn claim_rules_hold_on_fresh_and_cached_identities_in_both_tiers() {
+    let mock = Mock::start("m");
+    let redis = Redis::start();
+    let env = [
+        ("JWT_SECRET", SECRET),
+        ("INTROSPECTION_SECRET", MOCK_INTROSPECTION.1),
+    ];
+    let a = Gateway::start(&rules_config(&mock, Some(&redis)), &env);
+    let b = Gateway::start(&rules_config(&mock, Some(&redis)), &env);
+    let token = |extra: Value| sign(Algorithm::HS256, SECRET, None, &claims(extra));
+    let admin = token(
+        json!({"is_staff": true, "realm_access": {"roles": ["user", "lms-admin"]}, "tenant": "acme", "level": 2.0}),
+    );
+    let user = token(
+        json!({"is_staff": true, "realm_access": {"roles": ["user"]}, "tenant": "acme", "level": 2}),
+    );
+    let not_staff = token(json!({"is_staff": false, "realm_access": {"roles": ["lms-owner"]}}));
+    let other_tenant = token(json!({"tenant": "globex", "level": 2}));
+
+    // Seen first on a route without rules: cached there, with the claims the provider's rules
+    // need, so the cached identity is judged like a fresh one.
+    for t in [&admin, &user, &not_staff, &other_tenant] {
+        assert_eq!(status_and_body(&a, "/echo/x", t).0, 200);
+    }
+    for (gw, tier) in [(&a, "local"), (&b, "redis")] {
+        let (status, _) = status_and_body(gw, "/echo/staff/x", &admin);
+        assert_eq!(status, 200, "{tier}");
+        let (status, body) = status_and_body(gw, "/echo/staff/x", &user);
+        assert_eq!(
+            (status, &body["error"], &body["claim"]),
+            (403, &json!("forbidden"), &json!("realm_access.roles")),
+            "{tier}: {body}"
+        );
+        assert_eq!(body["_challenge"], r#"Bearer realm="authgate""#, "{body}");
+        let (status, body) = status_and_body(gw, "/echo/staff/x", &not_staff);
+        assert_eq!(
+            (status, &body["claim"]),
+            (403, &json!("is_staff")),
+            "{tier}: {body}"
+        );
+        // Numbers by value (2 == 2.0).
+        assert_eq!(
+            status_and_body(gw, "/echo/tenant/x", &admin).0,
+            200,
+            "{tier}"
+        );
+        assert_eq!(
+            status_and_body(gw, "/echo/tenant/x", &user).0,
+            200,
+            "{tier}"
+        );
+        let (status, body) = status_and_body(gw, "/echo/tenant/x", &other_tenant);
+        assert_eq!(
+            (status, &body["claim"]),
+            (403, &json!("tenant")),
+            "{tier}: {body}"
+        );
+    }
+    let mb = b.metrics();
+    assert!(
+        metric(
+            &mb,
+            "authgate_token_cache_total",
+            &[("tier", "redis"), ("result", "hit")]
+        ) >= 3.0
+    );
+    assert!(
+        metric(
+            &mb,
+            "authgate_auth_total",
+            &[("provider", "jwt"), ("outcome", "forbidden")]
+        ) >= 3.0
+    );
+    assert!(
+        metric(
+            &mb,
+            "authgate_auth_denials_total",
+            &[("provider", "jwt"), ("reason", "claim_mismatch")]
+        ) >= 3.0
+    );
+
+    // Opaque tokens: the rules read the introspection answer.
+    let opaque = |extra: Value| -> String {
+        let r: Value = client()
+            .post(mock.url("/__mock/opaque"))
+            .json(&json!({"sub": "7", "extra": extra}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r["token"].as_str().unwrap().to_string()
+    };
+    let acme = opaque(json!({"tenant": "acme", "level": 2}));
+    let globex = opaque(json!({"tenant": "globex", "level": 2}));
+    assert_eq!(status_and_body(&a, "/echo/tenant/x", &acme).0, 200);
+    assert_eq!(
+        status_and_body(&a, "/echo/tenant/x", &acme).0,
+        200,
+        "cached"
+    );
+    assert_eq!(
+        status_and_body(&b, "/echo/tenant/x", &acme).0,
+        200,
+        "from redis"
+    );
+    assert_eq!(status_and_body(&a, "/echo/tenant/x", &globex).0, 403);
+    assert_eq!(status_and_body(&a, "/echo/staff/x", &acme).0, 403);
+}
+
+#[test]
+fn shadow_mode_decides_counts_and_logs_but_forwards() {
+    let mock = Mock::start("m");
+    let env = [
+        ("JWT_SECRET", SECRET),
+        ("INTROSPECTION_SECRET", MOCK_INTROSPECTION.1),
+    ];
+    let gw = Gateway::start(&rules_config(&mock, None), &env);
+    let token = |extra: Value| sign(Algorithm::HS256, SECRET, None, &claims(extra));
+    let good = token(json!({"tenant": "acme", "scope": "write"}));
+    let no_scope = token(json!({"tenant": "acme", "scope": "read"}));
+    let wrong_tenant = token(json!({"tenant": "globex", "scope": "write"}));
+    let forged = sign(
+        Algorithm::HS256,
+        "not-the-secret-of-at-least-32-bytes",
+        None,
+        &claims(json!({})),
+    );
+    let expired = token(json!({"exp": now() - 60}));
+    let send = |auth: Option<&str>, id: &str| {
+        let mut rq = client()
+            .get(gw.url("/echo/trial/x"))
+            .header("X-Request-Id", id);
+        if let Some(t) = auth {
+            rq = rq.bearer_auth(t);
+        }
+        let r = rq.send().unwrap();
+        assert_eq!(r.status(), 200, "{id}: shadow never refuses");
+        let v: Value = r.json().unwrap();
+        echo_header(&v, "x-auth-subject")
+    };
+    // Identity headers only for a valid identity, whatever its scopes or claims.
+    assert_eq!(send(Some(&good), "s-ok").as_deref(), Some("42"));
+    assert_eq!(send(Some(&no_scope), "s-scope").as_deref(), Some("42"));
+    assert_eq!(send(Some(&wrong_tenant), "s-claim").as_deref(), Some("42"));
+    assert_eq!(send(Some(&forged), "s-forged"), None);
+    assert_eq!(send(Some(&expired), "s-expired"), None);
+    assert_eq!(send(None, "s-missing"), None);
+    assert_eq!(mock.count("GET /echo"), 6);
+
+    let m = gw.metrics();
+    for (outcome, n) in [
+        ("ok", 1.0),
+        ("insufficient_scope", 1.0),
+        ("forbidden", 1.0),
+        ("invalid_token", 1.0),
+        ("token_expired", 1.0),
+        ("missing_token", 1.0),
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                "authgate_auth_shadow_total",
+                &[("route", "trial"), ("outcome", outcome)]
+            ),
+            n,
+            "{outcome}"
+        );
+    }
+    wait_until("access lines", std::time::Duration::from_secs(5), || {
+        gw.log_lines()
+            .iter()
+            .any(|l| l["request_id"] == "s-missing")
+    });
+    let lines = gw.log_lines();
+    let line = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    for (id, auth, reason) in [
+        ("s-ok", "ok", Value::Null),
+        ("s-scope", "insufficient_scope", json!("missing_scope")),
+        ("s-claim", "forbidden", json!("claim_mismatch")),
+        ("s-forged", "invalid_token", json!("bad_signature")),
+        ("s-expired", "token_expired", json!("expired")),
+    ] {
+        let l = line(id);
+        assert_eq!(
+            (l["status"].as_u64(), &l["auth"], &l["reason"], &l["shadow"]),
+            (Some(200), &json!(auth), &reason, &json!(true)),
+            "{id}: {l}"
+        );
+    }
+    // An enforcing route of the same file refuses the same token.
+    assert_eq!(status_and_body(&gw, "/echo/tenant/x", &wrong_tenant).0, 403);
+    let l = gw.log_lines();
+    assert!(l
+        .iter()
+        .filter(|l| l["kind"] == "access")
+        .all(|l| l["shadow"] == json!(l["route"] == "trial")));
+}

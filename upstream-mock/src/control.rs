@@ -34,7 +34,8 @@ fn flag(query: Option<&str>, name: &str) -> Option<bool> {
     })
 }
 
-/// `POST /__mock/opaque` `{"sub", "scope"?, "ttl_s"?, "username"?, "client_id"?, "omit_sub"?}` ->
+/// `POST /__mock/opaque` `{"sub", "scope"?, "ttl_s"?, "username"?, "client_id"?, "omit_sub"?,
+/// "extra"?}` (`extra`: more members of its introspection answer, e.g. roles) ->
 /// `{"token", "exp"}`: puts an opaque token straight into the knox store. `ttl_s`
 /// (default: the access TTL) may be 0 or negative for an already expired token.
 pub async fn opaque(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -70,6 +71,11 @@ pub async fn opaque(State(state): State<Arc<AppState>>, body: Bytes) -> Response
             .get("omit_sub")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        extra: map
+            .get("extra")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
     };
     let exp = entry.exp();
     let token = state.knox.issue(entry, now);

@@ -85,6 +85,9 @@ struct Shared {
     /// Hex fingerprint of the provider that made it; entries without one are misses.
     #[serde(default)]
     fp: Option<String>,
+    /// The claims kept for route rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn secs(t: Option<SystemTime>) -> Option<u64> {
@@ -257,6 +260,7 @@ impl TokenCache {
             credential_id: s.cid.map(Into::into),
             jti: s.jti,
             issued_at: time(s.iat),
+            claims: s.claims.map(std::sync::Arc::new),
         };
         Some((p, fingerprint, left))
     }
@@ -282,6 +286,7 @@ impl TokenCache {
             jti: p.jti.clone(),
             iat: secs(p.issued_at),
             fp: Some(hex::encode(fingerprint)),
+            claims: p.claims.as_deref().cloned(),
         };
         let Ok(body) = serde_json::to_vec(&stored) else {
             return;

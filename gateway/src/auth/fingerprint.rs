@@ -73,6 +73,21 @@ pub fn combine(config: &Fingerprint, key_set: &Fingerprint) -> Fingerprint {
     out
 }
 
+/// The claim paths kept with a provider's identities.
+pub fn of_kept(keep: &[crate::config::model::ClaimPath]) -> Fingerprint {
+    let mut out = [0u8; 16];
+    if keep.is_empty() {
+        return out;
+    }
+    let mut h = Sha256::new();
+    for p in keep {
+        h.update((p.name.len() as u64).to_be_bytes());
+        h.update(p.name.as_bytes());
+    }
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
 /// A JWKS document's digest: its keys, each serialised, in a stable order.
 pub fn of_key_set(keys: &[jsonwebtoken::jwk::Jwk]) -> Fingerprint {
     let mut each: Vec<Vec<u8>> = keys

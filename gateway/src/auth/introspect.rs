@@ -47,6 +47,8 @@ pub struct Introspector {
     client: reqwest::Client,
     /// `max_concurrency` calls at once: a flood of junk tokens costs the IdP at most that.
     slots: tokio::sync::Semaphore,
+    /// Fields of the answer copied into the principal for route rules.
+    keep: Arc<[crate::config::model::ClaimPath]>,
 }
 
 impl Introspector {
@@ -66,7 +68,14 @@ impl Introspector {
             subject_field: spec.subject_field.clone(),
             client,
             slots: tokio::sync::Semaphore::new(spec.max_concurrency as usize),
+            keep: Arc::from([]),
         })
+    }
+
+    /// Keeps these fields of each answer with the principal (see `auth::keep_claims`).
+    pub fn keeping(mut self, keep: Arc<[crate::config::model::ClaimPath]>) -> Self {
+        self.keep = keep;
+        self
     }
 
     pub async fn introspect(&self, token: &str) -> Result<Principal, IntrospectionFailure> {
@@ -158,6 +167,7 @@ impl Introspector {
             credential_id: None,
             jti: answer.jti,
             issued_at: answer.iat.map(at),
+            claims: super::keep_claims(&self.keep, &answer.rest),
         })
     }
 }

@@ -8,7 +8,7 @@ use super::jwks::{JwksStore, Lookup};
 use super::keys::VerifyKey;
 use super::{Denial, Principal, Reason};
 use crate::config::compile::KeyFamily;
-use crate::config::model::{ClaimRule, JwtSpec};
+use crate::config::model::{ClaimPath, ClaimRule, JwtSpec};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
@@ -78,6 +78,8 @@ pub struct JwtVerifier {
     scopes_claim: String,
     required_claims: Vec<ClaimRule>,
     typ: Option<String>,
+    /// Claims copied into the principal for route rules.
+    keep: Arc<[ClaimPath]>,
 }
 
 impl JwtVerifier {
@@ -101,7 +103,14 @@ impl JwtVerifier {
             scopes_claim: spec.scopes_claim.clone(),
             required_claims: spec.required_claims.clone(),
             typ: spec.typ.clone(),
+            keep: Arc::from([]),
         })
+    }
+
+    /// Keeps these claims with each principal (see `auth::keep_claims`).
+    pub fn keeping(mut self, keep: Arc<[ClaimPath]>) -> Self {
+        self.keep = keep;
+        self
     }
 
     pub fn jwks(&self) -> Option<&Arc<JwksStore>> {
@@ -283,6 +292,7 @@ impl JwtVerifier {
             credential_id: None,
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             issued_at: iat.map(at),
+            claims: super::keep_claims(&self.keep, &claims),
         })
     }
 }
@@ -311,7 +321,7 @@ fn numeric_date(
 }
 
 /// Claim equality for `required_claims`: numbers by value (`1` equals `1.0`), the rest exactly.
-fn claim_equals(v: &Value, want: &Value) -> bool {
+pub(crate) fn claim_equals(v: &Value, want: &Value) -> bool {
     match (v, want) {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         _ => v == want,

@@ -17,7 +17,9 @@ pub mod revoke;
 pub use denial::Denial;
 
 use crate::config::model::ApiKeySource;
-use crate::config::model::{AuthSettings, ProviderKind, RouteAuth};
+use crate::config::model::{
+    AuthSettings, ClaimCheck, ClaimPath, ProviderKind, RouteAuth, RouteSpec,
+};
 use crate::metrics::Metrics;
 use crate::redis_link::RedisLink;
 use apikey::ApiKeys;
@@ -62,6 +64,10 @@ pub enum AuthError {
     Scope {
         required: Vec<String>,
     },
+    /// A valid identity failing one of the route's `auth.claims` rules.
+    Forbidden {
+        claim: Arc<str>,
+    },
     /// Nobody could tell (the IdP or its keys out of reach): try again later.
     Unavailable {
         retry_after: Duration,
@@ -81,6 +87,28 @@ pub struct Principal {
     pub credential_id: Option<Arc<str>>,
     pub jti: Option<String>,
     pub issued_at: Option<SystemTime>,
+    /// The claims that route rules of its provider look at (only those), by dotted name.
+    pub claims: KeptClaims,
+}
+
+/// Claims kept with a cached identity so `auth.claims` rules can be checked on cache hits.
+pub type KeptClaims = Option<Arc<serde_json::Map<String, serde_json::Value>>>;
+
+/// Copies the values at `keep` out of a token's claims.
+pub fn keep_claims(
+    keep: &[ClaimPath],
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> KeptClaims {
+    if keep.is_empty() {
+        return None;
+    }
+    let mut out = serde_json::Map::new();
+    for path in keep {
+        if let Some(v) = path.find(claims) {
+            out.insert(path.name.to_string(), v.clone());
+        }
+    }
+    Some(Arc::new(out))
 }
 
 /// A principal's scopes. Identical sets are shared (see `scope_set`): a cache of 100,000
@@ -150,6 +178,7 @@ impl Principal {
             credential_id: None,
             jti: None,
             issued_at: None,
+            claims: None,
         }
     }
 
@@ -184,16 +213,18 @@ pub enum Outcome {
     InvalidToken,
     InsufficientScope,
     AuthUnavailable,
+    Forbidden,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::MissingToken,
         Outcome::TokenExpired,
         Outcome::InvalidToken,
         Outcome::InsufficientScope,
         Outcome::AuthUnavailable,
+        Outcome::Forbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -204,6 +235,7 @@ impl Outcome {
             Outcome::InvalidToken => "invalid_token",
             Outcome::InsufficientScope => "insufficient_scope",
             Outcome::AuthUnavailable => "auth_unavailable",
+            Outcome::Forbidden => "forbidden",
         }
     }
 }
@@ -217,6 +249,7 @@ impl AuthError {
             AuthError::Expired { .. } => Some(Denial::Expired),
             AuthError::Invalid { code, .. } => Some(*code),
             AuthError::Scope { .. } => Some(Denial::MissingScope),
+            AuthError::Forbidden { .. } => Some(Denial::ClaimMismatch),
         }
     }
 }
@@ -228,6 +261,9 @@ pub struct Decision {
     pub outcome: Option<Outcome>,
     /// Why it was refused, when it was.
     pub denial: Option<Denial>,
+    /// The identity the credential proved, even when the route's scopes or claims then
+    /// refused it (shadow mode forwards it).
+    pub valid: Option<Arc<Principal>>,
     /// Which cache tier answered, when a credential was looked at.
     pub tier: Option<Tier>,
     /// The presented credential's hash, for `revokes_token` routes.
@@ -240,6 +276,7 @@ impl Decision {
             result: Ok(Identity::Anonymous),
             outcome: None,
             denial: None,
+            valid: None,
             tier: None,
             token_hash: None,
         }
@@ -424,7 +461,7 @@ pub struct Authenticator {
     providers: Vec<Provider>,
     names: Vec<Arc<str>>,
     /// `[provider][outcome]`, with one extra row for `provider="none"`.
-    counters: Vec<[IntCounter; 6]>,
+    counters: Vec<[IntCounter; 7]>,
     /// `[provider][reason]` of `authgate_auth_denials_total`, the same rows.
     denials: Vec<[IntCounter; 16]>,
     /// Stores created for this version, which the caller must load and keep refreshed.
@@ -445,6 +482,7 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn build(
         settings: &AuthSettings,
+        routes: &[Arc<RouteSpec>],
         stores: &KeyStores,
         state: &AuthState,
         redis: Option<Arc<RedisLink>>,
@@ -454,7 +492,9 @@ impl Authenticator {
         let mut providers = Vec::with_capacity(settings.providers.len());
         let mut new_stores = Vec::new();
         let mut store_entries = Vec::new();
-        for spec in &settings.providers {
+        let kept = kept_claims(settings.providers.len(), routes);
+        for (index, spec) in settings.providers.iter().enumerate() {
+            let keep = kept[index].clone();
             providers.push(match &spec.kind {
                 ProviderKind::Jwt(j) => {
                     let store = match &j.jwks_url {
@@ -478,10 +518,10 @@ impl Authenticator {
                         }
                         None => None,
                     };
-                    Provider::Jwt(JwtVerifier::new(&spec.name, j, store)?)
+                    Provider::Jwt(JwtVerifier::new(&spec.name, j, store)?.keeping(keep))
                 }
                 ProviderKind::Introspection(i) => {
-                    Provider::Introspection(Introspector::new(&spec.name, i)?)
+                    Provider::Introspection(Introspector::new(&spec.name, i)?.keeping(keep))
                 }
                 ProviderKind::ApiKey(k) => Provider::ApiKey(ApiKeys::new(&spec.name, k)),
             });
@@ -515,10 +555,15 @@ impl Authenticator {
             }
         }
         Ok(Authenticator {
+            // What a cached identity holds depends on the claims kept for it: an entry made
+            // before a reload added a rule lacks that claim, and is a miss.
             fingerprints: settings
                 .providers
                 .iter()
-                .map(|p| fingerprint::of(p))
+                .zip(&kept)
+                .map(|(p, keep)| {
+                    fingerprint::combine(&fingerprint::of(p), &fingerprint::of_kept(keep))
+                })
                 .collect(),
             key_headers,
             providers,
@@ -565,7 +610,12 @@ impl Authenticator {
             .collect()
     }
 
-    pub async fn authenticate(&self, route: &RouteAuth, headers: &HeaderMap) -> Decision {
+    pub async fn authenticate(
+        &self,
+        route: &RouteAuth,
+        claims: &[ClaimCheck],
+        headers: &HeaderMap,
+    ) -> Decision {
         let (allowed, scopes, optional): (&[usize], &[String], bool) = match route {
             RouteAuth::None => return Decision::anonymous(),
             RouteAuth::Optional { providers } => (providers, &[], true),
@@ -612,12 +662,16 @@ impl Authenticator {
                 }
             }
         };
-        let result = result.and_then(|p| check_scopes(p, scopes));
+        let valid = result.as_ref().ok().cloned();
+        let result = result
+            .and_then(|p| check_scopes(p, scopes))
+            .and_then(|p| check_claims(p, claims));
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(AuthError::Missing) => Outcome::MissingToken,
             Err(AuthError::Expired { .. }) => Outcome::TokenExpired,
             Err(AuthError::Scope { .. }) => Outcome::InsufficientScope,
+            Err(AuthError::Forbidden { .. }) => Outcome::Forbidden,
             Err(AuthError::Unavailable { .. }) => Outcome::AuthUnavailable,
             Err(_) => Outcome::InvalidToken,
         };
@@ -631,6 +685,7 @@ impl Authenticator {
             result: result.map(Identity::Authenticated),
             outcome: Some(outcome),
             denial,
+            valid,
             tier,
             token_hash,
         }
@@ -852,6 +907,46 @@ impl Authenticator {
             }),
         )
     }
+}
+
+/// For each provider, the claim paths of the route rules it may answer for, sorted.
+fn kept_claims(providers: usize, routes: &[Arc<RouteSpec>]) -> Vec<Arc<[ClaimPath]>> {
+    let mut kept: Vec<Vec<ClaimPath>> = vec![Vec::new(); providers];
+    for route in routes.iter().filter(|r| !r.claims.is_empty()) {
+        let allowed: &[usize] = match &route.auth {
+            RouteAuth::Required { providers, .. } | RouteAuth::Optional { providers } => providers,
+            RouteAuth::None => &[],
+        };
+        for &i in allowed {
+            kept[i].extend(route.claims.iter().map(|c| c.path.clone()));
+        }
+    }
+    kept.into_iter()
+        .map(|mut k| {
+            k.sort();
+            k.dedup();
+            k.into()
+        })
+        .collect()
+}
+
+/// `auth.claims`: every rule holds on the kept claims; an array claim matches when any of its
+/// elements is an allowed value. A claim the token does not have fails its rule.
+fn check_claims(p: Arc<Principal>, rules: &[ClaimCheck]) -> Result<Arc<Principal>, AuthError> {
+    for rule in rules {
+        let allowed = |v: &serde_json::Value| rule.allowed.iter().any(|a| jwt::claim_equals(v, a));
+        let ok = match p.claims.as_ref().and_then(|c| c.get(&*rule.path.name)) {
+            Some(serde_json::Value::Array(items)) => items.iter().any(allowed),
+            Some(v) => allowed(v),
+            None => false,
+        };
+        if !ok {
+            return Err(AuthError::Forbidden {
+                claim: rule.path.name.clone(),
+            });
+        }
+    }
+    Ok(p)
 }
 
 fn check_scopes(p: Arc<Principal>, required: &[String]) -> Result<Arc<Principal>, AuthError> {

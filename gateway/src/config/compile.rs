@@ -270,6 +270,52 @@ impl Compiler<'_> {
         }))
     }
 
+    /// A route's `auth.claims` and `auth.mode`, compiled once: paths split, values checked.
+    fn auth_rules(
+        &mut self,
+        path: &str,
+        rules: &raw::AuthRulesConfig,
+    ) -> (Vec<ClaimCheck>, AuthMode) {
+        let mut checks = Vec::new();
+        for (name, want) in &rules.claims {
+            let p = format!("{path}.auth.claims.{name}");
+            let Some(claim) = ClaimPath::parse(name) else {
+                self.err(p, "a claim path is names separated by single dots");
+                continue;
+            };
+            let allowed = match want {
+                serde_json::Value::Array(list) if list.is_empty() => {
+                    self.err(p, "list at least one allowed value");
+                    continue;
+                }
+                serde_json::Value::Array(list) => list.clone(),
+                other => vec![other.clone()],
+            };
+            if allowed
+                .iter()
+                .any(|v| v.is_object() || v.is_array() || v.is_null())
+            {
+                self.err(p, "allowed values are strings, numbers or booleans");
+                continue;
+            }
+            checks.push(ClaimCheck {
+                path: claim,
+                allowed,
+            });
+        }
+        if rules.cookie.is_some() || rules.query_param.is_some() {
+            self.err(
+                format!("{path}.auth"),
+                "cookie and query_param are not supported yet",
+            );
+        }
+        let mode = match rules.mode {
+            raw::AuthModeConfig::Enforce => AuthMode::Enforce,
+            raw::AuthModeConfig::Shadow => AuthMode::Shadow,
+        };
+        (checks, mode)
+    }
+
     fn socket_addr(&mut self, path: &str, s: &str) {
         if s.parse::<SocketAddr>().is_err() {
             self.err(
@@ -1078,10 +1124,16 @@ impl Compiler<'_> {
                 RouteAuthConfig::Optional => RouteAuth::Optional {
                     providers: resolve_providers(self, &None),
                 },
-                RouteAuthConfig::Required { providers, scopes } => RouteAuth::Required {
+                RouteAuthConfig::Required {
+                    providers, scopes, ..
+                } => RouteAuth::Required {
                     providers: resolve_providers(self, providers),
                     scopes: scopes.clone(),
                 },
+            };
+            let (claims, auth_mode) = match &r.auth {
+                RouteAuthConfig::Required { rules, .. } => self.auth_rules(&path, rules),
+                _ => (Vec::new(), AuthMode::Enforce),
             };
             match &route_auth {
                 RouteAuth::Optional { providers } | RouteAuth::Required { providers, .. }
@@ -1208,6 +1260,8 @@ impl Compiler<'_> {
                 forward_authorization: r.forward_authorization,
                 response_headers,
                 upstream,
+                claims,
+                auth_mode,
             }));
         }
         out

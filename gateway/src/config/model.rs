@@ -312,6 +312,59 @@ pub struct RouteSpec {
     pub forward_authorization: bool,
     pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub upstream: usize,
+    /// `auth.claims`: every rule must hold for a valid identity.
+    pub claims: Vec<ClaimCheck>,
+    pub auth_mode: AuthMode,
+}
+
+/// A claim path as configured (`realm_access.roles`), split once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClaimPath {
+    /// The dotted name, as the 403's `claim` says it.
+    pub name: Arc<str>,
+    pub segments: Box<[String]>,
+}
+
+impl ClaimPath {
+    pub fn parse(name: &str) -> Option<Self> {
+        let segments: Box<[String]> = name.split('.').map(str::to_owned).collect();
+        if segments.iter().any(String::is_empty) {
+            return None;
+        }
+        Some(ClaimPath {
+            name: name.into(),
+            segments,
+        })
+    }
+
+    /// The value at this path in a claims object.
+    pub fn find<'a>(
+        &self,
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+    ) -> Option<&'a serde_json::Value> {
+        let (first, rest) = self.segments.split_first()?;
+        let mut v = claims.get(first)?;
+        for s in rest {
+            v = v.as_object()?.get(s)?;
+        }
+        Some(v)
+    }
+}
+
+/// One `auth.claims` rule: the claim at `path` equals one of `allowed` (an array claim: any
+/// of its elements does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimCheck {
+    pub path: ClaimPath,
+    pub allowed: Vec<serde_json::Value>,
+}
+
+/// `auth.mode`: `shadow` makes every decision and enforces none of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthMode {
+    #[default]
+    Enforce,
+    Shadow,
 }
 
 #[derive(Debug, Clone)]

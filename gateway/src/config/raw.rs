@@ -551,7 +551,26 @@ pub enum RouteAuthConfig {
     Required {
         providers: Option<Vec<String>>,
         scopes: Vec<String>,
+        rules: AuthRulesConfig,
     },
+}
+
+/// The parts of a route's `auth` map beyond providers and scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthRulesConfig {
+    /// Dotted claim path -> one allowed value or a list of them.
+    pub claims: BTreeMap<String, serde_json::Value>,
+    pub mode: AuthModeConfig,
+    pub cookie: Option<String>,
+    pub query_param: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthModeConfig {
+    #[default]
+    Enforce,
+    Shadow,
 }
 
 impl Default for RouteAuthConfig {
@@ -560,6 +579,7 @@ impl Default for RouteAuthConfig {
         RouteAuthConfig::Required {
             providers: None,
             scopes: Vec::new(),
+            rules: AuthRulesConfig::default(),
         }
     }
 }
@@ -571,6 +591,14 @@ struct RouteAuthSpec {
     providers: Option<Vec<String>>,
     #[serde(default)]
     scopes: Vec<String>,
+    #[serde(default)]
+    claims: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    mode: AuthModeConfig,
+    #[serde(default)]
+    cookie: Option<String>,
+    #[serde(default)]
+    query_param: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for RouteAuthConfig {
@@ -596,6 +624,12 @@ impl<'de> Deserialize<'de> for RouteAuthConfig {
                 Ok(RouteAuthConfig::Required {
                     providers: spec.providers,
                     scopes: spec.scopes,
+                    rules: AuthRulesConfig {
+                        claims: spec.claims,
+                        mode: spec.mode,
+                        cookie: spec.cookie,
+                        query_param: spec.query_param,
+                    },
                 })
             }
         }

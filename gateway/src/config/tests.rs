@@ -331,3 +331,41 @@ fn upstream_assertion_is_compiled_with_its_key() {
     );
     assert!(e.contains("exactly one of key_file, key_env"), "{e}");
 }
+
+#[test]
+fn route_claim_rules_are_compiled_once() {
+    let base = "
+upstreams:
+  lms: { endpoints: ['127.0.0.1:8000'] }
+auth:
+  providers:
+    p: { type: jwt, algorithms: [HS256], keys: [{ secret_env: JWT_SECRET }], audience: [a] }
+routes:
+  - name: r
+    path_prefix: /
+    upstream: lms
+    auth:
+      providers: [p]
+      mode: shadow
+      claims:
+";
+    let c = load(&format!(
+        "{base}        is_staff: true\n        realm_access.roles: [a, b]\n"
+    ))
+    .expect("loads");
+    let r = &c.routes[0];
+    assert_eq!(r.auth_mode, model::AuthMode::Shadow);
+    assert_eq!(r.claims.len(), 2);
+    assert_eq!(&*r.claims[1].path.name, "realm_access.roles");
+    assert_eq!(r.claims[1].path.segments.len(), 2);
+    assert_eq!(r.claims[1].allowed, vec![serde_json::json!("a"), serde_json::json!("b")]);
+    for (bad, why) in [
+        ("        a..b: 1\n", "single dots"),
+        ("        a: []\n", "at least one"),
+        ("        a: { b: 1 }\n", "strings, numbers or booleans"),
+        ("        a: [null]\n", "strings, numbers or booleans"),
+    ] {
+        let e = ConfigErrors(errors(&format!("{base}{bad}"))).to_string();
+        assert!(e.contains("routes[0].auth.claims.") && e.contains(why), "{bad}: {e}");
+    }
+}

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub auth_total: IntCounterVec,
     pub auth_denials_total: IntCounterVec,
+    pub auth_shadow_total: IntCounterVec,
     pub token_cache_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub upstream_timeouts_total: IntCounterVec,
@@ -94,6 +95,11 @@ impl Metrics {
                 "authgate_auth_denials_total",
                 "Denials by provider and fixed reason code.",
                 &["provider", "reason"],
+            ),
+            auth_shadow_total: counter(
+                "authgate_auth_shadow_total",
+                "Decisions on mode: shadow routes, by what they would have been.",
+                &["route", "outcome"],
             ),
             token_cache_total: counter(
                 "authgate_token_cache_total",

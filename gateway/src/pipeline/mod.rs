@@ -165,7 +165,9 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     };
     // An address that keeps presenting bad credentials is answered before anything looks at
     // the next one (no verification, introspection or Redis lookup).
-    let failures = snapshot.limiters.failures.as_ref();
+    // A shadow route makes every decision and enforces none, the failure limit included.
+    let shadow = spec.auth_mode == crate::config::model::AuthMode::Shadow;
+    let failures = snapshot.limiters.failures.as_ref().filter(|_| !shadow);
     if let Some(info) = failures
         .filter(|_| presents_credentials(snapshot, req.headers))
         .and_then(|f| f.blocked(req.client_ip))
@@ -184,15 +186,26 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
             ..denied(Rejection::RateLimited(info), trace)
         });
     }
-    let decision = snapshot.auth.authenticate(&spec.auth, req.headers).await;
+    let decision = snapshot
+        .auth
+        .authenticate(&spec.auth, &spec.claims, req.headers)
+        .await;
     let auth = AuthTrace {
         outcome: decision.outcome,
         denial: decision.denial,
         tier: decision.tier,
         token_hash: decision.token_hash,
     };
+    if let (Some(counters), Some(outcome)) = (&snapshot.routes[route].shadow, decision.outcome) {
+        counters[outcome as usize].inc();
+    }
     let identity = match decision.result {
         Ok(identity) => identity,
+        // Forwarded as it would not have been: with the identity only when the credential
+        // was valid (its scopes or claims refused it), else anonymous.
+        Err(_) if shadow => decision
+            .valid
+            .map_or(Identity::Anonymous, Identity::Authenticated),
         Err(e) => {
             // A presented credential refused (invalid or expired) spends the failure budget.
             if matches!(e, AuthError::Invalid { .. } | AuthError::Expired { .. }) {

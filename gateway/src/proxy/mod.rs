@@ -59,6 +59,8 @@ pub struct RouteRuntime {
     pub cache_results: Vec<IntCounter>,
     /// The route's draft-11 `RateLimit-Policy` value, constant per configuration.
     pub ratelimit_policy: Option<http::HeaderValue>,
+    /// `authgate_auth_shadow_total{route, outcome}` by `Outcome`, on `mode: shadow` routes.
+    pub shadow: Option<[IntCounter; 7]>,
 }
 
 /// A route's policies (indices into the snapshot's), split by when they are spent, each with
@@ -198,6 +200,7 @@ impl Snapshot {
         let (redis_fingerprint, redis) = reuse.redis(&config, metrics)?.unzip();
         let auth = Authenticator::build(
             &config.auth,
+            &config.routes,
             &reuse.key_stores,
             &reuse.auth,
             redis.clone(),
@@ -243,6 +246,13 @@ impl Snapshot {
                     }
                 }
                 RouteRuntime {
+                    shadow: (spec.auth_mode == crate::config::model::AuthMode::Shadow).then(|| {
+                        crate::auth::Outcome::ALL.map(|o| {
+                            metrics
+                                .auth_shadow_total
+                                .with_label_values(&[&spec.name, o.as_str()])
+                        })
+                    }),
                     ratelimit_policy: crate::ratelimit::policy_header(
                         spec.rate_limits.iter().map(|&i| &*config.rate_limits[i]),
                     ),

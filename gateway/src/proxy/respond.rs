@@ -18,15 +18,31 @@ pub enum Rejection {
     UriTooLong,
     HeadersTooLarge,
     NotFound,
-    PayloadTooLarge { limit: u64 },
+    PayloadTooLarge {
+        limit: u64,
+    },
     MissingToken,
-    TokenExpired { expired_at: SystemTime },
-    InvalidToken { reason: Reason },
-    InsufficientScope { required: Vec<String> },
+    TokenExpired {
+        expired_at: SystemTime,
+    },
+    InvalidToken {
+        reason: Reason,
+    },
+    InsufficientScope {
+        required: Vec<String>,
+    },
+    /// A valid identity failing an `auth.claims` rule.
+    Forbidden {
+        claim: std::sync::Arc<str>,
+    },
     RateLimited(RateLimitInfo),
     UpstreamUnavailable,
-    AuthUnavailable { retry_after: Duration },
-    UpstreamTimeout { deadline_ms: u64 },
+    AuthUnavailable {
+        retry_after: Duration,
+    },
+    UpstreamTimeout {
+        deadline_ms: u64,
+    },
     Internal,
 }
 
@@ -37,6 +53,7 @@ impl From<AuthError> for Rejection {
             AuthError::Expired { expired_at } => Rejection::TokenExpired { expired_at },
             AuthError::Invalid { reason, .. } => Rejection::InvalidToken { reason },
             AuthError::Scope { required } => Rejection::InsufficientScope { required },
+            AuthError::Forbidden { claim } => Rejection::Forbidden { claim },
             AuthError::Unavailable { retry_after } => Rejection::AuthUnavailable { retry_after },
         }
     }
@@ -67,7 +84,7 @@ impl Rejection {
             Rejection::MissingToken
             | Rejection::TokenExpired { .. }
             | Rejection::InvalidToken { .. } => 401,
-            Rejection::InsufficientScope { .. } => 403,
+            Rejection::InsufficientScope { .. } | Rejection::Forbidden { .. } => 403,
             Rejection::NotFound => 404,
             Rejection::PayloadTooLarge { .. } => 413,
             Rejection::RateLimited(_) => 429,
@@ -84,6 +101,7 @@ impl Rejection {
             Rejection::UriTooLong => "uri_too_long",
             Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::NotFound => "not_found",
+            Rejection::Forbidden { .. } => "forbidden",
             Rejection::PayloadTooLarge { .. } => "payload_too_large",
             Rejection::MissingToken => "missing_token",
             Rejection::TokenExpired { .. } => "token_expired",
@@ -118,6 +136,9 @@ impl Rejection {
             }
             Rejection::InsufficientScope { .. } => {
                 "The access token does not grant the scopes this resource requires.".into()
+            }
+            Rejection::Forbidden { claim } => {
+                format!("The identity is not allowed here (the {claim} claim does not match).")
             }
             Rejection::RateLimited(i) => {
                 format!("Rate limit exceeded. Retry in {} seconds.", i.retry_after_s)
@@ -195,6 +216,12 @@ impl Rejection {
                     ),
                 ));
                 body.insert("required_scopes".into(), json!(required));
+            }
+            Rejection::Forbidden { claim } => {
+                // No challenge parameters: another token would not help an identity that is
+                // not allowed (RFC 6750 3.1 names none for this).
+                headers.push((www, format!("Bearer realm=\"{}\"", texts.realm)));
+                body.insert("claim".into(), json!(&**claim));
             }
             Rejection::RateLimited(i) => {
                 headers.push((

@@ -100,6 +100,8 @@ mod tests {
             forward_authorization: true,
             response_headers: vec![],
             upstream: 0,
+            claims: Vec::new(),
+            auth_mode: crate::config::model::AuthMode::Enforce,
         })
     }
 

@@ -21,6 +21,8 @@ pub struct OpaqueToken {
     pub expires_at_ms: u64,
     /// Introspection answers without `sub` (an IdP that only names the user), for tests.
     pub omit_sub: bool,
+    /// More members of the introspection answer (roles, a tenant), for tests.
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl OpaqueToken {
@@ -111,6 +113,7 @@ mod tests {
             issued_at_ms: now_ms,
             expires_at_ms: now_ms + ttl_ms,
             omit_sub: false,
+            extra: Default::default(),
         }
     }
 

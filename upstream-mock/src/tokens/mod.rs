@@ -124,6 +124,7 @@ pub async fn knox_login(
         issued_at_ms: now,
         expires_at_ms: now.saturating_add(state.access_ttl.saturating_mul(1000)),
         omit_sub: false,
+        extra: Default::default(),
     };
     let expiry = rfc3339_ms(entry.expires_at_ms);
     let token = state.knox.issue(entry, now);
@@ -191,8 +192,11 @@ pub async fn introspect(
     if let (Some(username), Some(obj)) = (entry.username, answer.as_object_mut()) {
         obj.insert("username".into(), json!(username));
     }
-    if entry.omit_sub {
-        if let Some(obj) = answer.as_object_mut() {
+    if let Some(obj) = answer.as_object_mut() {
+        for (k, v) in entry.extra {
+            obj.entry(k).or_insert(v);
+        }
+        if entry.omit_sub {
             obj.remove("sub");
         }
     }
