@@ -627,3 +627,141 @@ fn shadow_mode_decides_counts_and_logs_but_forwards() {
         .filter(|l| l["kind"] == "access")
         .all(|l| l["shadow"] == json!(l["route"] == "trial")));
 }
+
+fn sources_config(mock: &Mock) -> String {
+    format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams:
+  lms: {{ endpoints: ["{mock}"] }}
+auth:
+  providers:
+    jwt:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{{ secret_env: JWT_SECRET }}]
+      issuer: https://issuer
+routes:
+  - name: cached
+    path_prefix: /echo/cached/
+    auth: {{ providers: [jwt], cookie: access_token, query_param: access_token }}
+    cache: {{ ttl: 60s, vary: [subject] }}
+    upstream: lms
+  - name: ws
+    path_prefix: /ws
+    auth: {{ providers: [jwt], query_param: access_token }}
+    upstream: lms
+  - name: browser
+    path_prefix: /echo/
+    auth: {{ providers: [jwt], cookie: access_token, query_param: access_token }}
+    upstream: lms
+"#,
+        mock = mock.addr
+    )
+}
+
+#[test]
+fn tokens_from_a_cookie_or_query_parameter_never_reach_the_upstream() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start(&sources_config(&mock), &[("JWT_SECRET", SECRET)]);
+    let user = |sub: &str, jti: &str| {
+        sign(
+            Algorithm::HS256,
+            SECRET,
+            None,
+            &claims(json!({"sub": sub, "jti": jti})),
+        )
+    };
+    let (one, two, three) = (user("1", "a"), user("2", "b"), user("3", "c"));
+    let echo = |path: &str, bearer: Option<&str>, cookie: Option<&str>| -> (u16, Value) {
+        let mut rq = client().get(gw.url(path)).header("X-Request-Id", "src");
+        if let Some(t) = bearer {
+            rq = rq.bearer_auth(t);
+        }
+        if let Some(c) = cookie {
+            rq = rq.header("Cookie", c);
+        }
+        let r = rq.send().unwrap();
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    };
+    let subject = |v: &Value| echo_header(v, "x-auth-subject");
+    // Authorization wins over the cookie, the cookie over the query parameter.
+    let cookie = format!("theme=dark; access_token={two}; lang=en");
+    let (status, v) = echo(
+        &format!("/echo/x?q=1&access_token={three}&page=2"),
+        Some(&one),
+        Some(&cookie),
+    );
+    assert_eq!((status, subject(&v).as_deref()), (200, Some("1")));
+    let (_, v) = echo(
+        &format!("/echo/x?q=1&access_token={three}&page=2"),
+        None,
+        Some(&cookie),
+    );
+    assert_eq!(subject(&v).as_deref(), Some("2"));
+    // What the upstream saw: the other cookies and parameters, never the token.
+    assert_eq!(
+        echo_header(&v, "cookie").as_deref(),
+        Some("theme=dark; lang=en")
+    );
+    assert_eq!(v["query"], "q=1&page=2");
+    let (_, v) = echo(&format!("/echo/x?access_token={three}"), None, None);
+    assert_eq!(subject(&v).as_deref(), Some("3"));
+    assert_eq!(v["query"], Value::Null, "{v}");
+    assert!(
+        !v.to_string().contains(&three),
+        "the token went upstream: {v}"
+    );
+    // A bad token from a cookie is refused like a bad bearer token.
+    let (status, body) = echo("/echo/x", None, Some("access_token=not.a.token"));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    let (status, _) = echo("/echo/x", None, Some("other=1"));
+    assert_eq!(status, 401);
+
+    // The token parameter is not part of the cache key: the same user with another token
+    // string is a hit.
+    let again = user("3", "d");
+    let get = |t: &str| {
+        let r = client()
+            .get(gw.url(&format!("/echo/cached/x?access_token={t}&q=yoga")))
+            .send()
+            .unwrap();
+        r.headers()["x-cache"].to_str().unwrap().to_string()
+    };
+    assert_eq!(get(&three), "MISS");
+    assert_eq!(get(&again), "HIT");
+
+    // A WebSocket handshake authenticated by its URL.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)).await;
+        assert!(refused.is_err(), "no token, no upgrade");
+        let (mut ws, resp) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio_tungstenite::connect_async(format!("ws://{}/ws?access_token={one}", gw.addr)),
+        )
+        .await
+        .expect("in time")
+        .expect("handshake");
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("hi")).await.unwrap();
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("in time");
+        assert_eq!(msg.unwrap().unwrap().into_text().unwrap(), "hi");
+    });
+    // Nowhere in the log either.
+    let log = gw.proc.output();
+    for t in [&one, &two, &three] {
+        assert!(!log.contains(t.as_str()), "a token in the log");
+    }
+}

@@ -13,6 +13,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod revoke;
+pub mod sources;
 
 pub use denial::Denial;
 
@@ -615,6 +616,7 @@ impl Authenticator {
         route: &RouteAuth,
         claims: &[ClaimCheck],
         headers: &HeaderMap,
+        fallback: Option<&str>,
     ) -> Decision {
         let (allowed, scopes, optional): (&[usize], &[String], bool) = match route {
             RouteAuth::None => return Decision::anonymous(),
@@ -628,7 +630,17 @@ impl Authenticator {
                 Some(Ok(Presented::Scheme(scheme, value)))
             }
             Some(Err(())) => Some(Err(())),
-            None => self.header_key(allowed, headers).map(Ok),
+            // A provider's own header, then the route's cookie or query parameter (a bearer
+            // token like any other).
+            None => self.header_key(allowed, headers).map(Ok).or_else(|| {
+                fallback.map(|t| {
+                    Ok(if is_jwt_shaped(t) {
+                        Presented::Jwt(t)
+                    } else {
+                        Presented::Opaque(t)
+                    })
+                })
+            }),
         };
         let mut tier = None;
         let mut token_hash = None;

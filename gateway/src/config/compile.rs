@@ -303,11 +303,19 @@ impl Compiler<'_> {
                 allowed,
             });
         }
-        if rules.cookie.is_some() || rules.query_param.is_some() {
-            self.err(
-                format!("{path}.auth"),
-                "cookie and query_param are not supported yet",
-            );
+        if let Some(c) = &rules.cookie {
+            // RFC 6265 cookie-name: an HTTP token.
+            if c.is_empty() || http::HeaderName::from_bytes(c.as_bytes()).is_err() {
+                self.err(format!("{path}.auth.cookie"), "not a valid cookie name");
+            }
+        }
+        if let Some(q) = &rules.query_param {
+            if q.is_empty() || q.contains(['&', '=', '#', '?', ' ', '%', '+']) {
+                self.err(
+                    format!("{path}.auth.query_param"),
+                    "a parameter name without & = # ? % + or spaces",
+                );
+            }
         }
         let mode = match rules.mode {
             raw::AuthModeConfig::Enforce => AuthMode::Enforce,
@@ -1135,6 +1143,12 @@ impl Compiler<'_> {
                 RouteAuthConfig::Required { rules, .. } => self.auth_rules(&path, rules),
                 _ => (Vec::new(), AuthMode::Enforce),
             };
+            let (token_cookie, token_query) = match &r.auth {
+                RouteAuthConfig::Required { rules, .. } => {
+                    (rules.cookie.clone(), rules.query_param.clone())
+                }
+                _ => (None, None),
+            };
             match &route_auth {
                 RouteAuth::Optional { providers } | RouteAuth::Required { providers, .. }
                     if providers.is_empty() && auth.providers.is_empty() =>
@@ -1262,6 +1276,8 @@ impl Compiler<'_> {
                 upstream,
                 claims,
                 auth_mode,
+                token_cookie,
+                token_query,
             }));
         }
         out

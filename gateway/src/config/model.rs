@@ -315,6 +315,9 @@ pub struct RouteSpec {
     /// `auth.claims`: every rule must hold for a valid identity.
     pub claims: Vec<ClaimCheck>,
     pub auth_mode: AuthMode,
+    /// `auth.cookie` / `auth.query_param`: where a bearer token may also come from.
+    pub token_cookie: Option<String>,
+    pub token_query: Option<String>,
 }
 
 /// A claim path as configured (`realm_access.roles`), split once.

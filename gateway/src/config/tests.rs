@@ -358,7 +358,10 @@ routes:
     assert_eq!(r.claims.len(), 2);
     assert_eq!(&*r.claims[1].path.name, "realm_access.roles");
     assert_eq!(r.claims[1].path.segments.len(), 2);
-    assert_eq!(r.claims[1].allowed, vec![serde_json::json!("a"), serde_json::json!("b")]);
+    assert_eq!(
+        r.claims[1].allowed,
+        vec![serde_json::json!("a"), serde_json::json!("b")]
+    );
     for (bad, why) in [
         ("        a..b: 1\n", "single dots"),
         ("        a: []\n", "at least one"),
@@ -366,6 +369,9 @@ routes:
         ("        a: [null]\n", "strings, numbers or booleans"),
     ] {
         let e = ConfigErrors(errors(&format!("{base}{bad}"))).to_string();
-        assert!(e.contains("routes[0].auth.claims.") && e.contains(why), "{bad}: {e}");
+        assert!(
+            e.contains("routes[0].auth.claims.") && e.contains(why),
+            "{bad}: {e}"
+        );
     }
 }

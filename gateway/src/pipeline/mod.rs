@@ -165,11 +165,25 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     };
     // An address that keeps presenting bad credentials is answered before anything looks at
     // the next one (no verification, introspection or Redis lookup).
+    // The route's other token sources, when Authorization is absent: the cookie, then the
+    // query parameter.
+    let cookie = spec
+        .token_cookie
+        .as_deref()
+        .filter(|_| !req.headers.contains_key(http::header::AUTHORIZATION))
+        .and_then(|c| crate::auth::sources::from_cookie(req.headers, c));
+    let query_token = match (cookie, &spec.token_query) {
+        (None, Some(q)) if !req.headers.contains_key(http::header::AUTHORIZATION) => {
+            crate::auth::sources::from_query(req.query, q)
+        }
+        _ => None,
+    };
+    let fallback = cookie.or(query_token.as_deref());
     // A shadow route makes every decision and enforces none, the failure limit included.
     let shadow = spec.auth_mode == crate::config::model::AuthMode::Shadow;
     let failures = snapshot.limiters.failures.as_ref().filter(|_| !shadow);
     if let Some(info) = failures
-        .filter(|_| presents_credentials(snapshot, req.headers))
+        .filter(|_| fallback.is_some() || presents_credentials(snapshot, req.headers))
         .and_then(|f| f.blocked(req.client_ip))
     {
         if let Some(c) = &phases.failures_counter {
@@ -188,7 +202,7 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     }
     let decision = snapshot
         .auth
-        .authenticate(&spec.auth, &spec.claims, req.headers)
+        .authenticate(&spec.auth, &spec.claims, req.headers, fallback)
         .await;
     let auth = AuthTrace {
         outcome: decision.outcome,

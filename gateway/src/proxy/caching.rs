@@ -65,6 +65,11 @@ pub async fn lookup(
         super::gateway::host_of(req),
         super::gateway::over_tls(session),
     );
+    // A token parameter is not part of what the answer is for (nor kept in a key).
+    let query = match super::gateway::upstream_query(ctx, req.uri.query()) {
+        Some(q) => q,
+        None => req.uri.query().map(std::borrow::Cow::Borrowed),
+    };
     let primary = policy::primary_key(
         &policy::KeyParts {
             route: &route.spec.name,
@@ -72,7 +77,7 @@ pub async fn lookup(
             host: &host,
             authenticated: principal.is_some(),
             path,
-            query: req.uri.query(),
+            query: query.as_deref(),
         },
         &vary,
     );

@@ -597,14 +597,21 @@ fn prepare_upstream_request(
     let trusted_peer = trusted_peer(ctx);
     let proto = if over_tls(session) { "https" } else { "http" };
     headers::edit_request(req, |parts| {
-        // The upstream must see the exact path that was routed.
-        if let Some(path) = ctx.admitted().and_then(|a| a.rewritten_path()) {
-            let pq = match parts.uri.query() {
+        // The upstream must see the exact path that was routed, and no token parameter.
+        let path = ctx.admitted().and_then(|a| a.rewritten_path());
+        let query = upstream_query(ctx, parts.uri.query());
+        if path.is_some() || matches!(query, Some(None | Some(Cow::Owned(_)))) {
+            let path = path.unwrap_or(parts.uri.path());
+            let query = match query {
+                Some(q) => q,
+                None => parts.uri.query().map(Cow::Borrowed),
+            };
+            let pq = match query {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
             };
             parts.uri = pq.parse().map_err(|e| {
-                Error::because(ErrorType::InternalError, "rewriting normalised path", e)
+                Error::because(ErrorType::InternalError, "rewriting the request target", e)
             })?;
         }
         // Room for the headers added in one growth, not one per insert (measured: about 700
@@ -619,6 +626,16 @@ fn prepare_upstream_request(
             true,
         )
     })
+}
+
+/// The query the upstream receives when the route reads a token from one of its parameters
+/// (that parameter removed; `Some(None)`: nothing left); `None` when the route has none.
+pub fn upstream_query<'q>(
+    ctx: &RequestCtx,
+    query: Option<&'q str>,
+) -> Option<Option<Cow<'q, str>>> {
+    let name = ctx.route()?.spec.token_query.as_deref()?;
+    Some(query.and_then(|q| crate::auth::sources::strip_query(q, name)))
 }
 
 /// The headers as the upstream receives them (the client's, edited by [`header_plan`]): what
@@ -722,6 +739,10 @@ fn header_plan(
         }
         if !route.spec.forward_authorization {
             h.remove(http::header::AUTHORIZATION);
+        }
+        // A route's token cookie never travels on (see `upstream_query` for the parameter).
+        if let Some(c) = &route.spec.token_cookie {
+            crate::auth::sources::strip_cookie(h, c);
         }
     }
     Ok(())

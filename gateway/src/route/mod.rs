@@ -102,6 +102,8 @@ mod tests {
             upstream: 0,
             claims: Vec::new(),
             auth_mode: crate::config::model::AuthMode::Enforce,
+            token_cookie: None,
+            token_query: None,
         })
     }
 
