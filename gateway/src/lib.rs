@@ -9,6 +9,7 @@ pub mod assertion;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod deadline;
 pub mod logging;
 pub mod metrics;

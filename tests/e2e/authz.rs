@@ -765,3 +765,148 @@ fn tokens_from_a_cookie_or_query_parameter_never_reach_the_upstream() {
         assert!(!log.contains(t.as_str()), "a token in the log");
     }
 }
+
+#[test]
+fn cors_preflights_are_answered_before_auth_and_every_answer_carries_cors() {
+    let mock = Mock::start("m");
+    let yaml = format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams:
+  lms: {{ endpoints: ["{mock}"] }}
+auth:
+  providers:
+    jwt:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{{ secret_env: JWT_SECRET }}]
+      issuer: https://issuer
+rate_limits:
+  tiny: {{ rate: 1/m, burst: 2, key: client_ip }}
+routes:
+  - name: app
+    path_prefix: /echo/app/
+    methods: [GET]
+    auth: {{ providers: [jwt] }}
+    rate_limit: tiny
+    cors:
+      allow_origins: ["https://app.example.com"]
+      allow_methods: [GET, POST]
+      allow_headers: [Authorization, Content-Type]
+      expose_headers: [X-Request-Id, RateLimit]
+      allow_credentials: true
+      max_age: 10m
+    upstream: lms
+  - {{ name: rest, path_prefix: /echo/, auth: {{ providers: [jwt] }}, upstream: lms }}
+"#,
+        mock = mock.addr
+    );
+    let gw = Gateway::start(&yaml, &[("JWT_SECRET", SECRET)]);
+    let app = "https://app.example.com";
+    let call = |method: reqwest::Method, origin: &str, token: Option<&str>, preflight: bool| {
+        let mut rq = client()
+            .request(method, gw.url("/echo/app/x"))
+            .header("Origin", origin);
+        if preflight {
+            rq = rq
+                .header("Access-Control-Request-Method", "GET")
+                .header("Access-Control-Request-Headers", "authorization");
+        }
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        rq.send().unwrap()
+    };
+    let h = |r: &reqwest::blocking::Response, n: &str| {
+        r.headers().get(n).map(|v| v.to_str().unwrap().to_string())
+    };
+    // The preflight (an OPTIONS the route's `methods` does not list): answered here.
+    let r = call(reqwest::Method::OPTIONS, app, None, true);
+    assert_eq!(r.status(), 204);
+    assert_eq!(h(&r, "access-control-allow-origin").as_deref(), Some(app));
+    assert_eq!(
+        h(&r, "access-control-allow-methods").as_deref(),
+        Some("GET, POST")
+    );
+    assert_eq!(
+        h(&r, "access-control-allow-headers").as_deref(),
+        Some("Authorization, Content-Type")
+    );
+    assert_eq!(h(&r, "access-control-max-age").as_deref(), Some("600"));
+    assert_eq!(
+        h(&r, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert_eq!(h(&r, "vary").as_deref(), Some("Origin"));
+    assert_eq!(h(&r, "content-length"), None);
+    let r = call(reqwest::Method::OPTIONS, "https://evil.test", None, true);
+    assert_eq!(r.status(), 403);
+    assert_eq!(h(&r, "access-control-allow-origin"), None);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"], "forbidden");
+    assert_eq!(
+        mock.count("OPTIONS /echo"),
+        0,
+        "preflights never reach the upstream"
+    );
+
+    // The gateway's own refusals carry CORS for an allowed origin, so the app can read them.
+    let r = call(reqwest::Method::GET, app, None, false);
+    assert_eq!(r.status(), 401);
+    assert_eq!(h(&r, "access-control-allow-origin").as_deref(), Some(app));
+    assert_eq!(
+        h(&r, "access-control-expose-headers").as_deref(),
+        Some("X-Request-Id, RateLimit")
+    );
+    assert_eq!(
+        h(&r, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    let token = sign(Algorithm::HS256, SECRET, None, &claims(json!({})));
+    let r = call(reqwest::Method::GET, app, Some(&token), false);
+    assert_eq!(r.status(), 200);
+    assert_eq!(h(&r, "access-control-allow-origin").as_deref(), Some(app));
+    assert!(r.headers().get_all("vary").iter().any(|v| v == "Origin"));
+    let r = call(reqwest::Method::GET, app, Some(&token), false);
+    assert_eq!(r.status(), 429);
+    assert_eq!(h(&r, "access-control-allow-origin").as_deref(), Some(app));
+    // Another origin gets no CORS headers (its browser keeps the answer from it).
+    let r = call(
+        reqwest::Method::GET,
+        "https://evil.test",
+        Some(&token),
+        false,
+    );
+    assert_eq!(h(&r, "access-control-allow-origin"), None);
+    // A route without cors: OPTIONS is an ordinary request there.
+    let r = client()
+        .request(reqwest::Method::OPTIONS, gw.url("/echo/other"))
+        .header("Origin", app)
+        .header("Access-Control-Request-Method", "GET")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(h(&r, "access-control-allow-origin"), None);
+
+    // "*" with credentials is refused by check.
+    let bad = yaml.replace(
+        r#"allow_origins: ["https://app.example.com"]"#,
+        r#"allow_origins: ["*"]"#,
+    );
+    std::fs::write(&gw.config, &bad).unwrap();
+    let out = std::process::Command::new(bin("authgate"))
+        .args(["check", "--config"])
+        .arg(&gw.config)
+        .env("JWT_SECRET", SECRET)
+        .env("AG_LISTEN", "127.0.0.1:1")
+        .env("AG_ADMIN", "127.0.0.1:2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[0].cors.allow_credentials"),
+        "{stderr}"
+    );
+}

@@ -324,6 +324,79 @@ impl Compiler<'_> {
         (checks, mode)
     }
 
+    /// A route's `cors`, with its header values rendered once.
+    fn cors(&mut self, path: &str, c: &raw::CorsConfig) -> Option<Arc<crate::cors::CorsPolicy>> {
+        let p = format!("{path}.cors");
+        let before = self.errors.len();
+        let any = c.allow_origins.iter().any(|o| o == "*");
+        if c.allow_origins.is_empty() {
+            self.err(
+                format!("{p}.allow_origins"),
+                "list at least one origin, or \"*\"",
+            );
+        }
+        if any && c.allow_credentials {
+            self.err(
+                format!("{p}.allow_credentials"),
+                "\"*\" with credentials would let any site act with your users' cookies                  (browsers refuse it too); list the origins",
+            );
+        }
+        if any && c.allow_origins.len() > 1 {
+            self.err(format!("{p}.allow_origins"), "\"*\" stands alone");
+        }
+        for (i, o) in c.allow_origins.iter().enumerate().filter(|_| !any) {
+            // An origin is scheme://host[:port]: no path, no trailing slash, no wildcard.
+            let ok = o.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && !rest.contains(['/', '*', '?', '#', ' '])
+            });
+            if !ok {
+                self.err(
+                    format!("{p}.allow_origins[{i}]"),
+                    format!("{o:?} is not an origin (scheme://host[:port], e.g. https://app.example.com)"),
+                );
+            }
+        }
+        for (i, m) in c.allow_methods.iter().enumerate() {
+            if http::Method::from_bytes(m.as_bytes()).is_err() || m.is_empty() {
+                self.err(format!("{p}.allow_methods[{i}]"), "not an HTTP method");
+            }
+        }
+        for (field, list) in [
+            ("allow_headers", &c.allow_headers),
+            ("expose_headers", &c.expose_headers),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    self.err(format!("{p}.{field}[{i}]"), "not a header name");
+                }
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        let joined = |list: &[String]| {
+            (!list.is_empty())
+                .then(|| http::HeaderValue::from_str(&list.join(", ")).ok())
+                .flatten()
+        };
+        Some(Arc::new(crate::cors::CorsPolicy {
+            origins: (!any).then(|| {
+                c.allow_origins
+                    .iter()
+                    .map(|o| o.to_ascii_lowercase())
+                    .collect()
+            }),
+            allow_methods: joined(&c.allow_methods)
+                .unwrap_or_else(|| http::HeaderValue::from_static("GET, HEAD, POST")),
+            allow_headers: joined(&c.allow_headers),
+            expose_headers: joined(&c.expose_headers),
+            allow_credentials: c.allow_credentials,
+            max_age: http::HeaderValue::from(c.max_age.0.as_secs()),
+        }))
+    }
+
     fn socket_addr(&mut self, path: &str, s: &str) {
         if s.parse::<SocketAddr>().is_err() {
             self.err(
@@ -1278,6 +1351,7 @@ impl Compiler<'_> {
                 auth_mode,
                 token_cookie,
                 token_query,
+                cors: r.cors.as_ref().and_then(|c| self.cors(&path, c)),
             }));
         }
         out

@@ -318,6 +318,7 @@ pub struct RouteSpec {
     /// `auth.cookie` / `auth.query_param`: where a bearer token may also come from.
     pub token_cookie: Option<String>,
     pub token_query: Option<String>,
+    pub cors: Option<Arc<crate::cors::CorsPolicy>>,
 }
 
 /// A claim path as configured (`realm_access.roles`), split once.

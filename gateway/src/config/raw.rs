@@ -512,6 +512,8 @@ pub struct RouteConfig {
     #[serde(default)]
     pub cache: Option<RouteCacheConfig>,
     #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    #[serde(default)]
     pub max_query_length: Option<usize>,
     #[serde(default)]
     pub max_page_size: Option<u64>,
@@ -527,6 +529,31 @@ pub struct RouteConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// A route's `cors`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    pub allow_origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default = "default_cors_max_age")]
+    pub max_age: Dur,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+
+fn default_cors_max_age() -> Dur {
+    Dur::secs(600)
 }
 
 #[derive(Debug, Deserialize)]

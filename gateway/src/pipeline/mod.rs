@@ -123,6 +123,25 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     limits::singletons(req.headers, snapshot.auth.key_headers()).map_err(Denied::before_routing)?;
     let path = normalize_path_with(req.path, snapshot.config.server.encoded_slashes)
         .map_err(|e| Denied::before_routing(Rejection::BadRequest(e.message())))?;
+    // A CORS preflight is matched by the method it asks about and answered here, before any
+    // credential is looked for (browsers send none with it).
+    if let Some(asked) = crate::cors::preflight_method(req.method, req.headers) {
+        let found = snapshot.router.find(&asked, req.host, &path);
+        if let Some((spec, cors)) = found.and_then(|s| Some((s, s.cors.as_ref()?))) {
+            let allowed = req
+                .headers
+                .get(crate::cors::ORIGIN)
+                .is_some_and(|o| cors.allows(o));
+            return Err(Denied {
+                route: Some(spec.index),
+                ..Denied::before_routing(if allowed {
+                    Rejection::Preflight(cors.preflight())
+                } else {
+                    Rejection::OriginNotAllowed
+                })
+            });
+        }
+    }
     let spec = snapshot
         .router
         .find(req.method, req.host, &path)

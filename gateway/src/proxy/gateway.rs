@@ -493,6 +493,14 @@ pub fn decorate_headers(session: &Session, ctx: &RequestCtx, h: &mut http::Heade
         for (k, v) in &route.spec.response_headers {
             h.insert(k.clone(), v.clone());
         }
+        // CORS on every answer to an allowed origin, the gateway's own refusals included.
+        if let Some(cors) = &route.spec.cors {
+            if let Some(origin) = session.req_header().headers.get(crate::cors::ORIGIN) {
+                if cors.allows(origin) {
+                    cors.decorate(origin, h);
+                }
+            }
+        }
         // Draft-11 fields on every answer of a limited route, the gateway's own included;
         // on a cache hit, this request's state.
         if let Some(policy) = &route.ratelimit_policy {

@@ -35,6 +35,10 @@ pub enum Rejection {
     Forbidden {
         claim: std::sync::Arc<str>,
     },
+    /// A CORS preflight on a route with `cors`, from an allowed origin: 204.
+    Preflight(crate::cors::Preflight),
+    /// A CORS preflight from an origin the route's `cors` does not list.
+    OriginNotAllowed,
     RateLimited(RateLimitInfo),
     UpstreamUnavailable,
     AuthUnavailable {
@@ -84,7 +88,10 @@ impl Rejection {
             Rejection::MissingToken
             | Rejection::TokenExpired { .. }
             | Rejection::InvalidToken { .. } => 401,
-            Rejection::InsufficientScope { .. } | Rejection::Forbidden { .. } => 403,
+            Rejection::InsufficientScope { .. }
+            | Rejection::Forbidden { .. }
+            | Rejection::OriginNotAllowed => 403,
+            Rejection::Preflight(_) => 204,
             Rejection::NotFound => 404,
             Rejection::PayloadTooLarge { .. } => 413,
             Rejection::RateLimited(_) => 429,
@@ -101,7 +108,8 @@ impl Rejection {
             Rejection::UriTooLong => "uri_too_long",
             Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::NotFound => "not_found",
-            Rejection::Forbidden { .. } => "forbidden",
+            Rejection::Forbidden { .. } | Rejection::OriginNotAllowed => "forbidden",
+            Rejection::Preflight(_) => "preflight",
             Rejection::PayloadTooLarge { .. } => "payload_too_large",
             Rejection::MissingToken => "missing_token",
             Rejection::TokenExpired { .. } => "token_expired",
@@ -140,6 +148,8 @@ impl Rejection {
             Rejection::Forbidden { claim } => {
                 format!("The identity is not allowed here (the {claim} claim does not match).")
             }
+            Rejection::OriginNotAllowed => "This origin may not call this resource.".into(),
+            Rejection::Preflight(_) => String::new(),
             Rejection::RateLimited(i) => {
                 format!("Rate limit exceeded. Retry in {} seconds.", i.retry_after_s)
             }
@@ -173,6 +183,9 @@ impl Rejection {
     }
 
     pub fn render(&self, request_id: &str, texts: &AuthTexts) -> Rendered {
+        if let Rejection::Preflight(p) = self {
+            return preflight(p, request_id);
+        }
         let mut body = Map::new();
         body.insert("error".into(), json!(self.code()));
         body.insert("message".into(), json!(self.message()));
@@ -259,6 +272,28 @@ impl Rejection {
             body,
             keepalive: self.keepalive(),
         }
+    }
+}
+
+/// A preflight's 204: no body, and so no `Content-Length` or `Content-Type` (RFC 9110 8.6).
+#[allow(clippy::expect_used)]
+fn preflight(p: &crate::cors::Preflight, request_id: &str) -> Rendered {
+    let mut h = ResponseHeader::build(204, Some(5)).expect("valid status");
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert_header("x-request-id", v).expect("valid value");
+    }
+    h.insert_header(crate::cors::ACAM, p.allow_methods.clone())
+        .expect("valid header");
+    if let Some(v) = &p.allow_headers {
+        h.insert_header(crate::cors::ACAH, v.clone())
+            .expect("valid header");
+    }
+    h.insert_header(crate::cors::ACMA, p.max_age.clone())
+        .expect("valid header");
+    Rendered {
+        header: h,
+        body: Bytes::new(),
+        keepalive: true,
     }
 }
 

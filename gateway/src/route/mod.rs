@@ -104,6 +104,7 @@ mod tests {
             auth_mode: crate::config::model::AuthMode::Enforce,
             token_cookie: None,
             token_query: None,
+            cors: None,
         })
     }
 
