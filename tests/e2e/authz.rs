@@ -910,3 +910,161 @@ routes:
         "{stderr}"
     );
 }
+
+#[test]
+fn explain_answers_the_decision_without_forwarding_spending_or_counting() {
+    let mock = Mock::start("m");
+    let redis = Redis::start();
+    let yaml = format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+redis: {{ url: "{redis}" }}
+upstreams:
+  lms: {{ endpoints: ["{mock}"] }}
+auth:
+  providers:
+    jwt:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{{ secret_env: JWT_SECRET }}]
+      issuer: https://issuer
+rate_limits:
+  ip: {{ rate: 1/m, burst: 5, key: client_ip, scope: local }}
+  user: {{ rate: 1/m, burst: 3, key: subject, scope: shared }}
+routes:
+  - name: search
+    path_prefix: /echo/search/
+    auth: {{ providers: [jwt], scopes: [read] }}
+    rate_limit: [ip, user]
+    cache: {{ ttl: 60s, vary: [subject] }}
+    upstream: lms
+"#,
+        redis = redis.url(),
+        mock = mock.addr
+    );
+    let gw = Gateway::start(&yaml, &[("JWT_SECRET", SECRET)]);
+    let token = sign(
+        Algorithm::HS256,
+        SECRET,
+        None,
+        &claims(json!({"scope": "read"})),
+    );
+    let explain = |body: Value| -> Value {
+        let r = client()
+            .post(gw.admin_url("/admin/explain"))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().unwrap();
+        assert!(!text.contains(&token), "the token is echoed: {text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let described = json!({
+        "method": "GET",
+        "path": "/echo/search/x?q=yoga",
+        "host": "api.example.com",
+        "headers": {"Authorization": format!("Bearer {token}")},
+        "client_ip": "127.0.0.1",
+    });
+    let before = gw.metrics();
+    let first = explain(described.clone());
+    let again = explain(described.clone());
+    assert_eq!(first["route"], "search");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["upstream"], "lms");
+    assert_eq!(first["auth"]["outcome"], "ok");
+    assert_eq!(first["auth"]["provider"], "jwt");
+    assert_eq!(first["auth"]["subject"], "42");
+    assert_eq!(first["auth"]["scopes"], json!(["read"]));
+    let left = |v: &Value| -> Vec<(String, u64, bool)> {
+        v["rate_limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["policy"].as_str().unwrap().to_string(),
+                    p["remaining"].as_u64().unwrap(),
+                    p["shared"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        left(&first),
+        [("ip".into(), 5, false), ("user".into(), 3, true)]
+    );
+    assert_eq!(left(&again), left(&first), "explaining spends nothing");
+    assert_eq!(first["cache"]["hit"], false);
+    assert_eq!(mock.total(), 0, "nothing was forwarded");
+    let after = gw.metrics();
+    assert_eq!(
+        metric(
+            &before,
+            "authgate_auth_total",
+            &[("provider", "jwt"), ("outcome", "ok")]
+        ),
+        metric(
+            &after,
+            "authgate_auth_total",
+            &[("provider", "jwt"), ("outcome", "ok")]
+        ),
+        "explaining counts nothing"
+    );
+
+    // A real request spends one of each; the explanation then sees it, and the cache entry.
+    let r = client()
+        .get(gw.url("/echo/search/x?q=yoga"))
+        .header("Host", "api.example.com")
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let now = explain(described.clone());
+    assert_eq!(
+        left(&now),
+        [("ip".into(), 4, false), ("user".into(), 2, true)]
+    );
+    assert_eq!(now["cache"]["hit"], true, "{now}");
+    assert_eq!(now["cache"]["key"], first["cache"]["key"]);
+
+    // Refusals: their status, outcome and reason.
+    let expired = sign(
+        Algorithm::HS256,
+        SECRET,
+        None,
+        &claims(json!({"exp": now_secs() - 60, "scope": "read"})),
+    );
+    let mut d = described.clone();
+    d["headers"] = json!({"Authorization": format!("Bearer {expired}")});
+    let v = explain(d);
+    assert_eq!(
+        (
+            v["status"].as_u64(),
+            &v["auth"]["outcome"],
+            &v["auth"]["reason"]
+        ),
+        (Some(401), &json!("token_expired"), &json!("expired"))
+    );
+    let mut d = described.clone();
+    d["headers"] = json!({"Authorization": format!("Bearer {}", sign(Algorithm::HS256, SECRET, None, &claims(json!({}))))});
+    let v = explain(d);
+    assert_eq!(
+        (v["status"].as_u64(), &v["error"]),
+        (Some(403), &json!("insufficient_scope"))
+    );
+    let v = explain(json!({"path": "/nowhere"}));
+    assert_eq!(v["status"], 404);
+    let r = client()
+        .post(gw.admin_url("/admin/explain"))
+        .json(&json!({"path": "/x", "headers": {"bad header": "x"}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+fn now_secs() -> u64 {
+    now()
+}

@@ -1,5 +1,7 @@
 //! The admin listener: health, readiness, metrics and the `/admin/*` operations.
 
+mod explain;
+
 use crate::auth::revoke::{self, Revocation, Revocations};
 use crate::proxy::Shared;
 use crate::reload::{ReloadOutcome, Reloader};
@@ -134,6 +136,26 @@ impl Admin {
         }
     }
 
+    /// `POST /admin/explain` `{"method", "path", "host", "headers", "client_ip"}`.
+    async fn explain(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let bad = |msg: &str| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "bad_request", "message": msg}),
+            )
+        };
+        let Some(body) = read_body(session, 64 * 1024).await else {
+            return bad("the body must be JSON of at most 64 KiB");
+        };
+        let Ok(req) = serde_json::from_slice::<explain::ExplainRequest>(&body) else {
+            return bad("expected {\"method\", \"path\", \"host\", \"headers\": {name: value}}");
+        };
+        match explain::explain(&self.shared.snapshot(), req).await {
+            Ok(v) => json_response(StatusCode::OK, v),
+            Err(why) => bad(why),
+        }
+    }
+
     fn readyz(&self) -> Response<Vec<u8>> {
         let snap = self.shared.snapshot();
         let not_ready = snap.not_ready();
@@ -215,6 +237,7 @@ impl Admin {
                 }
             }
             (Method::POST, "/admin/revoke") => self.revoke(session).await,
+            (Method::POST, "/admin/explain") => self.explain(session).await,
             _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
         }
     }

@@ -592,6 +592,11 @@ impl Authenticator {
         }
     }
 
+    /// The `provider` label of a counter row from [`Authenticator::decide`].
+    pub fn provider_name(&self, row: usize) -> Option<&str> {
+        Some(self.names.get(row).map_or("none", |n| &**n))
+    }
+
     /// Counts a denial made before any provider looked (`too_many_failures`).
     pub fn count_denial_without_provider(&self, d: Denial) {
         self.denials[self.names.len()][d as usize].inc();
@@ -618,8 +623,27 @@ impl Authenticator {
         headers: &HeaderMap,
         fallback: Option<&str>,
     ) -> Decision {
+        let (decision, row) = self.decide(route, claims, headers, fallback).await;
+        if let (Some(outcome), Some(row)) = (decision.outcome, row) {
+            self.counters[row][outcome as usize].inc();
+            if let Some(d) = decision.denial {
+                self.denials[row][d as usize].inc();
+            }
+        }
+        decision
+    }
+
+    /// What the provider chain decides, and the counter row it would be counted in, without
+    /// counting it (`POST /admin/explain` uses this as it is).
+    pub async fn decide(
+        &self,
+        route: &RouteAuth,
+        claims: &[ClaimCheck],
+        headers: &HeaderMap,
+        fallback: Option<&str>,
+    ) -> (Decision, Option<usize>) {
         let (allowed, scopes, optional): (&[usize], &[String], bool) = match route {
-            RouteAuth::None => return Decision::anonymous(),
+            RouteAuth::None => return (Decision::anonymous(), None),
             RouteAuth::Optional { providers } => (providers, &[], true),
             RouteAuth::Required { providers, scopes } => (providers, scopes, false),
         };
@@ -645,7 +669,7 @@ impl Authenticator {
         let mut tier = None;
         let mut token_hash = None;
         let (provider, result) = match presented {
-            None if optional => return Decision::anonymous(),
+            None if optional => return (Decision::anonymous(), None),
             None => (None, Err(AuthError::Missing)),
             Some(Err(())) => (
                 None,
@@ -688,19 +712,16 @@ impl Authenticator {
             Err(_) => Outcome::InvalidToken,
         };
         let row = provider.unwrap_or(self.names.len());
-        self.counters[row][outcome as usize].inc();
         let denial = result.as_ref().err().and_then(AuthError::denial);
-        if let Some(d) = denial {
-            self.denials[row][d as usize].inc();
-        }
-        Decision {
+        let decision = Decision {
             result: result.map(Identity::Authenticated),
             outcome: Some(outcome),
             denial,
             valid,
             tier,
             token_hash,
-        }
+        };
+        (decision, Some(row))
     }
 
     /// An API key sent in a provider's own header, when the request has no Authorization.

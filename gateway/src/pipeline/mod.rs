@@ -6,6 +6,7 @@ pub mod limits;
 
 use crate::auth::cache::{Tier, TokenHash};
 use crate::auth::{AuthError, Identity, Outcome};
+use crate::config::model::RouteSpec;
 use crate::deadline::{self, Deadline};
 use crate::proxy::respond::{RateLimitInfo, Rejection};
 use crate::proxy::Snapshot;
@@ -184,20 +185,8 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     };
     // An address that keeps presenting bad credentials is answered before anything looks at
     // the next one (no verification, introspection or Redis lookup).
-    // The route's other token sources, when Authorization is absent: the cookie, then the
-    // query parameter.
-    let cookie = spec
-        .token_cookie
-        .as_deref()
-        .filter(|_| !req.headers.contains_key(http::header::AUTHORIZATION))
-        .and_then(|c| crate::auth::sources::from_cookie(req.headers, c));
-    let query_token = match (cookie, &spec.token_query) {
-        (None, Some(q)) if !req.headers.contains_key(http::header::AUTHORIZATION) => {
-            crate::auth::sources::from_query(req.query, q)
-        }
-        _ => None,
-    };
-    let fallback = cookie.or(query_token.as_deref());
+    let fallback = token_from_sources(spec, req.headers, req.query);
+    let fallback = fallback.as_deref();
     // A shadow route makes every decision and enforces none, the failure limit included.
     let shadow = spec.auth_mode == crate::config::model::AuthMode::Shadow;
     let failures = snapshot.limiters.failures.as_ref().filter(|_| !shadow);
@@ -287,6 +276,29 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
             Cow::Borrowed(_) => None,
         },
     })
+}
+
+/// The route's other token sources, when `Authorization` is absent: its cookie, then its
+/// query parameter.
+pub fn token_from_sources<'r>(
+    spec: &RouteSpec,
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
+) -> Option<Cow<'r, str>> {
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        return None;
+    }
+    let cookie = spec
+        .token_cookie
+        .as_deref()
+        .and_then(|c| crate::auth::sources::from_cookie(headers, c));
+    match cookie {
+        Some(c) => Some(Cow::Borrowed(c)),
+        None => spec
+            .token_query
+            .as_deref()
+            .and_then(|q| crate::auth::sources::from_query(query, q)),
+    }
 }
 
 /// Whether the request carries something authentication would verify.

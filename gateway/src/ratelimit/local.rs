@@ -3,15 +3,63 @@
 
 use super::Verdict;
 use crate::config::model::RatePolicy;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DefaultKeyedStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
-type Keyed =
-    RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
+type Keyed = RateLimiter<u64, Store, DefaultClock, StateInformationMiddleware>;
+
+/// governor's keyed store, shared with this module so a bucket can be read without being
+/// spent (`POST /admin/explain`); governor itself only reads a bucket by taking from it.
+#[derive(Clone, Default)]
+pub struct Store(Arc<DefaultKeyedStateStore<u64>>);
+
+impl StateStore for Store {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<u64> for Store {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&*self.0, drop_below);
+    }
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&*self.0);
+    }
+    fn len(&self) -> usize {
+        ShrinkableKeyedStateStore::len(&*self.0)
+    }
+    fn is_empty(&self) -> bool {
+        ShrinkableKeyedStateStore::is_empty(&*self.0)
+    }
+}
+
+impl Store {
+    /// A bucket's theoretical arrival time, read by a measurement that always declines to
+    /// replace it.
+    fn tat(&self, key: u64) -> Option<Nanos> {
+        let state = self.0.get(&key)?;
+        let seen = std::cell::Cell::new(None);
+        let _ =
+            StateStore::measure_and_replace(&*state as &InMemoryState, &NotKeyed::NonKey, |t| {
+                seen.set(t);
+                Err::<((), Nanos), ()>(())
+            });
+        seen.get()
+    }
+}
 
 /// Past this many keys, new keys share one overflow bucket: a flood of distinct keys can
 /// never make memory unbounded, and never makes anyone unlimited.
@@ -20,6 +68,9 @@ const OVERFLOW_KEY: u64 = u64::MAX;
 
 pub struct LocalLimiter {
     limiter: Keyed,
+    store: Store,
+    /// The limiter's time origin (taken as it was made), for reading buckets.
+    start: <DefaultClock as Clock>::Instant,
     /// Requests judged by the shared overflow bucket because the key table was full.
     overflowed: Option<prometheus::IntCounter>,
     clock: DefaultClock,
@@ -42,9 +93,17 @@ impl LocalLimiter {
             |q| q.allow_burst(burst),
         );
         let clock = DefaultClock::default();
+        let store = Store::default();
+        let start = clock.now();
         LocalLimiter {
-            limiter: RateLimiter::dashmap_with_clock(quota, clock.clone())
-                .with_middleware::<StateInformationMiddleware>(),
+            limiter: RateLimiter::<u64, Store, DefaultClock>::new(
+                quota,
+                store.clone(),
+                clock.clone(),
+            )
+            .with_middleware::<StateInformationMiddleware>(),
+            store,
+            start,
             clock,
             interval,
             burst: burst.get(),
@@ -87,6 +146,18 @@ impl LocalLimiter {
                 }
             }
         }
+    }
+
+    /// How many requests `key` could make right now, without spending any.
+    pub fn peek(&self, key: u64) -> u32 {
+        let Some(tat) = self.store.tat(key) else {
+            return self.burst;
+        };
+        let now = self.clock.now().duration_since(self.start).as_u64();
+        let t = self.interval.as_nanos().max(1) as u64;
+        let tat = tat.as_u64().max(now);
+        let room = (now + t * u64::from(self.burst)).saturating_sub(tat) / t;
+        room.min(u64::from(self.burst)) as u32
     }
 
     pub fn keys(&self) -> usize {
@@ -154,6 +225,19 @@ mod tests {
         }
         // Another key has its own bucket.
         assert!(matches!(l.check(8), Verdict::Allowed { remaining: 2, .. }));
+    }
+
+    #[test]
+    fn a_bucket_can_be_read_without_spending_it() {
+        let l = LocalLimiter::new(&policy("1/h", 3));
+        assert_eq!(l.peek(9), 3);
+        assert!(matches!(l.check(9), Verdict::Allowed { remaining: 2, .. }));
+        assert_eq!(l.peek(9), 2);
+        assert_eq!(l.peek(9), 2, "reading spends nothing");
+        assert!(matches!(l.check(9), Verdict::Allowed { remaining: 1, .. }));
+        assert!(matches!(l.check(9), Verdict::Allowed { remaining: 0, .. }));
+        assert_eq!(l.peek(9), 0);
+        assert_eq!(l.peek(10), 3);
     }
 
     #[test]

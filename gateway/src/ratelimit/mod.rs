@@ -219,6 +219,18 @@ pub struct RateLimitInfo {
     pub retry_after_s: u64,
 }
 
+/// One policy's state as `explain` reports it.
+#[derive(Debug, Clone)]
+pub struct Peek {
+    pub policy: Arc<str>,
+    pub limit: u32,
+    pub remaining: u32,
+    /// `ip`, `sub`, `key` or `header`: what the bucket was chosen by.
+    pub keyed_by: &'static str,
+    /// Read from Redis (a shared policy with Redis answering).
+    pub shared: bool,
+}
+
 /// What the request is limited by, for one policy.
 pub struct RequestKeys<'a> {
     /// Already reduced to its limiting prefix (see [`limit_address`]).
@@ -310,6 +322,33 @@ impl Limiters {
             }
         }
         Ok(tightest)
+    }
+
+    /// What each of the route's policies has left for these keys, spending nothing (for
+    /// `POST /admin/explain`). A shared policy is read from Redis, or locally when Redis does
+    /// not answer, as a check would fall back.
+    pub async fn peek(&self, route_policies: &[usize], keys: &RequestKeys<'_>) -> Vec<Peek> {
+        let mut out = Vec::with_capacity(route_policies.len());
+        for &i in route_policies {
+            let limiter = &self.policies[i];
+            let policy = &limiter.policy;
+            let (kind, value) = key_of(&policy.key, keys);
+            let shared = match (policy.scope, &self.redis) {
+                (LimitScope::Shared, Some(redis)) => {
+                    let redis_key = redis.key("rl", &format!("{}:{kind}:{value}", policy.name));
+                    shared::peek(redis, &redis_key, policy.rate.interval(), policy.burst).await
+                }
+                _ => None,
+            };
+            out.push(Peek {
+                policy: policy.name.clone(),
+                limit: policy.burst,
+                remaining: shared.unwrap_or_else(|| limiter.local.peek(hash_key(kind, &value))),
+                keyed_by: kind,
+                shared: shared.is_some(),
+            });
+        }
+        out
     }
 
     pub fn maintain(&self) {

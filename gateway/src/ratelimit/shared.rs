@@ -29,6 +29,38 @@ return {1, remaining, 0, new_tat - now}
 
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCRA));
 
+/// The same arithmetic, read only: how many requests the bucket allows now.
+const PEEK: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local room = math.floor((now + interval * burst - tat) / interval)
+if room > burst then room = burst end
+if room < 0 then room = 0 end
+return room
+"#;
+
+static PEEK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PEEK));
+
+/// What the bucket allows now, spending nothing; `None` when Redis does not answer.
+pub async fn peek(link: &RedisLink, key: &str, interval: Duration, burst: u32) -> Option<u32> {
+    let interval_us = interval.as_micros().max(1) as u64;
+    let room: i64 = link
+        .run(RedisOp::RateLimit, |mut conn| async move {
+            PEEK_SCRIPT
+                .key(key)
+                .arg(interval_us)
+                .arg(burst)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await?;
+    Some(room.clamp(0, i64::from(burst)) as u32)
+}
+
 /// `None` when Redis could not answer in time; the caller then uses the local limiter.
 pub async fn check(link: &RedisLink, key: &str, interval: Duration, burst: u32) -> Option<Verdict> {
     let interval_us = interval.as_micros().max(1) as u64;
