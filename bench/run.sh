@@ -205,6 +205,7 @@ done
 # ---------------------------------------------------------------- tokens
 mint() { "$BIN/upstream-mock" mint --sub 42 --ttl 7200 --scope "read write" "$@"; }
 TOKEN_HS256=$(mint --alg HS256 --jwt-secret "$JWT_SECRET_VALUE") || die "minting the HS256 token"
+TOKEN_HS256_ISS=$(mint --alg HS256 --jwt-secret "$JWT_SECRET_VALUE" --iss https://i10.bench) || die "minting the HS256 token with iss"
 TOKEN_RS256=$(mint --alg RS256 --kid rsa-1 --keys-dir "$ROOT/upstream-mock/keys") || die "minting the RS256 token"
 TOKEN_OPAQUE=$(curl -sf --max-time 5 -H 'content-type: application/json' \
     -d '{"sub":"42","scope":"read write","ttl_s":7200}' "http://127.0.0.1:$MOCK_PORT/__mock/opaque" \
@@ -390,6 +391,7 @@ SCENARIOS=(
     "ag-shared-limit:e-shared-limit.yaml:warn"
     "ag-hs256:b-hs256.yaml:warn"
     "ag-hs256-assertion:b-hs256-assertion.yaml:warn"
+    "ag-hs256-ten-issuers:b-hs256-ten-issuers.yaml:warn"
     "ag-rs256:c-rs256.yaml:warn"
     "ag-opaque:d-opaque.yaml:warn"
     "ag-all:f-all.yaml:info"
@@ -434,6 +436,7 @@ PORT[pingora-tuned]=$TUNED_PORT
 HEADER[haproxy-jwt]=$TOKEN_HS256
 HEADER[ag-hs256]=$TOKEN_HS256
 HEADER[ag-hs256-assertion]=$TOKEN_HS256
+HEADER[ag-hs256-ten-issuers]=$TOKEN_HS256_ISS
 HEADER[ag-rs256]=$TOKEN_RS256
 HEADER[ag-opaque]=$TOKEN_OPAQUE
 HEADER[ag-all]=$TOKEN_HS256
@@ -458,6 +461,7 @@ DESC[ag-local-limit]="authgate public route + local limit"
 DESC[ag-shared-limit]="authgate (e) public route + Redis-shared limit"
 DESC[ag-hs256]="authgate (b) HS256 JWT + local limit"
 DESC[ag-hs256-assertion]="authgate (b) with upstream_assertion (EdDSA, reused per identity)"
+DESC[ag-hs256-ten-issuers]="authgate (b) with ten HS256 providers on the route, the token naming the last issuer"
 DESC[ag-rs256]="authgate (c) RS256 JWT (cached) + local limit"
 DESC[ag-opaque]="authgate (d) opaque token, tier-1 cache + local limit"
 DESC[ag-all]="authgate (f) JWT + local + shared limit, metrics, access log"
@@ -466,7 +470,7 @@ DESC[ag-opaque-uncached]="authgate (d) opaque token, a different token every req
 DESC[ag-search-uncached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, no response cache (-c$SEARCH_CONNECTIONS)"
 DESC[ag-search-cached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, response cache ttl 60s (-c$SEARCH_CONNECTIONS)"
 
-ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain pingora-tuned ag-public ag-local-limit ag-shared-limit ag-hs256 ag-hs256-assertion ag-rs256
+ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain pingora-tuned ag-public ag-local-limit ag-shared-limit ag-hs256 ag-hs256-assertion ag-hs256-ten-issuers ag-rs256
     ag-opaque ag-all ag-rs256-uncached ag-opaque-uncached ag-search-uncached ag-search-cached)
 VERIFY=1
 if [[ -n ${TARGETS:-} ]]; then
@@ -863,6 +867,7 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     row "cached RS256 CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-rs256]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10
     row "cached opaque CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-opaque]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10
     row "HS256 with upstream assertions CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-hs256-assertion]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.05" 1.05
+    row "ten issuers on a route CPU/req ÷ one issuer CPU/req" "$(ratio "${M_CPU[ag-hs256-ten-issuers]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.05" 1.05
     row "shared limit req/s ÷ local limit req/s" "$(ratio "${M_RPS[ag-shared-limit]:-}" "${M_RPS[ag-local-limit]:-}")" min "≥ 0.50" 0.50
     # Two decimals: wrk does not count the up to $CONNECTIONS requests in flight when it stops.
     row "shared limit: Redis requests per request (EVAL/EVALSHA; each is one round trip)" \

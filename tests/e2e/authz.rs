@@ -1068,3 +1068,181 @@ routes:
 fn now_secs() -> u64 {
     now()
 }
+
+fn discovery_config(mock: &Mock, issuer: &str) -> String {
+    format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams:
+  lms: {{ endpoints: ["{mock}"] }}
+auth:
+  providers:
+    hs-a:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{{ secret_env: SECRET_A }}]
+      issuer: https://a.test
+    hs-b:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{{ secret_env: SECRET_B }}]
+      issuer: https://b.test
+    idp:
+      type: jwt
+      algorithms: [RS256]
+      issuer: "{issuer}"
+      discovery: true
+      audience: [api]
+routes:
+  - {{ name: api, path_prefix: /echo/, auth: {{ providers: [hs-a, hs-b, idp] }}, upstream: lms }}
+"#,
+        mock = mock.addr
+    )
+}
+
+const SECRET_A: &str = "secret-a-of-at-least-thirty-two-bytes!";
+const SECRET_B: &str = "secret-b-of-at-least-thirty-two-bytes!";
+
+#[test]
+fn discovery_finds_the_keys_and_each_token_goes_to_the_issuer_it_names() {
+    let mock = Mock::start("m");
+    let issuer = format!("http://{}", mock.addr);
+    let env = [("SECRET_A", SECRET_A), ("SECRET_B", SECRET_B)];
+    let gw = Gateway::start(&discovery_config(&mock, &issuer), &env);
+    gw.wait_ready();
+    let status = |t: &str| {
+        client()
+            .get(gw.url("/echo/x"))
+            .bearer_auth(t)
+            .send()
+            .unwrap()
+    };
+    // Keys found through <issuer>/.well-known/openid-configuration.
+    let rs = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &json!({"sub": "7", "iss": issuer, "aud": "api", "exp": now() + 600}),
+    );
+    let r = status(&rs);
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(echo_header(&v, "x-auth-provider").as_deref(), Some("idp"));
+    assert!(mock.count("GET /.well-known/openid-configuration") >= 1);
+
+    // A token naming b.test goes to hs-b alone: signed with a's key, it is b's bad signature,
+    // not a's wrong issuer.
+    let hs = |secret: &str, iss: &str| {
+        sign(
+            Algorithm::HS256,
+            secret,
+            None,
+            &json!({"sub": "9", "iss": iss, "exp": now() + 600}),
+        )
+    };
+    assert_eq!(status(&hs(SECRET_A, "https://b.test")).status(), 401);
+    let m = gw.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "authgate_auth_denials_total",
+            &[("provider", "hs-b"), ("reason", "bad_signature")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "authgate_auth_denials_total",
+            &[("provider", "hs-a"), ("reason", "wrong_issuer")]
+        ),
+        0.0
+    );
+    let r = status(&hs(SECRET_B, "https://b.test"));
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(echo_header(&v, "x-auth-provider").as_deref(), Some("hs-b"));
+
+    // An issuer whose metadata names another issuer is never trusted (OIDC Discovery 4.3):
+    // the provider stays without keys, the others work.
+    let bad = Gateway::start(&discovery_config(&mock, &format!("{issuer}/")), &env);
+    wait_until(
+        "the mismatch logged",
+        std::time::Duration::from_secs(10),
+        || bad.proc.output().contains("names issuer"),
+    );
+    let r = client().get(bad.admin_url("/readyz")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    let rs_slash = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &json!({"sub": "7", "iss": format!("{issuer}/"), "aud": "api", "exp": now() + 600}),
+    );
+    let r = client()
+        .get(bad.url("/echo/x"))
+        .bearer_auth(&rs_slash)
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "auth_unavailable while the provider has no keys"
+    );
+    let r = client()
+        .get(bad.url("/echo/x"))
+        .bearer_auth(hs(SECRET_A, "https://a.test"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "static keys of other providers keep working"
+    );
+}
+
+#[test]
+fn discovery_down_at_start_is_an_outage_not_a_failure_to_start() {
+    let mock = Mock::start("m");
+    client()
+        .post(mock.url("/__mock/jwks/fail?on=true"))
+        .send()
+        .unwrap();
+    let issuer = format!("http://{}", mock.addr);
+    let env = [("SECRET_A", SECRET_A), ("SECRET_B", SECRET_B)];
+    let gw = Gateway::start(&discovery_config(&mock, &issuer), &env);
+    let ready = || {
+        client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(ready(), 503);
+    let rs = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &json!({"sub": "7", "iss": issuer, "aud": "api", "exp": now() + 600}),
+    );
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .bearer_auth(&rs)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"], "auth_unavailable");
+    client()
+        .post(mock.url("/__mock/jwks/fail?on=false"))
+        .send()
+        .unwrap();
+    gw.wait_ready();
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .bearer_auth(&rs)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -75,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/auth/logout/", post(tokens::knox_logout))
         .route("/api/auth/introspect/", post(tokens::introspect))
         .route("/.well-known/jwks.json", get(keys::jwks))
+        .route("/.well-known/openid-configuration", get(discovery))
         .route("/api/users/{id}/profile/", get(users::profile))
         .route("/api/products/search/", get(catalog::search))
         .route("/health/", get(health))
@@ -152,6 +153,34 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "unavailable"
     };
     respond::json(status, json!({ "status": word }))
+}
+
+/// `GET /.well-known/openid-configuration`: OIDC provider metadata whose `issuer` is
+/// `http://<Host>` (how the mock was reached), with `jwks_uri` beside it; it fails with the
+/// JWKS failure switch.
+async fn discovery(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if state.jwks.is_failing() {
+        return respond::detail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "discovery temporarily unavailable (mock failure switch is on).",
+        );
+    }
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let issuer = format!("http://{host}");
+    respond::json(
+        StatusCode::OK,
+        json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+            "token_endpoint": format!("{issuer}/api/token/"),
+            "introspection_endpoint": format!("{issuer}/api/auth/introspect/"),
+            "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+        }),
+    )
 }
 
 async fn not_found() -> Response {

@@ -99,6 +99,10 @@ pub struct MintArgs {
     #[arg(long)]
     pub scope: Option<String>,
 
+    /// Adds an `iss` claim.
+    #[arg(long)]
+    pub iss: Option<String>,
+
     /// Same as the server's --keys-dir.
     #[arg(long, value_name = "DIR")]
     pub keys_dir: Option<PathBuf>,

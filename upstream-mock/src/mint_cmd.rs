@@ -21,6 +21,9 @@ pub fn run(args: &MintArgs) -> Result<(), String> {
     if let Some(scope) = &args.scope {
         claims.insert("scope".into(), json!(scope));
     }
+    if let Some(iss) = &args.iss {
+        claims.insert("iss".into(), json!(iss));
+    }
     let claims = serde_json::Value::Object(claims);
     let kid = args.kid.as_deref();
     let token = if keys::KeyFamily::for_alg(args.alg).is_some() {

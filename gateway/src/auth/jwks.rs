@@ -37,6 +37,9 @@ pub enum Lookup {
 pub struct JwksStore {
     pub provider: Arc<str>,
     pub url: String,
+    /// With OIDC discovery: the issuer the metadata at `url` must name; its `jwks_uri` is
+    /// fetched on every refresh, so a moved key set is followed.
+    discovery: Option<String>,
     pub refresh: Duration,
     keys: ArcSwapOption<KeySet>,
     /// Digest of the key set last loaded (two halves; written only by a fetch): cached
@@ -57,6 +60,7 @@ impl JwksStore {
     pub fn new(
         provider: &str,
         url: &str,
+        discovery: Option<&str>,
         refresh: Duration,
         ca: Option<&crate::tls::CaBundle>,
         ok: IntCounter,
@@ -72,6 +76,7 @@ impl JwksStore {
         Ok(JwksStore {
             provider: provider.into(),
             url: url.to_string(),
+            discovery: discovery.map(str::to_owned),
             refresh,
             keys: ArcSwapOption::empty(),
             key_set_hi: std::sync::atomic::AtomicU64::new(0),
@@ -199,20 +204,33 @@ impl JwksStore {
         result
     }
 
-    async fn download(&self) -> Result<usize, String> {
+    async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
         let resp = self
             .client
-            .get(&self.url)
+            .get(url)
             .send()
             .await
             .map_err(|e| format!("request failed: {}", crate::tls::trust::error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));
         }
-        let body = resp
-            .bytes()
+        resp.bytes()
             .await
-            .map_err(|e| format!("reading body: {}", crate::tls::trust::error_chain(&e)))?;
+            .map_err(|e| format!("reading body: {}", crate::tls::trust::error_chain(&e)))
+    }
+
+    async fn download(&self) -> Result<usize, String> {
+        let body = match &self.discovery {
+            Some(issuer) => {
+                let meta = self
+                    .get(&self.url)
+                    .await
+                    .map_err(|e| format!("discovery: {e}"))?;
+                let jwks_uri = jwks_uri_of(&meta, issuer)?;
+                self.get(&jwks_uri).await?
+            }
+            None => self.get(&self.url).await?,
+        };
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
         let mut keys = Vec::with_capacity(set.keys.len());
@@ -241,6 +259,30 @@ impl JwksStore {
         self.keys.store(Some(Arc::new(KeySet { keys })));
         Ok(n)
     }
+}
+
+/// The `jwks_uri` of an OIDC discovery document, once it is known to describe `issuer`
+/// (OpenID Connect Discovery 1.0 4.3: the `issuer` must be identical, or anyone who can serve
+/// that path could name their own keys) and the URI is no weaker than the issuer's scheme.
+fn jwks_uri_of(meta: &[u8], issuer: &str) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        issuer: String,
+        jwks_uri: String,
+    }
+    let m: Metadata = serde_json::from_slice(meta)
+        .map_err(|e| format!("discovery: not OpenID provider metadata: {e}"))?;
+    if m.issuer != issuer {
+        return Err(format!(
+            "discovery: the metadata names issuer {:?}, not {issuer:?}",
+            m.issuer
+        ));
+    }
+    let https = m.jwks_uri.starts_with("https://");
+    if !(https || m.jwks_uri.starts_with("http://")) || (issuer.starts_with("https://") && !https) {
+        return Err("discovery: jwks_uri must be an http(s) URL, https for an https issuer".into());
+    }
+    Ok(m.jwks_uri)
 }
 
 /// Refreshes the store every `refresh` (every `RETRY` while failing) until it is dropped or

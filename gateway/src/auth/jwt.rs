@@ -349,6 +349,27 @@ fn scopes_of(v: Option<&Value>) -> Vec<String> {
 
 /// Three base64url segments: the shape that goes to JWT providers. One pass over the bytes
 /// with a table lookup each, since every bearer token goes through it.
+/// A JWT's payload, read without verifying anything: only for choosing where to send it
+/// (`iss`) or how long to keep a revocation, never for a decision.
+pub fn unverified_payload<T: serde::de::DeserializeOwned>(token: &str) -> Option<T> {
+    if !is_jwt_shaped(token) {
+        return None;
+    }
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(1)?)
+        .ok()?;
+    serde_json::from_slice(&payload).ok()
+}
+
+/// The `iss` a JWT says it has (unverified; see [`unverified_payload`]).
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    unverified_payload::<Iss>(token)?.iss
+}
+
 pub fn is_jwt_shaped(token: &str) -> bool {
     const BASE64URL: [bool; 256] = {
         let mut t = [false; 256];

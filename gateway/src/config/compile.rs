@@ -740,11 +740,37 @@ impl Compiler<'_> {
                 keys.push(key);
             }
         }
-        if j.keys.is_empty() && j.jwks_url.is_none() {
-            self.err(path, "needs static keys, a jwks_url, or both");
+        // Discovery names the key set's URL through the issuer's metadata.
+        let jwks_url = match (&j.jwks_url, j.discovery, &j.issuer) {
+            (Some(_), true, _) => {
+                self.err(
+                    format!("{path}.discovery"),
+                    "give jwks_url or discovery, not both",
+                );
+                None
+            }
+            (None, true, None) => {
+                self.err(
+                    format!("{path}.discovery"),
+                    "discovery needs the provider's issuer",
+                );
+                None
+            }
+            (None, true, Some(iss)) => Some(format!(
+                "{}/.well-known/openid-configuration",
+                iss.trim_end_matches('/')
+            )),
+            (url, false, _) => url.clone(),
+        };
+        if j.keys.is_empty() && jwks_url.is_none() && !j.discovery {
+            self.err(
+                path,
+                "needs static keys, a jwks_url (or discovery), or both",
+            );
         }
-        if let Some(url) = &j.jwks_url {
-            self.idp_url(&format!("{path}.jwks_url"), url);
+        let url_path = if j.discovery { "issuer" } else { "jwks_url" };
+        if let Some(url) = &jwks_url {
+            self.idp_url(&format!("{path}.{url_path}"), url);
             if j.jwks_refresh.0 < Duration::from_secs(1) {
                 self.err(format!("{path}.jwks_refresh"), "must be at least 1s");
             }
@@ -768,14 +794,13 @@ impl Compiler<'_> {
         });
         let ca = match &j.ca_file {
             Some(f) => {
-                if !j
-                    .jwks_url
+                if !jwks_url
                     .as_deref()
                     .is_some_and(|u| u.starts_with("https://"))
                 {
                     self.err(
                         format!("{path}.ca_file"),
-                        "ca_file needs an https:// jwks_url",
+                        "ca_file needs an https:// jwks_url (or issuer, with discovery)",
                     );
                 }
                 self.ca_bundle(&format!("{path}.ca_file"), f)
@@ -794,7 +819,8 @@ impl Compiler<'_> {
         JwtSpec {
             algorithms,
             keys,
-            jwks_url: j.jwks_url.clone(),
+            jwks_url,
+            discovery: j.discovery,
             jwks_refresh: j.jwks_refresh.0,
             issuer: j.issuer.clone(),
             audience,

@@ -201,7 +201,10 @@ impl ProviderKind {
 pub struct JwtSpec {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub keys: Vec<StaticKey>,
+    /// The key set's URL; with `discovery`, the discovery document's (which names it).
     pub jwks_url: Option<String>,
+    /// `discovery: true`: `jwks_url` is `<issuer>/.well-known/openid-configuration`.
+    pub discovery: bool,
     pub jwks_refresh: Duration,
     pub issuer: Option<String>,
     pub audience: Vec<String>,

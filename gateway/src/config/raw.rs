@@ -371,6 +371,9 @@ pub struct JwtProviderConfig {
     /// CA bundle (or pinned certificate) for an https `jwks_url`.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// OIDC discovery: the JWKS URL from `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
 }
 
 fn default_jwks_refresh() -> Dur {
