@@ -52,6 +52,7 @@ pub fn token(data: &[u8]) {
                 material: KeyMaterial::Hmac(Secret::new(b"fuzz-secret".to_vec())),
             }],
             jwks_url: None,
+            discovery: false,
             jwks_refresh: Duration::from_secs(300),
             issuer: None,
             audience: vec![],

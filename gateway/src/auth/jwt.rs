@@ -422,6 +422,7 @@ mod tests {
                 material: KeyMaterial::Hmac(Secret::new(secret.to_vec())),
             }],
             jwks_url: None,
+            discovery: false,
             jwks_refresh: Duration::from_secs(300),
             issuer: Some("https://issuer".into()),
             audience: vec!["api".into()],

@@ -133,6 +133,7 @@ fn verifier(alg: &str, args: &Args) -> Result<JwtVerifier, String> {
             .map_err(|_| format!("unknown algorithm {alg}"))?],
         keys: vec![StaticKey { kid, material }],
         jwks_url: None,
+        discovery: false,
         jwks_refresh: Duration::from_secs(300),
         issuer: None,
         audience: Vec::new(),
