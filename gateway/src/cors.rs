@@ -43,6 +43,24 @@ pub fn preflight_method(method: &Method, headers: &HeaderMap) -> Option<Method> 
     Method::from_bytes(m.as_bytes()).ok()
 }
 
+/// Whether `origin` is the request's own (`scheme://host[:port]` naming the `Host` it was
+/// sent to; a default port may be left out on either side).
+pub fn same_origin(origin: &HeaderValue, host: Option<&str>) -> bool {
+    let (Ok(origin), Some(host)) = (origin.to_str(), host) else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return false,
+    };
+    let strip = |a: &str| a.strip_suffix(default).unwrap_or(a).to_ascii_lowercase();
+    strip(authority) == strip(host)
+}
+
 impl CorsPolicy {
     pub fn allows(&self, origin: &HeaderValue) -> bool {
         let Ok(o) = origin.to_str() else {
@@ -62,11 +80,19 @@ impl CorsPolicy {
         }
     }
 
-    /// The headers every answer to an allowed `origin` carries. The origin itself is echoed
-    /// (never `*`), so credentials work and caches key on it (`Vary: Origin`).
-    pub fn decorate(&self, origin: &HeaderValue, h: &mut HeaderMap) {
-        h.insert(ACAO, origin.clone());
+    /// The CORS headers of an answer on this route. An allowed `origin` is echoed (never `*`),
+    /// so credentials work; every answer varies on `Origin`, so a shared cache never serves
+    /// one origin's answer to another; and the route's policy is the only one: an upstream's
+    /// own CORS headers never reach an origin the route does not allow.
+    pub fn decorate(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
         h.append(http::header::VARY, HeaderValue::from_static("Origin"));
+        let Some(origin) = origin else {
+            for name in [&ACAO, &ACAC, &ACEH] {
+                h.remove(name);
+            }
+            return;
+        };
+        h.insert(ACAO, origin.clone());
         if self.allow_credentials {
             h.insert(ACAC, HeaderValue::from_static("true"));
         }
@@ -106,6 +132,24 @@ mod tests {
     }
 
     #[test]
+    fn same_origin_compares_the_authority_with_default_ports() {
+        let o = |s: &'static str| HeaderValue::from_static(s);
+        assert!(same_origin(&o("https://gw.test"), Some("gw.test")));
+        assert!(same_origin(&o("https://gw.test"), Some("GW.test:443")));
+        assert!(same_origin(
+            &o("http://127.0.0.1:8080"),
+            Some("127.0.0.1:8080")
+        ));
+        assert!(!same_origin(
+            &o("http://127.0.0.1:8081"),
+            Some("127.0.0.1:8080")
+        ));
+        assert!(!same_origin(&o("https://evil.test"), Some("gw.test")));
+        assert!(!same_origin(&o("null"), Some("gw.test")));
+        assert!(!same_origin(&o("https://gw.test"), None));
+    }
+
+    #[test]
     fn preflights_are_options_with_origin_and_a_method() {
         let mut h = HeaderMap::new();
         assert_eq!(preflight_method(&Method::OPTIONS, &h), None);
@@ -124,11 +168,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(http::header::VARY, HeaderValue::from_static("Accept"));
         let origin = HeaderValue::from_static("https://app.example.com");
-        policy(Some(&["https://app.example.com"])).decorate(&origin, &mut h);
+        policy(Some(&["https://app.example.com"])).decorate(Some(&origin), &mut h);
         assert_eq!(h[ACAO], "https://app.example.com");
         assert_eq!(h[ACAC], "true");
         assert_eq!(h[ACEH], "X-Request-Id");
         let vary: Vec<_> = h.get_all(http::header::VARY).iter().collect();
         assert_eq!(vary, ["Accept", "Origin"]);
+        // Another origin: no CORS headers, the upstream's own removed, still Vary: Origin.
+        let mut h = HeaderMap::new();
+        h.insert(ACAO, HeaderValue::from_static("*"));
+        policy(Some(&["https://app.example.com"])).decorate(None, &mut h);
+        assert!(h.get(ACAO).is_none());
+        assert_eq!(h[http::header::VARY], "Origin");
     }
 }

@@ -721,6 +721,35 @@ fn tokens_from_a_cookie_or_query_parameter_never_reach_the_upstream() {
     );
     let (status, _) = echo("/echo/x", None, Some("other=1"));
     assert_eq!(status, 401);
+    // A cookie token counts only from the gateway's own origin (or one `cors` allows): a
+    // cross-site page cannot ride on it.
+    let with_origin = |origin: &str| {
+        client()
+            .get(gw.url("/echo/x"))
+            .header("Cookie", &cookie)
+            .header("Origin", origin)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(with_origin("https://evil.test"), 403);
+    assert_eq!(with_origin(&format!("http://{}", gw.addr)), 200);
+    // A client that gives up mid-request: pingora's own error log names the request, never
+    // with its query string.
+    let impatient = client_with_timeout(std::time::Duration::from_millis(300));
+    let _ = impatient
+        .get(gw.url(&format!("/echo/x?access_token={three}&delay_ms=1500")))
+        .header("X-Request-Id", "impatient")
+        .send();
+    wait_until(
+        "the abandoned request's access line",
+        std::time::Duration::from_secs(10),
+        || {
+            gw.log_lines()
+                .iter()
+                .any(|l| l["request_id"] == "impatient")
+        },
+    );
 
     // The token parameter is not part of the cache key: the same user with another token
     // string is a hit.

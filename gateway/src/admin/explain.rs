@@ -80,7 +80,12 @@ pub async fn explain(snapshot: &Snapshot, req: ExplainRequest) -> Result<Value, 
     let fallback = crate::pipeline::token_from_sources(spec, &headers, query);
     let (decision, row) = snapshot
         .auth
-        .decide(&spec.auth, &spec.claims, &headers, fallback.as_deref())
+        .decide(
+            &spec.auth,
+            &spec.claims,
+            &headers,
+            fallback.as_ref().map(|(t, _)| t.as_ref()),
+        )
         .await;
     let (identity, refusal) = match decision.result {
         Ok(identity) => (identity, None),
@@ -111,10 +116,17 @@ pub async fn explain(snapshot: &Snapshot, req: ExplainRequest) -> Result<Value, 
         headers: &headers,
     };
     let peeks = snapshot.limiters.peek(&spec.rate_limits, &keys).await;
-    let limited = peeks
-        .iter()
-        .find(|p| p.remaining == 0)
-        .map(|p| p.policy.clone());
+    // In the order admission spends them: policies keyed before authentication, then after.
+    let spent = |before_auth: bool| {
+        peeks
+            .iter()
+            .zip(&spec.rate_limits)
+            .any(|(p, i)| p.remaining == 0 && runtime.limits.before_auth.contains(i) == before_auth)
+    };
+    let cross_site_cookie = matches!(&fallback, Some((_, true)))
+        && headers.get(crate::cors::ORIGIN).is_some_and(|o| {
+            !(spec.cors.as_ref().is_some_and(|c| c.allows(o)) || crate::cors::same_origin(o, host))
+        });
     let rate_limits: Vec<Value> = peeks
         .iter()
         .map(|p| {
@@ -155,10 +167,11 @@ pub async fn explain(snapshot: &Snapshot, req: ExplainRequest) -> Result<Value, 
             .failures
             .as_ref()
             .is_some_and(|f| f.blocked(ip).is_some());
-    let (status, error) = match (&refusal, &limited) {
-        _ if blocked => (429, Some("rate_limited")),
-        (Some(r), _) if !shadow => (r.status(), Some(r.code())),
-        (_, Some(_)) => (429, Some("rate_limited")),
+    let (status, error) = match &refusal {
+        _ if spent(true) || blocked => (429, Some("rate_limited")),
+        _ if cross_site_cookie => (403, Some("forbidden")),
+        Some(r) if !shadow => (r.status(), Some(r.code())),
+        _ if spent(false) => (429, Some("rate_limited")),
         _ => (200, None),
     };
     Ok(json!({

@@ -41,6 +41,8 @@ struct Issued {
     scopes: crate::auth::Scopes,
     value: HeaderValue,
     reuse_until: SystemTime,
+    /// Its `exp`: reused only for a token that may be used at least that long.
+    exp: u64,
 }
 
 /// Which upstream an assertion is for: its index (for the reuse cache) and name (`aud`).
@@ -92,7 +94,11 @@ impl Signer {
     ) -> Result<HeaderValue, String> {
         let key = self.cache_key(principal, audience.index);
         if let Some(hit) = self.issued.get(&key) {
+            let outlives = principal
+                .valid_until
+                .is_some_and(|v| unix_secs(v) < hit.exp);
             if now < hit.reuse_until
+                && !outlives
                 && hit.audience == audience.index
                 && hit.subject == principal.subject
                 && *hit.provider == *principal.provider
@@ -158,6 +164,7 @@ impl Signer {
             scopes: p.scopes.clone(),
             value,
             reuse_until: UNIX_EPOCH + Duration::from_secs(iat) + Duration::from_secs(lifetime) / 2,
+            exp,
         })
     }
 }
@@ -352,6 +359,18 @@ mod tests {
             unix_secs(now) + 20
         );
         assert_eq!(claims["scope"], "");
+        // The same identity with a token that ends sooner is not handed the longer assertion.
+        let long = Principal::for_tests("7", &[]);
+        let first = signer.assertion(&long, LMS, now).expect("test value");
+        let mut short = long.clone();
+        short.valid_until = Some(now + Duration::from_secs(10));
+        let second = signer.assertion(&short, LMS, now).expect("test value");
+        assert_ne!(first, second);
+        let claims = verify(&signer, &second);
+        assert_eq!(
+            claims["exp"].as_u64().expect("test value"),
+            unix_secs(now) + 10
+        );
     }
 
     #[test]

@@ -279,7 +279,12 @@ fn jwks_uri_of(meta: &[u8], issuer: &str) -> Result<String, String> {
         ));
     }
     let https = m.jwks_uri.starts_with("https://");
-    if !(https || m.jwks_uri.starts_with("http://")) || (issuer.starts_with("https://") && !https) {
+    let allowed = if issuer.starts_with("https://") {
+        https
+    } else {
+        https || m.jwks_uri.starts_with("http://")
+    };
+    if !allowed {
         return Err("discovery: jwks_uri must be an http(s) URL, https for an https issuer".into());
     }
     Ok(m.jwks_uri)

@@ -40,17 +40,19 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
             .split_once('=')
             .is_some_and(|(n, _)| n.trim() == name)
     };
-    let values: Vec<HeaderValue> = headers
+    // The common request has no such cookie: look before copying anything.
+    if !headers
         .get_all(http::header::COOKIE)
-        .iter()
-        .cloned()
-        .collect();
-    if !values
         .iter()
         .any(|v| v.to_str().map_or(true, |s| s.split(';').any(named)))
     {
         return;
     }
+    let values: Vec<HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .cloned()
+        .collect();
     headers.remove(http::header::COOKIE);
     for v in values {
         // A header that is not text cannot be checked: dropped rather than forwarded whole.

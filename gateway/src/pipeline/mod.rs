@@ -185,8 +185,21 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     };
     // An address that keeps presenting bad credentials is answered before anything looks at
     // the next one (no verification, introspection or Redis lookup).
-    let fallback = token_from_sources(spec, req.headers, req.query);
-    let fallback = fallback.as_deref();
+    let sourced = token_from_sources(spec, req.headers, req.query);
+    // A cookie is sent by the browser whichever site made the request: a cookie token counts
+    // only from its own origin or one the route's `cors` allows (no cross-site WebSocket
+    // hijacking or CSRF with it). Requests without Origin are not from a cross-site page.
+    if let (Some((_, true)), Some(origin)) = (&sourced, req.headers.get(crate::cors::ORIGIN)) {
+        let allowed = spec.cors.as_ref().is_some_and(|c| c.allows(origin))
+            || crate::cors::same_origin(origin, req.host);
+        if !allowed {
+            return Err(Denied {
+                limit_states: states.into_boxed_slice(),
+                ..denied(Rejection::OriginNotAllowed, AuthTrace::default())
+            });
+        }
+    }
+    let fallback = sourced.as_ref().map(|(t, _)| t.as_ref());
     // A shadow route makes every decision and enforces none, the failure limit included.
     let shadow = spec.auth_mode == crate::config::model::AuthMode::Shadow;
     let failures = snapshot.limiters.failures.as_ref().filter(|_| !shadow);
@@ -279,12 +292,12 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
 }
 
 /// The route's other token sources, when `Authorization` is absent: its cookie, then its
-/// query parameter.
+/// query parameter; `true` when it came from the cookie.
 pub fn token_from_sources<'r>(
     spec: &RouteSpec,
     headers: &'r HeaderMap,
     query: Option<&'r str>,
-) -> Option<Cow<'r, str>> {
+) -> Option<(Cow<'r, str>, bool)> {
     if headers.contains_key(http::header::AUTHORIZATION) {
         return None;
     }
@@ -293,11 +306,12 @@ pub fn token_from_sources<'r>(
         .as_deref()
         .and_then(|c| crate::auth::sources::from_cookie(headers, c));
     match cookie {
-        Some(c) => Some(Cow::Borrowed(c)),
+        Some(c) => Some((Cow::Borrowed(c), true)),
         None => spec
             .token_query
             .as_deref()
-            .and_then(|q| crate::auth::sources::from_query(query, q)),
+            .and_then(|q| crate::auth::sources::from_query(query, q))
+            .map(|t| (t, false)),
     }
 }
 

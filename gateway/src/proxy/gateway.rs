@@ -379,6 +379,18 @@ impl ProxyHttp for Gateway {
             .is_some_and(|r| !matches!(r, Rejection::Internal))
     }
 
+    /// What pingora's own error and retry logs say of a request: method, path and host, never
+    /// the query string (a route's `query_param` token travels there) nor other headers.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, Host: {}",
+            req.method,
+            req.uri.path(),
+            host_of(req).unwrap_or("-")
+        )
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         crate::observe::record(session, ctx);
         head_timeout::awaiting_next_head();
@@ -495,11 +507,8 @@ pub fn decorate_headers(session: &Session, ctx: &RequestCtx, h: &mut http::Heade
         }
         // CORS on every answer to an allowed origin, the gateway's own refusals included.
         if let Some(cors) = &route.spec.cors {
-            if let Some(origin) = session.req_header().headers.get(crate::cors::ORIGIN) {
-                if cors.allows(origin) {
-                    cors.decorate(origin, h);
-                }
-            }
+            let origin = session.req_header().headers.get(crate::cors::ORIGIN);
+            cors.decorate(origin.filter(|o| cors.allows(o)), h);
         }
         // Draft-11 fields on every answer of a limited route, the gateway's own included;
         // on a cache hit, this request's state.
@@ -654,8 +663,9 @@ pub fn upstream_view(session: &Session, ctx: &RequestCtx) -> http::HeaderMap {
     let mut h = downstream.headers.clone();
     let proto = if over_tls(session) { "https" } else { "http" };
     // The plan fails only for values a header cannot carry, which admission refused already.
-    // Without the assertion: it differs per identity anyway, and is not worth signing here.
-    let _ = header_plan(&mut h, downstream, ctx, proto, trusted_peer(ctx), false);
+    // With the assertion (a reused one, not a new signature), so a `Vary` naming it keys on
+    // what the upstream received.
+    let _ = header_plan(&mut h, downstream, ctx, proto, trusted_peer(ctx), true);
     h
 }
 

@@ -156,7 +156,10 @@ impl LocalLimiter {
         let now = self.clock.now().duration_since(self.start).as_u64();
         let t = self.interval.as_nanos().max(1) as u64;
         let tat = tat.as_u64().max(now);
-        let room = (now + t * u64::from(self.burst)).saturating_sub(tat) / t;
+        let room = now
+            .saturating_add(t.saturating_mul(u64::from(self.burst)))
+            .saturating_sub(tat)
+            / t;
         room.min(u64::from(self.burst)) as u32
     }
 
