@@ -5,6 +5,7 @@
 //! `config` compiles the YAML once into immutable types that `reload` swaps whole.
 
 pub mod admin;
+pub mod answer;
 pub mod assertion;
 pub mod auth;
 pub mod cli;
@@ -13,7 +14,6 @@ pub mod cors;
 pub mod deadline;
 pub mod logging;
 pub mod metrics;
-pub mod observe;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
@@ -22,5 +22,6 @@ pub mod reload;
 pub mod respcache;
 pub mod route;
 pub mod runtime;
+pub mod snapshot;
 pub mod tls;
 pub mod upstream;

@@ -2,7 +2,7 @@
 //! built off the request path, then swapped in whole. A bad file changes nothing.
 
 use crate::config::{self, env::ProcessEnv, Source};
-use crate::proxy::{Shared, Snapshot};
+use crate::snapshot::{Shared, Snapshot};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,11 +3,11 @@
 //! key), with nothing forwarded, no limit spent and nothing counted. Tokens and secrets in
 //! the description are never echoed: the answer names outcomes, codes and hashes.
 
+use crate::answer::Rejection;
 use crate::auth::{Identity, Outcome};
-use crate::proxy::respond::Rejection;
-use crate::proxy::Snapshot;
 use crate::ratelimit::RequestKeys;
 use crate::respcache::policy;
+use crate::snapshot::Snapshot;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -3,8 +3,8 @@
 mod explain;
 
 use crate::auth::revoke::{self, Revocation, Revocations};
-use crate::proxy::Shared;
 use crate::reload::{ReloadOutcome, Reloader};
+use crate::snapshot::Shared;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
@@ -259,7 +259,7 @@ fn unverified_claims(token: &str) -> Option<serde_json::Value> {
 }
 
 /// The `jti` of a token: from its cached identity, else from a JWT's payload.
-fn jti_of(token: &str, snap: &crate::proxy::Snapshot, hash: &[u8; 32]) -> Option<String> {
+fn jti_of(token: &str, snap: &crate::snapshot::Snapshot, hash: &[u8; 32]) -> Option<String> {
     use crate::auth::cache::Entry;
     if let Some(Entry::Valid(p)) = snap.auth.cache.get_local(hash) {
         return p.jti.clone();
@@ -275,7 +275,7 @@ fn jti_of(token: &str, snap: &crate::proxy::Snapshot, hash: &[u8; 32]) -> Option
 /// `auth.revocation_ttl`.
 fn token_lifetime(
     token: &str,
-    snap: &crate::proxy::Snapshot,
+    snap: &crate::snapshot::Snapshot,
     hash: &[u8; 32],
 ) -> std::time::Duration {
     use crate::auth::cache::Entry;

@@ -47,7 +47,7 @@ pub const MAX_TIME_SECS: u64 = 253_402_300_799;
 /// naming a claim the provider's configuration asked for. Never request data or key material.
 pub type Reason = std::borrow::Cow<'static, str>;
 
-/// Why authentication refused a request. Auth knows nothing of HTTP: `proxy::respond` turns
+/// Why authentication refused a request. Auth knows nothing of HTTP: `crate::answer` turns
 /// this into the contract's status, body and challenge.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuthError {

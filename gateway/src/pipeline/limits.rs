@@ -3,8 +3,8 @@
 //! conflicting Content-Length) with a bare 400.
 
 use super::Inbound;
+use crate::answer::Rejection;
 use crate::config::model::RouteSpec;
-use crate::proxy::respond::Rejection;
 use http::HeaderMap;
 
 const MAX_REQUEST_LINE: usize = 8 * 1024;

@@ -4,14 +4,14 @@
 
 pub mod limits;
 
+use crate::answer::{RateLimitInfo, Rejection};
 use crate::auth::cache::{Tier, TokenHash};
 use crate::auth::{AuthError, Identity, Outcome};
 use crate::config::model::RouteSpec;
 use crate::deadline::{self, Deadline};
-use crate::proxy::respond::{RateLimitInfo, Rejection};
-use crate::proxy::Snapshot;
 use crate::ratelimit::RequestKeys;
 use crate::route::path::normalize_path_with;
+use crate::snapshot::Snapshot;
 use http::{HeaderMap, Method};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -358,7 +358,7 @@ async fn limit(
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::proxy::Reusable;
+    use crate::snapshot::Reusable;
     use http::HeaderValue;
     use std::collections::HashMap;
     use std::path::Path;

@@ -1,10 +1,10 @@
 //! Per-request state carried between the proxy phases.
 
-use super::respond::{RateLimitInfo, Rejection};
-use super::Snapshot;
+use crate::answer::{RateLimitInfo, Rejection};
 use crate::auth::Principal;
 use crate::deadline::Deadline;
 use crate::pipeline::{Admitted, AuthTrace, Denied};
+use crate::snapshot::Snapshot;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -67,7 +67,7 @@ impl RequestCtx {
     }
 
     /// The matched route, admitted or denied.
-    pub fn route(&self) -> Option<&super::RouteRuntime> {
+    pub fn route(&self) -> Option<&crate::snapshot::RouteRuntime> {
         let index = match &self.stage {
             Stage::Admitted(a) => a.route(),
             Stage::Denied(d) => d.route?,

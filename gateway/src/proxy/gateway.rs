@@ -5,10 +5,10 @@ use super::caching;
 use super::ctx::{RequestCtx, Stage};
 use super::head_timeout;
 use super::headers;
-use super::respond::{RateLimitInfo, Rejection};
-use super::{Shared, Snapshot};
+use crate::answer::{RateLimitInfo, Rejection};
 use crate::pipeline::{self, Inbound};
 use crate::respcache::CacheResult;
+use crate::snapshot::{Shared, Snapshot};
 use crate::upstream::ErrorKind;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -392,7 +392,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        crate::observe::record(session, ctx);
+        super::access_log::record(session, ctx);
         head_timeout::awaiting_next_head();
     }
 }

@@ -19,7 +19,7 @@
 //! that opens a connection and sends nothing, or only a preface, is closed), and a connection
 //! with no stream in flight for `server.idle_timeout` is closed.
 
-use crate::proxy::Shared;
+use crate::snapshot::Shared;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::{Stream, ALPN};

@@ -1,7 +1,7 @@
 //! What each finished request leaves behind: its metrics and one access-log line.
 
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::respond::rfc3339_millis;
+use super::ctx::RequestCtx;
+use crate::answer::rfc3339_millis;
 use pingora_proxy::Session;
 use serde_json::{json, Value};
 use std::io::Write;
