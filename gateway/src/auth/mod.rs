@@ -7,6 +7,7 @@
 pub mod apikey;
 pub mod cache;
 pub mod denial;
+pub mod dpop;
 pub mod fingerprint;
 pub mod introspect;
 pub mod jwks;
