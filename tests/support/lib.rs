@@ -47,13 +47,23 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// A port free right now on 127.0.0.1.
+/// A port free right now on 127.0.0.1, and never one this process was handed before: the
+/// kernel may give a just-released ephemeral port out again at once, and two parts of one test
+/// (a gateway's listener and its admin port) must never get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
