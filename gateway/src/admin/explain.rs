@@ -123,10 +123,7 @@ pub async fn explain(snapshot: &Snapshot, req: ExplainRequest) -> Result<Value, 
             .zip(&spec.rate_limits)
             .any(|(p, i)| p.remaining == 0 && runtime.limits.before_auth.contains(i) == before_auth)
     };
-    let cross_site_cookie = matches!(&fallback, Some((_, true)))
-        && headers.get(crate::cors::ORIGIN).is_some_and(|o| {
-            !(spec.cors.as_ref().is_some_and(|c| c.allows(o)) || crate::cors::same_origin(o, host))
-        });
+    let cross_site_cookie = crate::pipeline::cross_site_cookie(spec, &fallback, &headers, host);
     let rate_limits: Vec<Value> = peeks
         .iter()
         .map(|p| {

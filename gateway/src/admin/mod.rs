@@ -51,22 +51,19 @@ impl Admin {
     /// `ttl` such as `"7d"`, how long the revocation is kept when the token's own expiry is not
     /// known).
     async fn revoke(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let bad = |msg: &str| {
-            json_response(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "bad_request", "message": msg}),
-            )
-        };
-        let Some(body) = read_body(session, 64 * 1024).await else {
-            return bad("the body must be JSON of at most 64 KiB");
-        };
-        let Ok(req) = serde_json::from_slice::<RevokeRequest>(&body) else {
-            return bad("expected {\"token\": ...}, {\"jti\": ...} or {\"subject\": ...}");
+        let req: RevokeRequest = match read_json(
+            session,
+            "expected {\"token\": ...}, {\"jti\": ...} or {\"subject\": ...}",
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(answer) => return answer,
         };
         let ttl = match req.ttl.as_deref().map(crate::config::units::parse_duration) {
             None => None,
             Some(Ok(d)) if !d.is_zero() => Some(d),
-            Some(_) => return bad("ttl must be a duration such as 24h"),
+            Some(_) => return bad_request("ttl must be a duration such as 24h"),
         };
         let snap = self.shared.snapshot();
         let (kind, revocation) = match (req.token, req.jti, req.subject) {
@@ -97,7 +94,7 @@ impl Admin {
                 "subject",
                 Revocations::subject_now(&subject, ttl.unwrap_or(snap.config.auth.revocation_ttl)),
             ),
-            _ => return bad("give exactly one of token, jti, subject"),
+            _ => return bad_request("give exactly one of token, jti, subject"),
         };
         let reach = snap
             .auth
@@ -138,21 +135,18 @@ impl Admin {
 
     /// `POST /admin/explain` `{"method", "path", "host", "headers", "client_ip"}`.
     async fn explain(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let bad = |msg: &str| {
-            json_response(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "bad_request", "message": msg}),
-            )
-        };
-        let Some(body) = read_body(session, 64 * 1024).await else {
-            return bad("the body must be JSON of at most 64 KiB");
-        };
-        let Ok(req) = serde_json::from_slice::<explain::ExplainRequest>(&body) else {
-            return bad("expected {\"method\", \"path\", \"host\", \"headers\": {name: value}}");
+        let req: explain::ExplainRequest = match read_json(
+            session,
+            "expected {\"method\", \"path\", \"host\", \"headers\": {name: value}}",
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(answer) => return answer,
         };
         match explain::explain(&self.shared.snapshot(), req).await {
             Ok(v) => json_response(StatusCode::OK, v),
-            Err(why) => bad(why),
+            Err(why) => bad_request(why),
         }
     }
 
@@ -297,6 +291,24 @@ fn token_lifetime(
         }
         None => unknown,
     }
+}
+
+fn bad_request(msg: &str) -> Response<Vec<u8>> {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({"error": "bad_request", "message": msg}),
+    )
+}
+
+/// An admin call's JSON body (at most 64 KiB), or the 400 that says what was expected.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    session: &mut ServerSession,
+    expected: &str,
+) -> Result<T, Response<Vec<u8>>> {
+    let body = read_body(session, 64 * 1024)
+        .await
+        .ok_or_else(|| bad_request("the body must be JSON of at most 64 KiB"))?;
+    serde_json::from_slice(&body).map_err(|_| bad_request(expected))
 }
 
 async fn read_body(session: &mut ServerSession, limit: usize) -> Option<Vec<u8>> {

@@ -186,18 +186,11 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     // An address that keeps presenting bad credentials is answered before anything looks at
     // the next one (no verification, introspection or Redis lookup).
     let sourced = token_from_sources(spec, req.headers, req.query);
-    // A cookie is sent by the browser whichever site made the request: a cookie token counts
-    // only from its own origin or one the route's `cors` allows (no cross-site WebSocket
-    // hijacking or CSRF with it). Requests without Origin are not from a cross-site page.
-    if let (Some((_, true)), Some(origin)) = (&sourced, req.headers.get(crate::cors::ORIGIN)) {
-        let allowed = spec.cors.as_ref().is_some_and(|c| c.allows(origin))
-            || crate::cors::same_origin(origin, req.host);
-        if !allowed {
-            return Err(Denied {
-                limit_states: states.into_boxed_slice(),
-                ..denied(Rejection::OriginNotAllowed, AuthTrace::default())
-            });
-        }
+    if cross_site_cookie(spec, &sourced, req.headers, req.host) {
+        return Err(Denied {
+            limit_states: states.into_boxed_slice(),
+            ..denied(Rejection::OriginNotAllowed, AuthTrace::default())
+        });
     }
     let fallback = sourced.as_ref().map(|(t, _)| t.as_ref());
     // A shadow route makes every decision and enforces none, the failure limit included.
@@ -313,6 +306,22 @@ pub fn token_from_sources<'r>(
             .and_then(|q| crate::auth::sources::from_query(query, q))
             .map(|t| (t, false)),
     }
+}
+
+/// A cookie is sent by the browser whichever site made the request: a cookie token counts only
+/// from its own origin or one the route's `cors` allows (no cross-site WebSocket hijacking or
+/// CSRF with it). Requests without `Origin` are not from a cross-site page.
+pub fn cross_site_cookie(
+    spec: &RouteSpec,
+    sourced: &Option<(Cow<'_, str>, bool)>,
+    headers: &HeaderMap,
+    host: Option<&str>,
+) -> bool {
+    let (Some((_, true)), Some(origin)) = (sourced, headers.get(crate::cors::ORIGIN)) else {
+        return false;
+    };
+    !(spec.cors.as_ref().is_some_and(|c| c.allows(origin))
+        || crate::cors::same_origin(origin, host))
 }
 
 /// Whether the request carries something authentication would verify.

@@ -47,33 +47,34 @@ static PEEK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::ne
 
 /// What the bucket allows now, spending nothing; `None` when Redis does not answer.
 pub async fn peek(link: &RedisLink, key: &str, interval: Duration, burst: u32) -> Option<u32> {
-    let interval_us = interval.as_micros().max(1) as u64;
-    let room: i64 = link
-        .run(RedisOp::RateLimit, |mut conn| async move {
-            PEEK_SCRIPT
-                .key(key)
-                .arg(interval_us)
-                .arg(burst)
-                .invoke_async(&mut conn)
-                .await
-        })
-        .await?;
+    let room: i64 = run(link, &PEEK_SCRIPT, key, interval, burst).await?;
     Some(room.clamp(0, i64::from(burst)) as u32)
+}
+
+/// One of the GCRA scripts on a bucket: `KEYS[1]` the key, `ARGV` interval (µs) and burst.
+async fn run<T: redis::FromRedisValue>(
+    link: &RedisLink,
+    script: &redis::Script,
+    key: &str,
+    interval: Duration,
+    burst: u32,
+) -> Option<T> {
+    let interval_us = interval.as_micros().max(1) as u64;
+    link.run(RedisOp::RateLimit, |mut conn| async move {
+        script
+            .key(key)
+            .arg(interval_us)
+            .arg(burst)
+            .invoke_async(&mut conn)
+            .await
+    })
+    .await
 }
 
 /// `None` when Redis could not answer in time; the caller then uses the local limiter.
 pub async fn check(link: &RedisLink, key: &str, interval: Duration, burst: u32) -> Option<Verdict> {
-    let interval_us = interval.as_micros().max(1) as u64;
-    let (allowed, remaining, retry_us, reset_us): (i64, i64, i64, i64) = link
-        .run(RedisOp::RateLimit, |mut conn| async move {
-            SCRIPT
-                .key(key)
-                .arg(interval_us)
-                .arg(burst)
-                .invoke_async(&mut conn)
-                .await
-        })
-        .await?;
+    let (allowed, remaining, retry_us, reset_us): (i64, i64, i64, i64) =
+        run(link, &SCRIPT, key, interval, burst).await?;
     let us = |v: i64| Duration::from_micros(v.max(0) as u64);
     Some(if allowed == 1 {
         Verdict::Allowed {
