@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub const TARGETS: [&str; 4] = ["token", "config", "units", "path"];
+pub const TARGETS: [&str; 5] = ["token", "config", "units", "path", "dpop"];
 
 pub fn run(target: &str, data: &[u8]) {
     match target {
@@ -20,6 +20,7 @@ pub fn run(target: &str, data: &[u8]) {
         "config" => config(data),
         "units" => units(data),
         "path" => path(data),
+        "dpop" => dpop(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -65,10 +66,38 @@ pub fn token(data: &[u8]) {
             }],
             typ: Some("at+jwt".into()),
             ca: None,
+            dpop: Default::default(),
         };
         authgate::auth::jwt::JwtVerifier::new("fuzz", &spec, None).expect("verifier")
     });
     let _ = rt.block_on(v.verify(&s));
+}
+
+/// DPoP proofs (the value of a `DPoP` header): refused or accepted, never a panic; one that
+/// passes carries a thumbprint and an id the replay set can key on.
+pub fn dpop(data: &[u8]) {
+    use authgate::auth::dpop::{verify_proof, Expected};
+    use jsonwebtoken::Algorithm;
+    let s = String::from_utf8_lossy(data);
+    let want = Expected {
+        method: "GET",
+        htu: "https://api.example.com/x",
+        access_token: Some("tok"),
+        // Any iat of the last and next years passes, so mutations reach the later checks.
+        now: std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        window: Duration::from_secs(86_400 * 365 * 2),
+        algorithms: &[
+            Algorithm::ES256,
+            Algorithm::EdDSA,
+            Algorithm::PS256,
+            Algorithm::RS256,
+        ],
+    };
+    if let Ok(p) = verify_proof(&s, &want) {
+        assert_eq!(p.jkt.len(), 43, "a SHA-256 thumbprint, base64url");
+        assert!(!p.jti.is_empty() && p.jti.bytes().all(|b| b.is_ascii_graphic()));
+    }
+    let _ = authgate::auth::dpop::normalize_htu(&s);
 }
 
 struct FuzzEnv;

@@ -28,6 +28,8 @@ pub enum Rejection {
     InvalidToken {
         reason: Reason,
     },
+    /// A DPoP failure: 401 `invalid_token` with a `DPoP` challenge.
+    InvalidDpop(Box<crate::auth::DpopRefusal>),
     InsufficientScope {
         required: Vec<String>,
     },
@@ -59,6 +61,7 @@ impl From<AuthError> for Rejection {
             AuthError::Scope { required } => Rejection::InsufficientScope { required },
             AuthError::Forbidden { claim } => Rejection::Forbidden { claim },
             AuthError::Unavailable { retry_after } => Rejection::AuthUnavailable { retry_after },
+            AuthError::Dpop(r) => Rejection::InvalidDpop(r),
         }
     }
 }
@@ -87,7 +90,8 @@ impl Rejection {
             Rejection::HeadersTooLarge => 431,
             Rejection::MissingToken
             | Rejection::TokenExpired { .. }
-            | Rejection::InvalidToken { .. } => 401,
+            | Rejection::InvalidToken { .. }
+            | Rejection::InvalidDpop(_) => 401,
             Rejection::InsufficientScope { .. }
             | Rejection::Forbidden { .. }
             | Rejection::OriginNotAllowed => 403,
@@ -113,7 +117,7 @@ impl Rejection {
             Rejection::PayloadTooLarge { .. } => "payload_too_large",
             Rejection::MissingToken => "missing_token",
             Rejection::TokenExpired { .. } => "token_expired",
-            Rejection::InvalidToken { .. } => "invalid_token",
+            Rejection::InvalidToken { .. } | Rejection::InvalidDpop(_) => "invalid_token",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::RateLimited(_) => "rate_limited",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
@@ -141,6 +145,14 @@ impl Rejection {
             }
             Rejection::InvalidToken { reason } => {
                 format!("The access token is not valid ({reason}). Log in again to get a new one.")
+            }
+            Rejection::InvalidDpop(r) if r.nonce.is_some() => {
+                "This resource needs a DPoP proof with the server's nonce: make a new proof \
+                 with the value of DPoP-Nonce and retry."
+                    .into()
+            }
+            Rejection::InvalidDpop(r) => {
+                format!("The DPoP proof of possession is not valid ({}).", r.reason)
             }
             Rejection::InsufficientScope { .. } => {
                 "The access token does not grant the scopes this resource requires.".into()
@@ -218,6 +230,18 @@ impl Rejection {
                 ));
                 body.insert("action".into(), json!("login"));
                 body.insert("login_endpoint".into(), json!(texts.login_endpoint));
+            }
+            Rejection::InvalidDpop(r) => {
+                // RFC 9449 7.1 and 9: the DPoP scheme's challenge names the algorithms a proof
+                // may use; a missing nonce is its own error, with the nonce to use.
+                let error = match r.nonce {
+                    Some(_) => "use_dpop_nonce",
+                    None => "invalid_dpop_proof",
+                };
+                headers.push((www, format!("DPoP error=\"{error}\", algs=\"{}\"", r.algs)));
+                if let Some(n) = &r.nonce {
+                    headers.push((HeaderName::from_static("dpop-nonce"), n.clone()));
+                }
             }
             Rejection::InsufficientScope { required } => {
                 headers.push((

@@ -26,10 +26,11 @@ pub enum RedisOp {
     RevokeCheck,
     Publish,
     Subscribe,
+    DpopReplay,
 }
 
 impl RedisOp {
-    const ALL: [RedisOp; 7] = [
+    const ALL: [RedisOp; 8] = [
         RedisOp::RateLimit,
         RedisOp::CacheGet,
         RedisOp::CacheSet,
@@ -37,6 +38,7 @@ impl RedisOp {
         RedisOp::RevokeCheck,
         RedisOp::Publish,
         RedisOp::Subscribe,
+        RedisOp::DpopReplay,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +50,7 @@ impl RedisOp {
             RedisOp::RevokeCheck => "revoke_check",
             RedisOp::Publish => "publish",
             RedisOp::Subscribe => "subscribe",
+            RedisOp::DpopReplay => "dpop_replay",
         }
     }
 }
@@ -81,8 +84,8 @@ pub struct RedisLink {
     timeout: Duration,
     epoch: Instant,
     /// One breaker per kind of command: a slow rate-limit script must not stop revocations.
-    open_until_ms: [AtomicU64; 7],
-    errors: [IntCounter; 7],
+    open_until_ms: [AtomicU64; 8],
+    errors: [IntCounter; 8],
 }
 
 impl RedisLink {

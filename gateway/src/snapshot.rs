@@ -164,6 +164,10 @@ impl Reusable {
                         Arc::downgrade(link),
                         Arc::downgrade(&self.auth.revocations),
                     ))?;
+                    crate::redis_link::spawn(crate::auth::dpop::nonce::share(
+                        Arc::downgrade(link),
+                        Arc::downgrade(&self.auth.nonces),
+                    ))?;
                     *slot = Some((fp.clone(), link.clone()));
                 }
             }

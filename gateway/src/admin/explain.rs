@@ -78,13 +78,25 @@ pub async fn explain(snapshot: &Snapshot, req: ExplainRequest) -> Result<Value, 
     let shadow = runtime.shadow.is_some();
 
     let fallback = crate::pipeline::token_from_sources(spec, &headers, query);
+    let scheme = match snapshot.config.server.tls {
+        Some(_) => "https",
+        None => "http",
+    };
     let (decision, row) = snapshot
         .auth
         .decide(
             &spec.auth,
             &spec.claims,
-            &headers,
-            fallback.as_ref().map(|(t, _)| t.as_ref()),
+            &crate::auth::Request {
+                headers: &headers,
+                fallback: fallback.as_ref().map(|(t, _)| t.as_ref()),
+                target: crate::auth::dpop::Target {
+                    method: method.as_str(),
+                    scheme,
+                    host,
+                    path: raw_path.as_bytes(),
+                },
+            },
         )
         .await;
     let (identity, refusal) = match decision.result {

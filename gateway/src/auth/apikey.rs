@@ -29,6 +29,7 @@ impl ApiKeys {
                     credential_id: Some(id.clone()),
                     jti: None,
                     issued_at: None,
+                    jkt: None,
                     claims: None,
                 };
                 (id, k.sha256, principal)

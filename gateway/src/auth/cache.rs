@@ -88,6 +88,10 @@ struct Shared {
     /// The claims kept for route rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claims: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The DPoP key binding. Entries of a provider with `dpop` on are written with the mode
+    /// in their fingerprint, so one written without this field is never read as unbound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jkt: Option<String>,
 }
 
 fn secs(t: Option<SystemTime>) -> Option<u64> {
@@ -261,6 +265,7 @@ impl TokenCache {
             jti: s.jti,
             issued_at: time(s.iat),
             claims: s.claims.map(std::sync::Arc::new),
+            jkt: s.jkt.map(Into::into),
         };
         Some((p, fingerprint, left))
     }
@@ -287,6 +292,7 @@ impl TokenCache {
             iat: secs(p.issued_at),
             fp: Some(hex::encode(fingerprint)),
             claims: p.claims.as_deref().cloned(),
+            jkt: p.jkt.as_deref().map(str::to_owned),
         };
         let Ok(body) = serde_json::to_vec(&stored) else {
             return;

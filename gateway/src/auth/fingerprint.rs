@@ -40,12 +40,14 @@ pub fn of(spec: &ProviderSpec) -> Fingerprint {
             put(j.scopes_claim.as_bytes());
             put(format!("{:?}", j.required_claims).as_bytes());
             put(j.typ.as_deref().unwrap_or_default().as_bytes());
+            dpop(&mut put, &j.dpop);
         }
         ProviderKind::Introspection(i) => {
             put(i.url.as_bytes());
             put(i.client_id.as_bytes());
             put(i.subject_field.as_bytes());
             put(&i.ca.as_ref().map(|c| c.fingerprint).unwrap_or_default());
+            dpop(&mut put, &i.dpop);
         }
         ProviderKind::ApiKey(k) => {
             put(format!("{:?}", k.source).as_bytes());
@@ -61,6 +63,15 @@ pub fn of(spec: &ProviderSpec) -> Fingerprint {
     let mut out = [0u8; 16];
     out.copy_from_slice(&full[..16]);
     out
+}
+
+/// With `dpop` on, identities carry their key binding (`jkt`): entries made with it off, or by
+/// a build that did not know the field, must never be read as unbound. Off adds nothing, so
+/// entries of providers without DPoP stay valid across an upgrade.
+fn dpop(put: &mut impl FnMut(&[u8]), d: &crate::config::model::DpopSpec) {
+    if d.mode != crate::config::model::DpopMode::Off {
+        put(format!("dpop {:?}", d.mode).as_bytes());
+    }
 }
 
 /// A provider's fingerprint with its JWKS key set's digest folded in: two XORed digests, no

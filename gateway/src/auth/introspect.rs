@@ -49,6 +49,8 @@ pub struct Introspector {
     slots: tokio::sync::Semaphore,
     /// Fields of the answer copied into the principal for route rules.
     keep: Arc<[crate::config::model::ClaimPath]>,
+    /// `dpop` is on: the answer's `cnf` is read (RFC 9449 6.2).
+    binds: bool,
 }
 
 impl Introspector {
@@ -69,6 +71,7 @@ impl Introspector {
             client,
             slots: tokio::sync::Semaphore::new(spec.max_concurrency as usize),
             keep: Arc::from([]),
+            binds: spec.dpop.mode != crate::config::model::DpopMode::Off,
         })
     }
 
@@ -149,6 +152,11 @@ impl Introspector {
             // Active but already past its exp: a server clock problem; trust exp.
             return Err(IntrospectionFailure::Inactive);
         }
+        let jkt = match self.binds {
+            true => super::dpop::confirmation(answer.rest.get("cnf"))
+                .map_err(IntrospectionFailure::Malformed)?,
+            false => None,
+        };
         Ok(Principal {
             subject,
             scopes: super::scope_set(
@@ -168,6 +176,7 @@ impl Introspector {
             jti: answer.jti,
             issued_at: answer.iat.map(at),
             claims: super::keep_claims(&self.keep, &answer.rest),
+            jkt,
         })
     }
 }

@@ -80,6 +80,8 @@ pub struct JwtVerifier {
     typ: Option<String>,
     /// Claims copied into the principal for route rules.
     keep: Arc<[ClaimPath]>,
+    /// `dpop` is on: `cnf` is read, and one that is not a key binding refuses the token.
+    binds: bool,
 }
 
 impl JwtVerifier {
@@ -104,6 +106,7 @@ impl JwtVerifier {
             required_claims: spec.required_claims.clone(),
             typ: spec.typ.clone(),
             keep: Arc::from([]),
+            binds: spec.dpop.mode != crate::config::model::DpopMode::Off,
         })
     }
 
@@ -282,6 +285,11 @@ impl JwtVerifier {
             // It is forwarded in a header; refuse what a header cannot carry safely.
             return Err(invalid(Denial::Malformed, "subject is not printable ASCII"));
         }
+        let jkt = match self.binds {
+            true => super::dpop::confirmation(claims.get("cnf"))
+                .map_err(|r| JwtFailure::Invalid(Denial::DpopInvalid, r.into()))?,
+            false => None,
+        };
         let scopes = super::scope_set(scopes_of(claims.get(&self.scopes_claim)));
         Ok(Principal {
             subject,
@@ -293,6 +301,7 @@ impl JwtVerifier {
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             issued_at: iat.map(at),
             claims: super::keep_claims(&self.keep, &claims),
+            jkt,
         })
     }
 }
@@ -432,6 +441,7 @@ mod tests {
             required_claims: Vec::new(),
             typ: None,
             ca: None,
+            dpop: Default::default(),
         }
     }
 

@@ -20,7 +20,7 @@ pub use denial::Denial;
 
 use crate::config::model::ApiKeySource;
 use crate::config::model::{
-    AuthSettings, ClaimCheck, ClaimPath, ProviderKind, RouteAuth, RouteSpec,
+    AuthSettings, ClaimCheck, ClaimPath, DpopMode, DpopSpec, ProviderKind, RouteAuth, RouteSpec,
 };
 use crate::metrics::Metrics;
 use crate::redis_link::RedisLink;
@@ -74,6 +74,19 @@ pub enum AuthError {
     Unavailable {
         retry_after: Duration,
     },
+    /// A DPoP proof missing, invalid, replayed or without a fresh nonce, or a bound token
+    /// sent as Bearer (boxed: rare, and it keeps the common results small).
+    Dpop(Box<DpopRefusal>),
+}
+
+/// Why a request failed DPoP, with what its `WWW-Authenticate: DPoP` challenge says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpopRefusal {
+    pub reason: Reason,
+    /// The provider's proof algorithms, space-separated (`algs="..."`).
+    pub algs: Arc<str>,
+    /// `Some` when a fresh server nonce is what is missing (`use_dpop_nonce`): the one to use.
+    pub nonce: Option<String>,
 }
 
 /// Who a request acts for, as a provider vouched for it.
@@ -91,6 +104,9 @@ pub struct Principal {
     pub issued_at: Option<SystemTime>,
     /// The claims that route rules of its provider look at (only those), by dotted name.
     pub claims: KeptClaims,
+    /// `cnf.jkt`: the thumbprint of the key a DPoP proof must be signed with (RFC 9449 6),
+    /// read only when the provider's `dpop` is on.
+    pub jkt: Option<Arc<str>>,
 }
 
 /// Claims kept with a cached identity so `auth.claims` rules can be checked on cache hits.
@@ -181,6 +197,7 @@ impl Principal {
             jti: None,
             issued_at: None,
             claims: None,
+            jkt: None,
         }
     }
 
@@ -252,6 +269,17 @@ impl AuthError {
             AuthError::Invalid { code, .. } => Some(*code),
             AuthError::Scope { .. } => Some(Denial::MissingScope),
             AuthError::Forbidden { .. } => Some(Denial::ClaimMismatch),
+            AuthError::Dpop(_) => Some(Denial::DpopInvalid),
+        }
+    }
+
+    /// A presented credential refused, which spends the failure budget. A nonce challenge is
+    /// the protocol's normal first step, not a failure.
+    pub fn is_refused_credential(&self) -> bool {
+        match self {
+            AuthError::Invalid { .. } | AuthError::Expired { .. } => true,
+            AuthError::Dpop(r) => r.nonce.is_none(),
+            _ => false,
         }
     }
 }
@@ -270,6 +298,17 @@ pub struct Decision {
     pub tier: Option<Tier>,
     /// The presented credential's hash, for `revokes_token` routes.
     pub token_hash: Option<TokenHash>,
+    /// A DPoP proof that passed, whose `jti` must now be spent ([`Authenticator::authenticate`]).
+    pub proof: Option<ProofUse>,
+}
+
+/// A DPoP proof to record as used.
+#[derive(Debug, Clone)]
+pub struct ProofUse {
+    pub jti: String,
+    /// As long as a proof with this `jti` could pass the `iat` check.
+    pub ttl: Duration,
+    pub algs: Arc<str>,
 }
 
 impl Decision {
@@ -281,7 +320,28 @@ impl Decision {
             valid: None,
             tier: None,
             token_hash: None,
+            proof: None,
         }
+    }
+
+    /// Replaces a decision with a refusal found after it (a replayed proof).
+    fn refuse(&mut self, e: AuthError) {
+        self.outcome = Some(outcome_of::<()>(&Err(e.clone())));
+        self.denial = e.denial();
+        self.valid = None;
+        self.result = Err(e);
+    }
+}
+
+fn outcome_of<T>(result: &Result<T, AuthError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Ok,
+        Err(AuthError::Missing) => Outcome::MissingToken,
+        Err(AuthError::Expired { .. }) => Outcome::TokenExpired,
+        Err(AuthError::Scope { .. }) => Outcome::InsufficientScope,
+        Err(AuthError::Forbidden { .. }) => Outcome::Forbidden,
+        Err(AuthError::Unavailable { .. }) => Outcome::AuthUnavailable,
+        Err(_) => Outcome::InvalidToken,
     }
 }
 
@@ -289,6 +349,8 @@ impl Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
     Bearer(&'a str),
+    /// `Authorization: DPoP <token>` (RFC 9449 7.1): a token with a proof of possession.
+    Dpop(&'a str),
     /// `Authorization: <scheme> <value>` with another scheme (API keys).
     Scheme {
         scheme: &'a str,
@@ -311,9 +373,29 @@ pub fn credential(headers: &HeaderMap) -> Option<Result<Credential<'_>, ()>> {
     }
     Some(Ok(if scheme.eq_ignore_ascii_case("bearer") {
         Credential::Bearer(value)
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Credential::Dpop(value)
     } else {
         Credential::Scheme { scheme, value }
     }))
+}
+
+/// What authentication reads of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub headers: &'a HeaderMap,
+    /// The route's cookie or query token, when `Authorization` is absent.
+    pub fallback: Option<&'a str>,
+    /// What a DPoP proof must name.
+    pub target: dpop::Target<'a>,
+}
+
+/// How a token was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// `Bearer`, or a cookie or query parameter.
+    Bearer,
+    Dpop,
 }
 
 enum Provider {
@@ -432,6 +514,10 @@ impl SingleFlight {
 pub struct AuthState {
     pub revocations: Arc<Revocations>,
     cache: Mutex<Option<Arc<TokenCache>>>,
+    /// DPoP proof ids seen: a proof spent before a reload stays spent after it.
+    replay: std::sync::OnceLock<Arc<dpop::replay::ReplayGuard>>,
+    /// The DPoP nonce key (shared through Redis, see [`dpop::nonce::share`]).
+    pub nonces: Arc<dpop::nonce::Nonces>,
 }
 
 impl AuthState {
@@ -447,6 +533,12 @@ impl AuthState {
             return c.clone();
         }
         Arc::new(TokenCache::new(settings, metrics))
+    }
+
+    fn replay(&self, metrics: &Metrics) -> Arc<dpop::replay::ReplayGuard> {
+        self.replay
+            .get_or_init(|| Arc::new(dpop::replay::ReplayGuard::new(metrics)))
+            .clone()
     }
 
     /// Makes an installed version's token cache the running one (the one revocations clear),
@@ -484,6 +576,10 @@ pub struct Authenticator {
     fingerprints: Vec<fingerprint::Fingerprint>,
     /// Each jwt provider's `issuer`, for sending a token to the provider its `iss` names.
     issuers: Vec<Option<String>>,
+    /// Each provider's DPoP settings (`off` for API keys).
+    dpop: Vec<DpopSpec>,
+    replay: Arc<dpop::replay::ReplayGuard>,
+    nonces: Arc<dpop::nonce::Nonces>,
 }
 
 impl Authenticator {
@@ -589,6 +685,17 @@ impl Authenticator {
                     _ => None,
                 })
                 .collect(),
+            dpop: settings
+                .providers
+                .iter()
+                .map(|p| match &p.kind {
+                    ProviderKind::Jwt(j) => j.dpop.clone(),
+                    ProviderKind::Introspection(i) => i.dpop.clone(),
+                    ProviderKind::ApiKey(_) => DpopSpec::default(),
+                })
+                .collect(),
+            replay: state.replay(metrics),
+            nonces: state.nonces.clone(),
             providers,
             names,
             counters,
@@ -642,10 +749,28 @@ impl Authenticator {
         &self,
         route: &RouteAuth,
         claims: &[ClaimCheck],
-        headers: &HeaderMap,
-        fallback: Option<&str>,
+        req: &Request<'_>,
     ) -> Decision {
-        let (decision, row) = self.decide(route, claims, headers, fallback).await;
+        let (mut decision, row) = self.decide(route, claims, req).await;
+        // Only here, not in `decide`: explaining a request must not spend its proof.
+        if let Some(proof) = decision.proof.take() {
+            use dpop::replay::Seen;
+            match self
+                .replay
+                .first_use(&proof.jti, proof.ttl, self.redis.as_deref())
+                .await
+            {
+                Seen::Fresh => {}
+                Seen::Replayed => decision.refuse(AuthError::Dpop(Box::new(DpopRefusal {
+                    reason: "the DPoP proof was used before".into(),
+                    algs: proof.algs,
+                    nonce: None,
+                }))),
+                Seen::Full => decision.refuse(AuthError::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                }),
+            }
+        }
         if let (Some(outcome), Some(row)) = (decision.outcome, row) {
             self.counters[row][outcome as usize].inc();
             if let Some(d) = decision.denial {
@@ -661,35 +786,39 @@ impl Authenticator {
         &self,
         route: &RouteAuth,
         claims: &[ClaimCheck],
-        headers: &HeaderMap,
-        fallback: Option<&str>,
+        req: &Request<'_>,
     ) -> (Decision, Option<usize>) {
+        let (headers, fallback) = (req.headers, req.fallback);
         let (allowed, scopes, optional): (&[usize], &[String], bool) = match route {
             RouteAuth::None => return (Decision::anonymous(), None),
             RouteAuth::Optional { providers } => (providers, &[], true),
             RouteAuth::Required { providers, scopes } => (providers, scopes, false),
         };
-        let presented = match credential(headers) {
-            Some(Ok(Credential::Bearer(t))) if is_jwt_shaped(t) => Some(Ok(Presented::Jwt(t))),
-            Some(Ok(Credential::Bearer(t))) => Some(Ok(Presented::Opaque(t))),
+        let token_kind = |t| match is_jwt_shaped(t) {
+            true => Presented::Jwt(t),
+            false => Presented::Opaque(t),
+        };
+        let credential = credential(headers);
+        let scheme = match credential {
+            Some(Ok(Credential::Dpop(_))) => Scheme::Dpop,
+            _ => Scheme::Bearer,
+        };
+        let presented = match credential {
+            Some(Ok(Credential::Bearer(t) | Credential::Dpop(t))) => Some(Ok(token_kind(t))),
             Some(Ok(Credential::Scheme { scheme, value })) => {
                 Some(Ok(Presented::Scheme(scheme, value)))
             }
             Some(Err(())) => Some(Err(())),
             // A provider's own header, then the route's cookie or query parameter (a bearer
             // token like any other).
-            None => self.header_key(allowed, headers).map(Ok).or_else(|| {
-                fallback.map(|t| {
-                    Ok(if is_jwt_shaped(t) {
-                        Presented::Jwt(t)
-                    } else {
-                        Presented::Opaque(t)
-                    })
-                })
-            }),
+            None => self
+                .header_key(allowed, headers)
+                .map(Ok)
+                .or_else(|| fallback.map(|t| Ok(token_kind(t)))),
         };
         let mut tier = None;
         let mut token_hash = None;
+        let mut proof = None;
         let (provider, result) = match presented {
             None if optional => return (Decision::anonymous(), None),
             None => (None, Err(AuthError::Missing)),
@@ -701,7 +830,7 @@ impl Authenticator {
                 }),
             ),
             Some(Ok(p)) => {
-                let candidates = self.candidates(allowed, p);
+                let candidates = self.candidates(allowed, p, scheme);
                 if candidates.is_empty() {
                     (
                         allowed.first().copied(),
@@ -716,6 +845,16 @@ impl Authenticator {
                     token_hash = Some(hash);
                     let (provider, result, t) = self.resolve(p, hash, &candidates).await;
                     tier = Some(t);
+                    // The binding is checked on every request, cached identity or not:
+                    // each proof is new.
+                    let result = result.and_then(|principal| {
+                        self.bind(provider, principal, scheme, p.token(), req).map(
+                            |(principal, used)| {
+                                proof = used;
+                                principal
+                            },
+                        )
+                    });
                     (Some(provider), result)
                 }
             }
@@ -724,15 +863,7 @@ impl Authenticator {
         let result = result
             .and_then(|p| check_scopes(p, scopes))
             .and_then(|p| check_claims(p, claims));
-        let outcome = match &result {
-            Ok(_) => Outcome::Ok,
-            Err(AuthError::Missing) => Outcome::MissingToken,
-            Err(AuthError::Expired { .. }) => Outcome::TokenExpired,
-            Err(AuthError::Scope { .. }) => Outcome::InsufficientScope,
-            Err(AuthError::Forbidden { .. }) => Outcome::Forbidden,
-            Err(AuthError::Unavailable { .. }) => Outcome::AuthUnavailable,
-            Err(_) => Outcome::InvalidToken,
-        };
+        let outcome = outcome_of(&result);
         let row = provider.unwrap_or(self.names.len());
         let denial = result.as_ref().err().and_then(AuthError::denial);
         let decision = Decision {
@@ -742,8 +873,104 @@ impl Authenticator {
             valid,
             tier,
             token_hash,
+            proof,
         };
         (decision, Some(row))
+    }
+
+    /// RFC 9449 for the provider that vouched for the token: a bound token only with the DPoP
+    /// scheme and a proof by its key; with `required`, no token without. Returns the proof to
+    /// spend.
+    fn bind(
+        &self,
+        provider: usize,
+        p: Arc<Principal>,
+        scheme: Scheme,
+        token: &str,
+        req: &Request<'_>,
+    ) -> Result<(Arc<Principal>, Option<ProofUse>), AuthError> {
+        let spec = &self.dpop[provider];
+        let refuse = |reason: Reason, nonce: Option<String>| {
+            AuthError::Dpop(Box::new(DpopRefusal {
+                reason,
+                algs: spec.algs.clone(),
+                nonce,
+            }))
+        };
+        match (spec.mode, scheme) {
+            (DpopMode::Off, _) => Ok((p, None)),
+            (_, Scheme::Bearer) if p.jkt.is_some() => Err(refuse(
+                "a DPoP-bound token is sent with the DPoP scheme and a proof".into(),
+                None,
+            )),
+            (DpopMode::Required, Scheme::Bearer) => Err(refuse(
+                "this resource takes DPoP-bound tokens only (the DPoP scheme)".into(),
+                None,
+            )),
+            (DpopMode::Optional, Scheme::Bearer) => Ok((p, None)),
+            (_, Scheme::Dpop) => {
+                let mut proofs = req.headers.get_all(dpop::HEADER).iter();
+                let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+                    return Err(refuse("send exactly one DPoP proof header".into(), None));
+                };
+                let proof = proof
+                    .to_str()
+                    .map_err(|_| refuse(dpop::ProofError::Malformed.description().into(), None))?;
+                let htu = req.target.htu().ok_or_else(|| {
+                    refuse("the request has no URI a proof can name".into(), None)
+                })?;
+                let now = SystemTime::now();
+                let checked = dpop::verify_proof(
+                    proof,
+                    &dpop::Expected {
+                        method: req.target.method,
+                        htu: &htu,
+                        access_token: Some(token),
+                        now,
+                        window: spec.window,
+                        algorithms: &spec.algorithms,
+                    },
+                )
+                .map_err(|e| refuse(e.description().into(), None))?;
+                match p.jkt.as_deref() {
+                    None => {
+                        return Err(refuse(
+                            "the token is not bound to a key (cnf.jkt)".into(),
+                            None,
+                        ))
+                    }
+                    Some(jkt) if jkt != checked.jkt => {
+                        return Err(refuse(
+                            "the DPoP proof is signed by another key than the token is bound to"
+                                .into(),
+                            None,
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                if spec.nonce
+                    && !checked
+                        .nonce
+                        .as_deref()
+                        .is_some_and(|n| self.nonces.accepts(n, now))
+                {
+                    return Err(refuse(
+                        "the DPoP proof needs the nonce in DPoP-Nonce".into(),
+                        Some(self.nonces.current(now)),
+                    ));
+                }
+                // Kept while a proof with this jti could still pass the iat check.
+                let ttl = spec.window * 2 + Duration::from_secs(1);
+                Ok((
+                    p,
+                    Some(ProofUse {
+                        jti: checked.jti,
+                        ttl,
+                        algs: spec.algs.clone(),
+                    }),
+                ))
+            }
+        }
     }
 
     /// An API key sent in a provider's own header, when the request has no Authorization.
@@ -761,10 +988,17 @@ impl Authenticator {
     }
 
     /// The route's providers that may see this credential, in the route's order.
-    fn candidates(&self, allowed: &[usize], presented: Presented<'_>) -> Vec<usize> {
+    fn candidates(
+        &self,
+        allowed: &[usize],
+        presented: Presented<'_>,
+        scheme: Scheme,
+    ) -> Vec<usize> {
         allowed
             .iter()
             .copied()
+            // The DPoP scheme is for providers that check proofs.
+            .filter(|&i| scheme == Scheme::Bearer || self.dpop[i].mode != DpopMode::Off)
             .filter(|&i| match (&self.providers[i], presented) {
                 (Provider::Jwt(_), Presented::Jwt(_)) => true,
                 (Provider::Introspection(_), Presented::Opaque(_)) => true,

@@ -830,6 +830,89 @@ impl Compiler<'_> {
             required_claims,
             typ,
             ca,
+            dpop: self.dpop(
+                path,
+                DpopKeys {
+                    mode: &j.dpop,
+                    algorithms: &j.dpop_algorithms,
+                    nonce: j.dpop_nonce,
+                },
+                j.leeway.map(|d| d.0),
+            ),
+        }
+    }
+
+    /// `dpop`, `dpop_algorithms`, `dpop_nonce` of a jwt or introspection provider.
+    fn dpop(&mut self, path: &str, keys: DpopKeys<'_>, leeway: Option<Duration>) -> DpopSpec {
+        use jsonwebtoken::Algorithm;
+        let mode = match keys.mode.as_deref() {
+            None | Some("off") => DpopMode::Off,
+            Some("optional") => DpopMode::Optional,
+            Some("required") => DpopMode::Required,
+            Some(other) => {
+                self.err(
+                    format!("{path}.dpop"),
+                    format!("{other:?}: expected off, optional or required"),
+                );
+                DpopMode::Off
+            }
+        };
+        let named = keys.algorithms.clone().unwrap_or_else(|| {
+            crate::auth::dpop::DEFAULT_ALGORITHMS
+                .map(|a| format!("{a:?}"))
+                .to_vec()
+        });
+        if named.is_empty() {
+            self.err(
+                format!("{path}.dpop_algorithms"),
+                "list at least one algorithm",
+            );
+        }
+        let mut algorithms = Vec::new();
+        for (i, a) in named.iter().enumerate() {
+            match a.parse::<Algorithm>() {
+                // A proof is signed by the client's own key pair: a shared secret proves
+                // nothing about who holds it.
+                Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => self.err(
+                    format!("{path}.dpop_algorithms[{i}]"),
+                    format!("{a} is symmetric: DPoP proofs use asymmetric keys (RFC 9449 3)"),
+                ),
+                Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                Ok(_) => {}
+                Err(_) => self.err(
+                    format!("{path}.dpop_algorithms[{i}]"),
+                    format!(
+                        "unknown algorithm {a:?}: expected ES256/384, EdDSA, PS256/384/512 or \
+                         RS256/384/512"
+                    ),
+                ),
+            }
+        }
+        if mode == DpopMode::Off && (keys.nonce || keys.algorithms.is_some()) {
+            self.warn(
+                format!("{path}.dpop"),
+                "dpop is off: dpop_algorithms and dpop_nonce have no effect",
+            );
+        }
+        let window = leeway.unwrap_or(Duration::from_secs(60));
+        if mode != DpopMode::Off && window < Duration::from_secs(5) {
+            self.warn(
+                format!("{path}.leeway"),
+                "DPoP proofs must have an iat within leeway of this clock: under 5s, clients \
+                 with a slightly wrong clock are refused",
+            );
+        }
+        let algs = algorithms
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        DpopSpec {
+            mode,
+            algorithms,
+            algs: Arc::from(algs),
+            window,
+            nonce: keys.nonce,
         }
     }
 
@@ -998,11 +1081,27 @@ impl Compiler<'_> {
             ca,
             subject_field,
             max_concurrency: i.max_concurrency,
+            dpop: self.dpop(
+                path,
+                DpopKeys {
+                    mode: &i.dpop,
+                    algorithms: &i.dpop_algorithms,
+                    nonce: i.dpop_nonce,
+                },
+                None,
+            ),
         }
     }
 
     fn api_key(&mut self, path: &str, k: &raw::ApiKeyProviderConfig) -> ApiKeySpec {
         let source = match (&k.scheme, &k.header) {
+            (Some(s), None) if s.eq_ignore_ascii_case("dpop") => {
+                self.err(
+                    format!("{path}.scheme"),
+                    "DPoP is the scheme of sender-constrained tokens (RFC 9449), not of API keys",
+                );
+                ApiKeySource::Scheme(s.clone())
+            }
             (Some(s), None) if !s.is_empty() && !s.contains(' ') => ApiKeySource::Scheme(s.clone()),
             (None, Some(h)) => match http::HeaderName::from_bytes(h.as_bytes()) {
                 Ok(name) => ApiKeySource::Header(name),
@@ -1484,4 +1583,11 @@ fn classify_public_pem(pem: &[u8]) -> Option<KeyMaterial> {
     } else {
         None
     }
+}
+
+/// The DPoP keys of a provider, as written.
+struct DpopKeys<'a> {
+    mode: &'a Option<String>,
+    algorithms: &'a Option<Vec<String>>,
+    nonce: bool,
 }

@@ -215,6 +215,45 @@ pub struct JwtSpec {
     /// Lowercase, without an `application/` prefix.
     pub typ: Option<String>,
     pub ca: Option<Arc<CaBundle>>,
+    pub dpop: DpopSpec,
+}
+
+/// `dpop`: whether and how tokens are bound to a key the client proves it holds (RFC 9449).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DpopMode {
+    /// Bearer tokens only; `cnf` is not looked at.
+    #[default]
+    Off,
+    /// Unbound tokens as Bearer; bound ones (`cnf.jkt`) only with a proof.
+    Optional,
+    /// Every token with the `DPoP` scheme and a proof.
+    Required,
+}
+
+/// A provider's DPoP settings, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpopSpec {
+    pub mode: DpopMode,
+    /// Asymmetric only (checked when compiled).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// `algs="..."` of the challenge, built once.
+    pub algs: Arc<str>,
+    /// How far a proof's `iat` may be from now: the provider's `leeway` when given, else 60s.
+    pub window: Duration,
+    /// `dpop_nonce: true`.
+    pub nonce: bool,
+}
+
+impl Default for DpopSpec {
+    fn default() -> Self {
+        DpopSpec {
+            mode: DpopMode::Off,
+            algorithms: Vec::new(),
+            algs: Arc::from(""),
+            window: Duration::from_secs(60),
+            nonce: false,
+        }
+    }
 }
 
 /// A claim that must be present and equal one of `allowed` (JSON scalars).
@@ -249,6 +288,7 @@ pub struct IntrospectionSpec {
     pub ca: Option<Arc<CaBundle>>,
     pub subject_field: String,
     pub max_concurrency: u32,
+    pub dpop: DpopSpec,
 }
 
 #[derive(Debug)]

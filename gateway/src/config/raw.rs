@@ -374,6 +374,15 @@ pub struct JwtProviderConfig {
     /// OIDC discovery: the JWKS URL from `<issuer>/.well-known/openid-configuration`.
     #[serde(default)]
     pub discovery: bool,
+    /// Sender-constrained tokens (RFC 9449): `off` (default), `optional` or `required`.
+    #[serde(default)]
+    pub dpop: Option<String>,
+    /// The proof algorithms accepted (default ES256, EdDSA, PS256, RS256).
+    #[serde(default)]
+    pub dpop_algorithms: Option<Vec<String>>,
+    /// Server nonces in proofs (RFC 9449 8).
+    #[serde(default)]
+    pub dpop_nonce: bool,
 }
 
 fn default_jwks_refresh() -> Dur {
@@ -416,6 +425,15 @@ pub struct IntrospectionConfig {
     /// Introspection calls in flight at once; beyond it, 503 `auth_unavailable`.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
+    /// Sender-constrained tokens (RFC 9449): `off` (default), `optional` or `required`.
+    #[serde(default)]
+    pub dpop: Option<String>,
+    /// The proof algorithms accepted (default ES256, EdDSA, PS256, RS256).
+    #[serde(default)]
+    pub dpop_algorithms: Option<Vec<String>>,
+    /// Server nonces in proofs (RFC 9449 8).
+    #[serde(default)]
+    pub dpop_nonce: bool,
 }
 
 fn default_max_concurrency() -> u32 {

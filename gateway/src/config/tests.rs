@@ -375,3 +375,84 @@ routes:
         );
     }
 }
+
+#[test]
+fn dpop_settings_are_compiled_and_checked() {
+    let errs = errors(
+        "
+upstreams: { lms: { endpoints: ['127.0.0.1:8000'] } }
+auth:
+  providers:
+    j:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{ secret_env: JWT_SECRET }]
+      dpop: sometimes
+      dpop_algorithms: [ES256, HS256, XX1]
+    k:
+      type: api_key
+      scheme: dpop
+      keys: []
+routes: [{ name: a, path_prefix: /, upstream: lms }]
+",
+    );
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+    assert!(has("auth.providers.j.dpop: \"sometimes\""), "{text:?}");
+    assert!(
+        has("auth.providers.j.dpop_algorithms[1]: HS256 is symmetric"),
+        "{text:?}"
+    );
+    assert!(
+        has("auth.providers.j.dpop_algorithms[2]: unknown algorithm"),
+        "{text:?}"
+    );
+    assert!(
+        has("auth.providers.k.scheme: DPoP is the scheme"),
+        "{text:?}"
+    );
+
+    let c = load(
+        "
+upstreams: { lms: { endpoints: ['127.0.0.1:8000'] } }
+auth:
+  providers:
+    j:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{ secret_env: JWT_SECRET }]
+      required_claims: { token_type: access }
+      dpop: required
+      leeway: 10s
+    plain:
+      type: jwt
+      algorithms: [HS256]
+      keys: [{ secret_env: JWT_SECRET }]
+      required_claims: { token_type: access }
+routes: [{ name: a, path_prefix: /, upstream: lms }]
+",
+    )
+    .expect("loads");
+    let dpop = |name: &str| match &c
+        .auth
+        .providers
+        .iter()
+        .find(|p| p.name == name)
+        .expect("provider")
+        .kind
+    {
+        model::ProviderKind::Jwt(j) => j.dpop.clone(),
+        _ => panic!("jwt"),
+    };
+    let j = dpop("j");
+    assert_eq!(j.mode, model::DpopMode::Required);
+    assert_eq!(&*j.algs, "ES256 EdDSA PS256 RS256");
+    assert_eq!(
+        j.window,
+        std::time::Duration::from_secs(10),
+        "the provider's leeway"
+    );
+    let plain = dpop("plain");
+    assert_eq!(plain.mode, model::DpopMode::Off);
+    assert_eq!(plain.window, std::time::Duration::from_secs(60));
+}

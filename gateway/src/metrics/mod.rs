@@ -22,6 +22,7 @@ pub struct Metrics {
     pub auth_total: IntCounterVec,
     pub auth_denials_total: IntCounterVec,
     pub auth_shadow_total: IntCounterVec,
+    pub dpop_replay_total: IntCounterVec,
     pub token_cache_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub upstream_timeouts_total: IntCounterVec,
@@ -100,6 +101,12 @@ impl Metrics {
                 "authgate_auth_shadow_total",
                 "Decisions on mode: shadow routes, by what they would have been.",
                 &["route", "outcome"],
+            ),
+            dpop_replay_total: counter(
+                "authgate_dpop_replay_total",
+                "DPoP proof jti checks: fresh, replay, full (the local set at its bound) and \
+                 local_only (Redis could not be asked; the local set alone decided).",
+                &["result"],
             ),
             token_cache_total: counter(
                 "authgate_token_cache_total",

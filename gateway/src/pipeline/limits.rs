@@ -100,6 +100,7 @@ mod tests {
             path: b"/x",
             query: None,
             host: None,
+            scheme: "http",
             headers,
             client_ip: None,
             arrived: Instant::now(),

@@ -6,7 +6,7 @@ pub mod limits;
 
 use crate::answer::{RateLimitInfo, Rejection};
 use crate::auth::cache::{Tier, TokenHash};
-use crate::auth::{AuthError, Identity, Outcome};
+use crate::auth::{Identity, Outcome};
 use crate::config::model::RouteSpec;
 use crate::deadline::{self, Deadline};
 use crate::ratelimit::RequestKeys;
@@ -28,6 +28,9 @@ pub struct Inbound<'a> {
     pub query: Option<&'a str>,
     /// The authority or `Host`, for host routes.
     pub host: Option<&'a str>,
+    /// `http` or `https` as the client used it (a trusted proxy's `X-Forwarded-Proto`), for
+    /// the URI a DPoP proof names.
+    pub scheme: &'static str,
     pub headers: &'a HeaderMap,
     /// The client as `trusted_proxies` decide it, as limits key it (IPv6 reduced to
     /// `server.client_ipv6_prefix`, see [`crate::ratelimit::limit_address`]).
@@ -216,7 +219,20 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
     }
     let decision = snapshot
         .auth
-        .authenticate(&spec.auth, &spec.claims, req.headers, fallback)
+        .authenticate(
+            &spec.auth,
+            &spec.claims,
+            &crate::auth::Request {
+                headers: req.headers,
+                fallback,
+                target: crate::auth::dpop::Target {
+                    method: req.method.as_str(),
+                    scheme: req.scheme,
+                    host: req.host,
+                    path: req.path,
+                },
+            },
+        )
         .await;
     let auth = AuthTrace {
         outcome: decision.outcome,
@@ -236,7 +252,7 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
             .map_or(Identity::Anonymous, Identity::Authenticated),
         Err(e) => {
             // A presented credential refused (invalid or expired) spends the failure budget.
-            if matches!(e, AuthError::Invalid { .. } | AuthError::Expired { .. }) {
+            if e.is_refused_credential() {
                 if let Some(f) = failures {
                     f.failed(req.client_ip);
                 }
@@ -413,6 +429,7 @@ routes:
             path: path.as_bytes(),
             query,
             host: Some("gw.test"),
+            scheme: "http",
             headers,
             client_ip: Some("192.0.2.1".parse().expect("ip")),
             arrived: Instant::now(),

@@ -455,11 +455,30 @@ fn inbound<'a>(session: &'a Session, ctx: &RequestCtx, ipv6_prefix: u8) -> Inbou
         path: req.uri.path().as_bytes(),
         query: req.uri.query(),
         host: host_of(req),
+        scheme: client_scheme(session, ctx),
         headers: &req.headers,
         client_ip: ctx
             .client_ip
             .map(|ip| crate::ratelimit::limit_address(ip, ipv6_prefix)),
         arrived: ctx.started,
+    }
+}
+
+/// The scheme the client used: a trusted proxy's `X-Forwarded-Proto` (http or https), else
+/// this listener's.
+fn client_scheme(session: &Session, ctx: &RequestCtx) -> &'static str {
+    if trusted_peer(ctx) {
+        let said = session.req_header().headers.get(headers::X_FORWARDED_PROTO);
+        match said.map(|v| v.as_bytes()) {
+            Some(v) if v.eq_ignore_ascii_case(b"https") => return "https",
+            Some(v) if v.eq_ignore_ascii_case(b"http") => return "http",
+            _ => {}
+        }
+    }
+    if over_tls(session) {
+        "https"
+    } else {
+        "http"
     }
 }
 

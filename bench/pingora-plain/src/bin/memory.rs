@@ -102,6 +102,7 @@ fn principal(i: u64, provider: &Arc<str>, now: SystemTime) -> Principal {
         credential_id: None,
         jti: Some(format!("{:016x}{:016x}", mix(i), mix(!i))),
         issued_at: Some(now),
+        jkt: None,
         claims: None,
     }
 }

@@ -2,8 +2,11 @@
 //! plumbing. A proof is a JWT signed by the client's own key, whose public half it carries in
 //! its header; a token bound to that key (`cnf.jkt`) is useless without it.
 //!
-//! Not wired to requests yet (issue 21): the `DPoP` scheme, `dpop: off|optional|required`,
-//! replay sets and nonces build on this.
+//! The proof checks are here; [`replay`] remembers each proof's `jti` and [`nonce`] makes and
+//! checks server nonces. `auth` decides when a proof is needed (`dpop: off|optional|required`).
+
+pub mod nonce;
+pub mod replay;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -12,6 +15,17 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `dpop_algorithms` when not given.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::ES256,
+    Algorithm::EdDSA,
+    Algorithm::PS256,
+    Algorithm::RS256,
+];
+
+/// The request header that carries the proof.
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("dpop");
 
 /// Far above a real proof (an EC key and a few claims are under 1 KiB); a huge `jwk` is
 /// refused before anything parses it.
@@ -43,6 +57,8 @@ pub struct Proof {
     pub jkt: String,
     pub jti: String,
     pub iat: u64,
+    /// The server nonce it carries (RFC 9449 8), if any.
+    pub nonce: Option<String>,
 }
 
 /// Why a proof was refused (the 401's `error_description`; reason `dpop_invalid`).
@@ -90,6 +106,8 @@ struct Claims {
     iat: serde_json::Number,
     #[serde(default)]
     ath: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 /// Checks one proof against the request (RFC 9449 4.3, steps 1-11 except replay and nonce).
@@ -141,7 +159,9 @@ pub fn verify_proof(proof: &str, want: &Expected<'_>) -> Result<Proof, ProofErro
             _ => Malformed,
         })?
         .claims;
-    if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
+    // It becomes part of a Redis key: visible ASCII only, and short.
+    let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+    if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN || !printable(&claims.jti) {
         return Err(Malformed);
     }
     if claims.htm != want.method {
@@ -172,7 +192,47 @@ pub fn verify_proof(proof: &str, want: &Expected<'_>) -> Result<Proof, ProofErro
         jkt: thumbprint(&jwk).ok_or(Key)?,
         jti: claims.jti,
         iat,
+        nonce: claims.nonce,
     })
+}
+
+/// A token's `cnf` (RFC 7800, RFC 9449 6): `None` when it has none, the `jkt` when it is a DPoP
+/// key binding, `Err` for any other confirmation (an mTLS-bound token cannot be checked here,
+/// so it is refused rather than taken as a bearer token).
+pub fn confirmation(
+    cnf: Option<&serde_json::Value>,
+) -> Result<Option<std::sync::Arc<str>>, &'static str> {
+    let Some(cnf) = cnf else {
+        return Ok(None);
+    };
+    match cnf.get("jkt") {
+        Some(serde_json::Value::String(j))
+            if (1..=128).contains(&j.len()) && j.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(j.as_str().into()))
+        }
+        _ => Err("the token's cnf is not a DPoP key binding"),
+    }
+}
+
+/// The request a proof must be for: `htm` and the parts of `htu`.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub method: &'a str,
+    /// `http` or `https` as the client used it (a trusted proxy's `X-Forwarded-Proto`).
+    pub scheme: &'a str,
+    pub host: Option<&'a str>,
+    /// The path as sent.
+    pub path: &'a [u8],
+}
+
+impl Target<'_> {
+    /// The normalised `htu` this request answers to; `None` without a usable host or path.
+    pub fn htu(&self) -> Option<String> {
+        let path = std::str::from_utf8(self.path).ok()?;
+        let host = self.host.filter(|h| !h.is_empty())?;
+        normalize_htu(&format!("{}://{host}{path}", self.scheme))
+    }
 }
 
 /// Whether the key type fits the algorithm (an RSA key for ES256 is refused, not tried).
