@@ -30,6 +30,39 @@ pub struct Cli {
 pub enum Command {
     /// Print a djangorestframework-simplejwt-shaped access token to stdout.
     Mint(MintArgs),
+    /// Print a DPoP proof (RFC 9449) for one request, signed by one of the test keys.
+    DpopProof(ProofArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProofArgs {
+    /// The key that signs it (its public JWK goes in the header): ec-1, ed-1, rsa-1, ...
+    #[arg(long, default_value = "ec-1")]
+    pub kid: String,
+
+    /// ES256 for ec-1, EdDSA for ed-1, RS256 or PS256 for the RSA keys.
+    #[arg(long, default_value = "ES256", value_parser = parse_alg)]
+    pub alg: Algorithm,
+
+    /// The request's method (`htm`).
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+
+    /// The request's URL (`htu`), e.g. http://127.0.0.1:8080/api/courses/.
+    #[arg(long)]
+    pub url: String,
+
+    /// The access token the proof accompanies (`ath`).
+    #[arg(long)]
+    pub token: Option<String>,
+
+    /// A server nonce (`DPoP-Nonce`) to include.
+    #[arg(long)]
+    pub nonce: Option<String>,
+
+    /// Same as the server's --keys-dir.
+    #[arg(long, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -218,7 +251,25 @@ mod tests {
                 assert_eq!(m.alg, Algorithm::ES256);
                 assert_eq!(m.ttl, -5);
             }
-            None => panic!("expected mint"),
+            _ => panic!("expected mint"),
+        }
+        let cli = Cli::try_parse_from([
+            "upstream-mock",
+            "dpop-proof",
+            "--kid",
+            "ed-1",
+            "--alg",
+            "EdDSA",
+            "--url",
+            "http://gw/x",
+        ])
+        .expect("dpop-proof");
+        match cli.command {
+            Some(Command::DpopProof(p)) => {
+                assert_eq!((p.kid.as_str(), p.alg), ("ed-1", Algorithm::EdDSA));
+                assert_eq!(p.method, "GET");
+            }
+            _ => panic!("expected dpop-proof"),
         }
         assert!(
             Cli::try_parse_from(["upstream-mock", "mint", "--alg", "none", "--sub", "1"]).is_err()

@@ -177,6 +177,14 @@ impl KeyPair {
         }
         sign_with(alg, kid, claims, &self.encoding)
     }
+
+    /// Signs under a header of the caller's (a DPoP proof's, with its `typ` and `jwk`).
+    pub fn sign_header(&self, header: &Header, claims: &Value) -> Result<String, String> {
+        if KeyFamily::for_alg(header.alg) != Some(self.family) {
+            return Err(format!("key {} cannot sign {:?}", self.kid, header.alg));
+        }
+        jsonwebtoken::encode(header, claims, &self.encoding).map_err(|e| e.to_string())
+    }
 }
 
 /// Signs `claims` verbatim under a `{"alg", "typ": "JWT", "kid"?}` header.

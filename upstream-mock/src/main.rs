@@ -7,6 +7,7 @@ mod catalog;
 mod cli;
 mod control;
 mod delay;
+mod dpop;
 mod echo;
 mod keys;
 mod mint_cmd;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         Some(cli::Command::Mint(args)) => mint_cmd::run(&args),
+        Some(cli::Command::DpopProof(args)) => mint_cmd::proof(&args),
         None => server::run(cli.serve),
     };
     match result {

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use serde_json::json;
 
 use crate::{
-    cli::MintArgs,
+    cli::{MintArgs, ProofArgs},
     keys::{self, Jwks, KeySet, MintRequest},
     tokens::{simplejwt, unix_now},
 };
@@ -46,4 +46,27 @@ pub fn run(args: &MintArgs) -> Result<(), String> {
     writeln!(out, "{token}")
         .and_then(|()| out.flush())
         .map_err(|e| format!("writing token: {e}"))
+}
+
+/// `upstream-mock dpop-proof`: one proof on stdout, for curl in scripts and the demo.
+pub fn proof(args: &ProofArgs) -> Result<(), String> {
+    let keys = KeySet::load(args.keys_dir.as_deref())?;
+    let key = keys
+        .get(&args.kid)
+        .ok_or_else(|| format!("no key {:?}", args.kid))?;
+    let proof = crate::dpop::proof(
+        key,
+        args.alg,
+        &crate::dpop::ProofFor {
+            method: &args.method,
+            url: &args.url,
+            token: args.token.as_deref(),
+            nonce: args.nonce.as_deref(),
+            iat: unix_now(),
+        },
+    )?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{proof}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("writing proof: {e}"))
 }

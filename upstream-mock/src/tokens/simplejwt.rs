@@ -39,15 +39,26 @@ impl SimpleJwt {
     }
 
     /// `(access, refresh)` for a user, as `TokenObtainPairView` returns.
-    pub fn pair(&self, user_id: &Value, now: u64) -> Result<(String, String), String> {
+    /// `(access, refresh)` with the access token bound to a DPoP key when `jkt` is given.
+    pub fn pair(
+        &self,
+        user_id: &Value,
+        now: u64,
+        jkt: Option<&str>,
+    ) -> Result<(String, String), String> {
         Ok((
-            self.sign(&claims(ACCESS, user_id, now, self.access_ttl as i64))?,
+            self.access(user_id, now, jkt)?,
             self.sign(&claims(REFRESH, user_id, now, self.refresh_ttl as i64))?,
         ))
     }
 
-    pub fn access(&self, user_id: &Value, now: u64) -> Result<String, String> {
-        self.sign(&claims(ACCESS, user_id, now, self.access_ttl as i64))
+    /// An access token; with `jkt`, bound to that key (RFC 9449 6.1, `cnf.jkt`).
+    pub fn access(&self, user_id: &Value, now: u64, jkt: Option<&str>) -> Result<String, String> {
+        let mut c = claims(ACCESS, user_id, now, self.access_ttl as i64);
+        if let Some(jkt) = jkt {
+            c.insert("cnf".into(), json!({ "jkt": jkt }));
+        }
+        self.sign(&c)
     }
 
     fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
@@ -118,7 +129,7 @@ mod tests {
     fn pair_has_simplejwt_claims() {
         let jwt = SimpleJwt::new(b"s", 900, 86_400);
         let now = unix_now();
-        let (access, refresh) = jwt.pair(&json!(42), now).expect("pair");
+        let (access, refresh) = jwt.pair(&json!(42), now, None).expect("pair");
         let a = decode(&access, b"s");
         assert_eq!(a["token_type"], "access");
         assert_eq!(a["user_id"], 42);
@@ -144,9 +155,9 @@ mod tests {
     fn refresh_round_trip_and_rejections() {
         let jwt = SimpleJwt::new(b"s", 900, 86_400);
         let now = unix_now();
-        let (access, refresh) = jwt.pair(&json!(7), now).expect("pair");
+        let (access, refresh) = jwt.pair(&json!(7), now, None).expect("pair");
         assert_eq!(jwt.verify_refresh(&refresh), Ok(json!(7)));
-        let new_access = jwt.access(&json!(7), now).expect("access");
+        let new_access = jwt.access(&json!(7), now, None).expect("access");
         assert_eq!(decode(&new_access, b"s")["user_id"], 7);
 
         assert_eq!(jwt.verify_refresh(&access), Err(RefreshError::WrongType));
