@@ -9,6 +9,7 @@ mod closed;
 mod deadline;
 mod deploy;
 mod django;
+mod dpop;
 mod faults;
 mod foundation;
 mod hostile;

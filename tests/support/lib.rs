@@ -662,3 +662,100 @@ pub mod tokens {
         encode(&header, claims, &enc).expect("sign")
     }
 }
+
+/// A DPoP client (RFC 9449): proofs signed with upstream-mock's committed test keys.
+pub mod dpop {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
+    use jsonwebtoken::{encode, jwk::Jwk, Algorithm, EncodingKey, Header};
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    pub struct Key {
+        pub alg: Algorithm,
+        enc: EncodingKey,
+        /// The public key as a proof's header carries it.
+        pub jwk: Value,
+    }
+
+    impl Key {
+        /// `ec-1` with ES256, `ed-1` with EdDSA, `rsa-1` with RS256 or PS256.
+        pub fn load(kid: &str, alg: Algorithm) -> Key {
+            let pem = std::fs::read(super::tokens::key_file(kid, "key")).expect("key");
+            let enc = match alg {
+                Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+                _ => EncodingKey::from_rsa_pem(&pem),
+            }
+            .expect("encoding key");
+            let path = super::repo().join(format!("upstream-mock/keys/{kid}.jwk.json"));
+            let mut jwk: Value =
+                serde_json::from_slice(&std::fs::read(path).expect("jwk")).expect("json");
+            for m in ["kid", "alg", "use"] {
+                jwk.as_object_mut().expect("object").remove(m);
+            }
+            Key { alg, enc, jwk }
+        }
+
+        /// Its RFC 7638 thumbprint, as a bound token's `cnf.jkt` names it.
+        pub fn thumbprint(&self) -> String {
+            let s = |k: &str| self.jwk[k].as_str().expect("member").to_string();
+            let canonical = match self.jwk["kty"].as_str().expect("kty") {
+                "EC" => format!(
+                    r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+                    s("crv"),
+                    s("x"),
+                    s("y")
+                ),
+                "OKP" => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, s("crv"), s("x")),
+                _ => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e"), s("n")),
+            };
+            B64.encode(Sha256::digest(canonical.as_bytes()))
+        }
+
+        /// A fresh proof for one request.
+        pub fn proof(&self, method: &str, url: &str, token: Option<&str>) -> String {
+            self.proof_with(method, url, token, json!({}))
+        }
+
+        /// A proof with `extra` claims over the usual ones (`null` removes one).
+        pub fn proof_with(
+            &self,
+            method: &str,
+            url: &str,
+            token: Option<&str>,
+            extra: Value,
+        ) -> String {
+            let mut claims = json!({
+                "jti": format!("{:032x}", rand_u128()),
+                "htm": method,
+                "htu": url,
+                "iat": super::tokens::now(),
+            });
+            if let Some(t) = token {
+                claims["ath"] = json!(B64.encode(Sha256::digest(t.as_bytes())));
+            }
+            for (k, v) in extra.as_object().expect("object") {
+                if v.is_null() {
+                    claims.as_object_mut().expect("object").remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            let mut h = Header::new(self.alg);
+            h.typ = Some("dpop+jwt".into());
+            h.jwk = Some(serde_json::from_value::<Jwk>(self.jwk.clone()).expect("jwk"));
+            encode(&h, &claims, &self.enc).expect("sign")
+        }
+    }
+
+    /// Unique enough for proof ids within a test run.
+    fn rand_u128() -> u128 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        t ^ ((N.fetch_add(1, Ordering::Relaxed) as u128) << 64) ^ std::process::id() as u128
+    }
+}
