@@ -212,6 +212,10 @@ TOKEN_OPAQUE=$(curl -sf --max-time 5 -H 'content-type: application/json' \
     | sed -n 's/.*"token" *: *"\([^"]*\)".*/\1/p') || true
 [[ -n $TOKEN_HS256 && -n $TOKEN_RS256 && -n $TOKEN_OPAQUE ]] || die "could not get the bench tokens"
 TOKEN_ES256=$(mint --alg ES256 --kid ec-1 --keys-dir "$ROOT/upstream-mock/keys") || die "minting the ES256 token"
+# DPoP proofs (issue 21) for the verification timer, for the request it expects.
+proof() { "$BIN/upstream-mock" dpop-proof --method GET --url http://bench.test/dpop --token bench-token "$@"; }
+PROOF_ES256=$(proof --kid ec-1 --alg ES256) || die "making the ES256 DPoP proof"
+PROOF_EDDSA=$(proof --kid ed-1 --alg EdDSA) || die "making the EdDSA DPoP proof"
 
 # Uncached scenarios (issue 4): UNCACHED_TOKENS distinct tokens each, all for subject 42 with the
 # same scopes as the cached ones (so only the token cache differs): RS256 tokens that differ in
@@ -706,7 +710,8 @@ if [[ $VERIFY == 1 ]]; then
     VERIFY_BUSY=$(busy_others)
     timeout 300 "$BIN/authgate-verify" --keys-dir "$ROOT/upstream-mock/keys" --hmac-secret "$JWT_SECRET_VALUE" \
         --batches "$VERIFY_BATCHES" --batch-ms "$VERIFY_BATCH_MS" \
-        "HS256=$TOKEN_HS256" "RS256=$TOKEN_RS256" "ES256=$TOKEN_ES256" >"$VERIFY_OUT" 2>"$RUN/verify.err" \
+        "HS256=$TOKEN_HS256" "RS256=$TOKEN_RS256" "ES256=$TOKEN_ES256" \
+        "DPOP-ES256=$PROOF_ES256" "DPOP-EDDSA=$PROOF_EDDSA" >"$VERIFY_OUT" 2>"$RUN/verify.err" \
         || die "authgate-verify failed: $(cat "$RUN/verify.err")"
     VERIFY_BUSY=$((VERIFY_BUSY + $(busy_others)))
     cat "$VERIFY_OUT" >&2
@@ -924,6 +929,15 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
         echo "RS256 ÷ HS256: $(ratio "$(v_us RS256)" "$(v_us HS256)"); ES256 ÷ HS256: $(ratio "$(v_us ES256)" "$(v_us HS256)")"
         echo "(per-verification time). This is the cost the token cache saves on every repeat of a"
         echo "token; compare with the CPU µs/req of a whole proxied request in the table above."
+        echo
+        # Issue 21: a DPoP proof is verified on every request (each proof is new), cached token
+        # or not; its share of a request is its time over a whole cached HS256 request plus it.
+        share() { awk -v p="${1:-}" -v r="${2:-}" 'BEGIN { if (p == "" || r == "") print "n/a"; else printf "%.0f %%", 100 * p / (p + r) }'; }
+        echo "DPoP rows: \`authgate::auth::dpop::verify_proof\` on one proof (every check of RFC 9449 4.3:"
+        echo "header, public jwk, signature, htm, htu, iat, ath, and the thumbprint; the replay set adds"
+        echo "one hash-set insert). A DPoP request pays this on top of a cached token's request: share of"
+        echo "such a request, taking ag-hs256's CPU µs/req (${M_CPU[ag-hs256]:-n/a}) as the rest: ES256"
+        echo "$(share "$(v_us DPOP-ES256)" "${M_CPU[ag-hs256]:-}"), EdDSA $(share "$(v_us DPOP-EDDSA)" "${M_CPU[ag-hs256]:-}")."
         echo
     fi
 

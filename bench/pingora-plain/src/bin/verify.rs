@@ -143,6 +143,7 @@ fn verifier(alg: &str, args: &Args) -> Result<JwtVerifier, String> {
         required_claims: Vec::new(),
         typ: None,
         ca: None,
+        dpop: Default::default(),
     };
     JwtVerifier::new(&format!("bench-{}", alg.to_ascii_lowercase()), &spec, None)
 }
@@ -181,9 +182,84 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// The request DPoP proofs given as `DPOP-<ALG>=<proof>` are for (bench/run.sh makes them
+/// with `upstream-mock dpop-proof --url DPOP_HTU --token DPOP_TOKEN`).
+const DPOP_HTU: &str = "http://bench.test/dpop";
+const DPOP_TOKEN: &str = "bench-token";
+
+/// `authgate::auth::dpop::verify_proof` on one proof: what a DPoP request costs on top of a
+/// cached token (every check of RFC 9449 4.3 but the replay set, which is one hash-set insert).
+fn time_proof(alg: &str, proof: &str, args: &Args) -> Result<(), String> {
+    use authgate::auth::dpop::{verify_proof, Expected, DEFAULT_ALGORITHMS};
+    let check = |p: &str| {
+        verify_proof(
+            std::hint::black_box(p),
+            &Expected {
+                method: "GET",
+                htu: DPOP_HTU,
+                access_token: Some(DPOP_TOKEN),
+                now: std::time::SystemTime::now(),
+                // The proofs are made once, before the run.
+                window: Duration::from_secs(3600),
+                algorithms: &DEFAULT_ALGORITHMS,
+            },
+        )
+    };
+    check(proof).map_err(|e| format!("{alg}: the bench proof was refused: {e:?}"))?;
+    if check(&forged(proof)).is_ok() {
+        return Err(format!("{alg}: a forged proof was accepted"));
+    }
+    let batch = |iters: u64| -> Result<Duration, String> {
+        let started = Instant::now();
+        for _ in 0..iters {
+            check(proof).map_err(|e| format!("{alg}: refused during the timing: {e:?}"))?;
+        }
+        Ok(started.elapsed())
+    };
+    report(alg, args, batch)
+}
+
+/// Calibrates the iteration count so one batch takes about `--batch-ms`, runs the batches and
+/// prints the line bench/run.sh reads.
+fn report(
+    alg: &str,
+    args: &Args,
+    batch: impl Fn(u64) -> Result<Duration, String>,
+) -> Result<(), String> {
+    let target = Duration::from_millis(args.batch_ms);
+    let mut iters: u64 = 16;
+    loop {
+        let took = batch(iters)?;
+        if took * 10 >= target || iters >= 1 << 30 {
+            let per = took.as_secs_f64() / iters as f64;
+            iters = ((target.as_secs_f64() / per.max(1e-9)) as u64).max(1);
+            break;
+        }
+        iters *= 2;
+    }
+    let mut per_us = Vec::with_capacity(args.batches);
+    for _ in 0..args.batches {
+        let took = batch(iters)?;
+        per_us.push(took.as_secs_f64() * 1e6 / iters as f64);
+    }
+    let min = per_us.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = per_us.iter().copied().fold(0.0, f64::max);
+    let med = median(per_us);
+    println!(
+        "verify alg={alg} us_per_verify={med:.2} verifies_per_s={:.0} batches={} iters_per_batch={iters} min_us={min:.2} max_us={max:.2}",
+        1e6 / med,
+        args.batches
+    );
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     for (alg, token) in &args.tokens {
+        if alg.starts_with("DPOP-") {
+            time_proof(alg, token, &args)?;
+            continue;
+        }
         let v = verifier(alg, &args)?;
         match block_on(v.verify(token))? {
             Ok(p) if p.subject.is_empty() => return Err(format!("{alg}: empty subject")),
@@ -194,30 +270,7 @@ fn run() -> Result<(), String> {
             return Err(format!("{alg}: a forged token was accepted"));
         }
         // Calibrate: double the count until a run takes a tenth of a batch, then scale.
-        let target = Duration::from_millis(args.batch_ms);
-        let mut iters: u64 = 16;
-        loop {
-            let took = time_batch(&v, token, iters)?;
-            if took * 10 >= target || iters >= 1 << 30 {
-                let per = took.as_secs_f64() / iters as f64;
-                iters = ((target.as_secs_f64() / per.max(1e-9)) as u64).max(1);
-                break;
-            }
-            iters *= 2;
-        }
-        let mut per_us = Vec::with_capacity(args.batches);
-        for _ in 0..args.batches {
-            let took = time_batch(&v, token, iters)?;
-            per_us.push(took.as_secs_f64() * 1e6 / iters as f64);
-        }
-        let min = per_us.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = per_us.iter().copied().fold(0.0, f64::max);
-        let med = median(per_us);
-        println!(
-            "verify alg={alg} us_per_verify={med:.2} verifies_per_s={:.0} batches={} iters_per_batch={iters} min_us={min:.2} max_us={max:.2}",
-            1e6 / med,
-            args.batches
-        );
+        report(alg, &args, |iters| time_batch(&v, token, iters))?;
     }
     Ok(())
 }
