@@ -132,13 +132,7 @@ impl Reusable {
         let Some(settings) = &config.redis else {
             return Ok(None);
         };
-        let fingerprint = format!(
-            "{}|{}|{:?}|{:?}",
-            String::from_utf8_lossy(settings.url.expose()),
-            settings.key_prefix,
-            settings.command_timeout,
-            settings.ca.as_ref().map(|c| c.fingerprint),
-        );
+        let fingerprint = settings.fingerprint();
         let slot = self.redis.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((fp, link)) = slot.as_ref() {
             if *fp == fingerprint {

@@ -20,4 +20,5 @@ mod reload;
 mod state;
 mod tls;
 mod tokens;
+mod topology;
 mod trust;

@@ -391,6 +391,36 @@ impl Redis {
         })
     }
 
+    /// A replica of the server on `master_port`.
+    pub fn start_replica_of(master_port: u16) -> Redis {
+        let port = free_port();
+        Self::spawn(port, |cmd, _| {
+            cmd.args(["--port", &port.to_string()]).args([
+                "--replicaof",
+                "127.0.0.1",
+                &master_port.to_string(),
+            ]);
+        })
+    }
+
+    /// A node for a cluster (not yet part of one).
+    pub fn start_cluster_node() -> Redis {
+        let port = free_port();
+        // The bus port would be port + 10000 by default, past 65535 for most free ports.
+        let bus = free_port();
+        Self::spawn(port, |cmd, dir| {
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--cluster-port",
+                &bus.to_string(),
+            ])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .arg("--cluster-config-file")
+            .arg(dir.path("nodes.conf"));
+        })
+    }
+
     /// TLS only, on `port`: `server.pem`/`server.key` and `ca.pem` from `certs`, clients not
     /// asked for a certificate.
     pub fn start_tls(certs: &Path) -> Redis {
@@ -411,7 +441,9 @@ impl Redis {
         let dir = TestDir::new("redis");
         let mut cmd = Command::new("redis-server");
         listen(&mut cmd, &dir);
+        // A replica syncs at once rather than after the default 5 s wait for others.
         cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&dir.0);
         let proc = Proc::spawn("redis-server", &mut cmd, dir.path("redis.log"));
@@ -425,6 +457,206 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+/// `redis-cli -p <port> <args>`'s answer, trimmed ("" when it could not connect).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A master, one replica and three sentinels (quorum 2) watching it as `mymaster`, all owned by
+/// the test. The sentinels call the master down after 500 ms without an answer, so a failover
+/// takes a few seconds.
+pub struct RedisSentinel {
+    pub master: Redis,
+    pub replica: Redis,
+    pub sentinels: Vec<Proc>,
+    pub sentinel_ports: Vec<u16>,
+    _dir: TestDir,
+}
+
+impl RedisSentinel {
+    pub const MASTER: &'static str = "mymaster";
+
+    pub fn start() -> RedisSentinel {
+        let master = Redis::start();
+        let replica = Redis::start_replica_of(master.port);
+        let dir = TestDir::new("sentinel");
+        let mut sentinels = Vec::new();
+        let mut sentinel_ports = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.path(&format!("sentinel-{i}.conf"));
+            // Sentinel rewrites its configuration file, so each gets its own.
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {m} 127.0.0.1 {mp} 2\n\
+                     sentinel down-after-milliseconds {m} 500\n\
+                     sentinel failover-timeout {m} 4000\n\
+                     sentinel parallel-syncs {m} 1\n",
+                    dir = dir.0.display(),
+                    m = Self::MASTER,
+                    mp = master.port,
+                ),
+            )
+            .expect("sentinel.conf");
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(&conf).arg("--sentinel");
+            sentinels.push(Proc::spawn(
+                &format!("redis-sentinel-{i}"),
+                &mut cmd,
+                dir.path(&format!("sentinel-{i}.log")),
+            ));
+            wait_port(format!("127.0.0.1:{port}").parse().expect("addr"), WAIT);
+            sentinel_ports.push(port);
+        }
+        let s = RedisSentinel {
+            master,
+            replica,
+            sentinels,
+            sentinel_ports,
+            _dir: dir,
+        };
+        // Ready for a failover: the replica in sync, every sentinel knowing it and the others.
+        wait_until("the replica to sync", WAIT, || {
+            redis_cli(s.replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        for &p in &s.sentinel_ports {
+            wait_until(
+                "the sentinels to see the replica and each other",
+                WAIT * 2,
+                || {
+                    let info = redis_cli(p, &["SENTINEL", "MASTER", Self::MASTER]);
+                    let lines: Vec<&str> = info.lines().collect();
+                    let field = |name: &str| {
+                        lines
+                            .iter()
+                            .position(|l| *l == name)
+                            .and_then(|i| lines.get(i + 1))
+                            .and_then(|v| v.parse::<u32>().ok())
+                    };
+                    field("num-slaves") == Some(1) && field("num-other-sentinels") == Some(2)
+                },
+            );
+        }
+        s
+    }
+
+    /// The `sentinel:` block of a gateway configuration.
+    pub fn yaml(&self) -> String {
+        let nodes: Vec<String> = self
+            .sentinel_ports
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        format!(
+            "sentinel: {{ master: {}, nodes: [{}] }}",
+            Self::MASTER,
+            nodes.join(", ")
+        )
+    }
+
+    /// The port of the node the sentinels call master now.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = redis_cli(
+            self.sentinel_ports[0],
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER],
+        );
+        out.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+}
+
+/// A Redis Cluster of three masters with one replica each, created with
+/// `redis-cli --cluster create`; nodes give up on a silent peer after 1 s.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..6).map(|_| Redis::start_cluster_node()).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        c.wait_healthy();
+        c
+    }
+
+    /// Every live node says the cluster is ok and knows three masters, and every live replica
+    /// is in sync (one that never synced could not take over from its master).
+    pub fn wait_healthy(&self) {
+        for n in &self.nodes {
+            if redis_cli(n.port, &["PING"]) != "PONG" {
+                continue;
+            }
+            wait_until("the cluster to be ok on every node", WAIT * 2, || {
+                let info = redis_cli(n.port, &["CLUSTER", "INFO"]);
+                let replication = redis_cli(n.port, &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_size:3")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            });
+        }
+    }
+
+    /// The `cluster:` block of a gateway configuration (two seed nodes: the rest are found).
+    pub fn yaml(&self) -> String {
+        format!(
+            "cluster: {{ nodes: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"] }}",
+            self.nodes[0].port, self.nodes[1].port
+        )
+    }
+
+    /// Indexes of the nodes that are masters now.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| redis_cli(self.nodes[i].port, &["ROLE"]).starts_with("master"))
+            .collect()
+    }
+
+    /// The value of `key`, asked of the node that holds it (`redis-cli -c` follows MOVED).
+    pub fn get(&self, key: &str) -> String {
+        for n in &self.nodes {
+            let out = Command::new("redis-cli")
+                .args([
+                    "-c",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &n.port.to_string(),
+                    "GET",
+                    key,
+                ])
+                .output();
+            if let Ok(o) = out {
+                if o.status.success() && !o.stdout.is_empty() {
+                    return String::from_utf8_lossy(&o.stdout).trim().to_string();
+                }
+            }
+        }
+        String::new()
     }
 }
 

@@ -279,23 +279,25 @@ impl Revocations {
             Revocation::Token { id, .. } => Some(redis.key("tok", id)),
             _ => None,
         };
+        // Three commands, each on its own key (a cluster may keep them on three nodes): the
+        // revocation is stored before it is announced, so a replica that hears of it and
+        // looks finds it.
         redis
             .run(RedisOp::Revoke, |mut c| async move {
-                let mut pipe = redis::pipe();
                 if let Some(k) = cached {
-                    pipe.cmd("DEL").arg(k).ignore();
+                    redis::cmd("DEL").arg(k).exec_async(&mut c).await?;
                 }
-                pipe.cmd("SET")
+                redis::cmd("SET")
                     .arg(key)
                     .arg(value)
                     .arg("PX")
                     .arg(ttl_ms.max(1))
-                    .ignore()
-                    .cmd("PUBLISH")
+                    .exec_async(&mut c)
+                    .await?;
+                redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(event)
-                    .ignore()
-                    .query_async(&mut c)
+                    .exec_async(&mut c)
                     .await
             })
             .await
@@ -312,14 +314,25 @@ impl Revocations {
         let token_key = redis.key("revoked", &hex::encode(hash));
         let jti_key = p.jti.as_deref().map(|j| redis.key("revoked", j));
         let subject_key = redis.key("revoked-subject", &p.subject);
+        let cluster = redis.is_cluster();
         let values: Option<Vec<Option<String>>> = redis
             .run(RedisOp::RevokeCheck, |mut c| async move {
-                let mut cmd = redis::cmd("MGET");
-                cmd.arg(&token_key).arg(&subject_key);
-                if let Some(j) = &jti_key {
-                    cmd.arg(j);
+                let mut keys = vec![token_key, subject_key];
+                keys.extend(jti_key);
+                if !cluster {
+                    return redis::cmd("MGET").arg(&keys).query_async(&mut c).await;
                 }
-                cmd.query_async(&mut c).await
+                // The keys hash to different slots: one GET each, sent together.
+                let gets = keys.iter().map(|k| {
+                    let mut c = c.clone();
+                    async move {
+                        redis::cmd("GET")
+                            .arg(k)
+                            .query_async::<Option<String>>(&mut c)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(gets).await
             })
             .await;
         let Some(values) = values else { return false };
@@ -393,9 +406,16 @@ pub async fn listen(link: Weak<RedisLink>, revocations: Weak<Revocations>) {
     loop {
         let Some(l) = link.upgrade() else { return };
         let channel = format!("{}events", l.prefix);
-        let client = l.client.clone();
+        let client = l.pubsub_client();
         drop(l);
-        match client.get_async_pubsub().await {
+        let subscribed = match client {
+            Some(c) => c.get_async_pubsub().await,
+            None => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no node to subscribe on",
+            ))),
+        };
+        match subscribed {
             Ok(mut pubsub) => {
                 if pubsub.subscribe(&channel).await.is_ok() {
                     if !first {

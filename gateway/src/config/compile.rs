@@ -513,33 +513,121 @@ impl Compiler<'_> {
     }
 
     fn redis(&mut self, r: &raw::RedisConfig) -> RedisSettings {
+        let topology = match (&r.url, &r.sentinel, &r.cluster) {
+            (Some(url), None, None) => {
+                self.redis_url(url);
+                if r.tls && !url.starts_with("rediss://") {
+                    self.err("redis.tls", "with url, TLS is asked for by a rediss:// URL");
+                }
+                RedisTopology::Single {
+                    url: Secret::new(url.clone().into_bytes()),
+                }
+            }
+            (None, Some(s), None) => {
+                if s.master.trim().is_empty() {
+                    self.err("redis.sentinel.master", "must name the monitored master");
+                }
+                RedisTopology::Sentinel {
+                    master: s.master.clone(),
+                    nodes: self.redis_nodes("redis.sentinel.nodes", &s.nodes),
+                    password: s
+                        .password_env
+                        .as_ref()
+                        .and_then(|v| self.env_secret("redis.sentinel.password_env", v)),
+                }
+            }
+            (None, None, Some(c)) => RedisTopology::Cluster {
+                nodes: self.redis_nodes("redis.cluster.nodes", &c.nodes),
+            },
+            _ => {
+                self.err("redis", "give exactly one of url, sentinel, cluster");
+                RedisTopology::Cluster { nodes: Vec::new() }
+            }
+        };
+        if r.command_timeout.0.is_zero() {
+            self.err("redis.command_timeout", "must be greater than 0");
+        }
+        let tls = match &topology {
+            RedisTopology::Single { .. } => {
+                r.url.as_deref().is_some_and(|u| u.starts_with("rediss://"))
+            }
+            _ => r.tls,
+        };
+        let ca = r.ca_file.as_ref().and_then(|f| {
+            if !tls {
+                self.err(
+                    "redis.ca_file",
+                    "ca_file needs TLS (a rediss:// url, or tls: true)",
+                );
+            }
+            self.ca_bundle("redis.ca_file", f)
+        });
+        if let Some(u) = &r.username {
+            if u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.err("redis.username", "must be a non-empty name without spaces");
+            }
+        }
+        let password = r
+            .password_env
+            .as_ref()
+            .and_then(|v| self.env_secret("redis.password_env", v));
+        if r.username.is_some() && r.password_env.is_none() {
+            self.err("redis.username", "an ACL user needs password_env");
+        }
+        RedisSettings {
+            topology,
+            username: r.username.clone(),
+            password,
+            tls,
+            key_prefix: r.key_prefix.clone(),
+            command_timeout: r.command_timeout.0,
+            ca,
+        }
+    }
+
+    fn redis_url(&mut self, url: &str) {
         let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
             .iter()
-            .any(|s| r.url.starts_with(s));
+            .any(|s| url.starts_with(s));
         if !scheme_ok {
             self.err("redis.url", "expected a redis://, rediss:// or unix:// URL");
-        } else if redis::IntoConnectionInfo::into_connection_info(r.url.as_str()).is_err() {
+        } else if redis::IntoConnectionInfo::into_connection_info(url).is_err() {
             // The URL may hold a password: the message never quotes it.
             self.err(
                 "redis.url",
                 "not a valid Redis URL (host, port, database, credentials)",
             );
         }
-        if r.command_timeout.0.is_zero() {
-            self.err("redis.command_timeout", "must be greater than 0");
+    }
+
+    /// `host:port` of sentinels or cluster nodes (IPv6 as `[::1]:7000`).
+    fn redis_nodes(&mut self, path: &str, nodes: &[String]) -> Vec<NodeAddr> {
+        if nodes.is_empty() {
+            self.err(path, "needs at least one host:port");
         }
-        let ca = r.ca_file.as_ref().and_then(|f| {
-            if !r.url.starts_with("rediss://") {
-                self.err("redis.ca_file", "ca_file needs a rediss:// url");
+        let mut out = Vec::with_capacity(nodes.len());
+        for (i, n) in nodes.iter().enumerate() {
+            let parsed = n.rsplit_once(':').and_then(|(host, port)| {
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host);
+                let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+                let valid_host = !host.is_empty()
+                    && !host.contains(['/', '@', ' ', '[', ']'])
+                    && (!host.contains(':') || host.parse::<std::net::Ipv6Addr>().is_ok());
+                valid_host.then(|| NodeAddr {
+                    host: host.to_string(),
+                    port,
+                })
+            });
+            match parsed {
+                Some(a) if out.contains(&a) => self.err(format!("{path}[{i}]"), "listed twice"),
+                Some(a) => out.push(a),
+                None => self.err(format!("{path}[{i}]"), "expected host:port"),
             }
-            self.ca_bundle("redis.ca_file", f)
-        });
-        RedisSettings {
-            url: Secret::new(r.url.clone().into_bytes()),
-            key_prefix: r.key_prefix.clone(),
-            command_timeout: r.command_timeout.0,
-            ca,
         }
+        out
     }
 
     fn upstreams(&mut self, ups: &BTreeMap<String, raw::UpstreamConfig>) -> Vec<Arc<UpstreamSpec>> {

@@ -124,11 +124,76 @@ pub struct AdminSettings {
 
 #[derive(Debug)]
 pub struct RedisSettings {
-    /// May hold a password, so it is kept as a secret.
-    pub url: Secret,
+    pub topology: RedisTopology,
+    /// ACL user and password of the data nodes (a `url` may carry its own instead).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// TLS to the data nodes (and the sentinels): `rediss://`, or `tls: true`.
+    pub tls: bool,
     pub key_prefix: String,
     pub command_timeout: Duration,
     pub ca: Option<Arc<CaBundle>>,
+}
+
+/// Where the shared state lives.
+#[derive(Debug)]
+pub enum RedisTopology {
+    /// One server; the URL may hold a password, so it is kept as a secret.
+    Single { url: Secret },
+    /// The master that these sentinels name, followed across failovers.
+    Sentinel {
+        master: String,
+        nodes: Vec<NodeAddr>,
+        password: Option<Secret>,
+    },
+    /// A Redis Cluster, found from these seed nodes.
+    Cluster { nodes: Vec<NodeAddr> },
+}
+
+/// A `host:port` checked when the file is compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl RedisSettings {
+    /// Everything that needs a new connection when it changes (passwords included, hashed).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_vec());
+        match &self.topology {
+            RedisTopology::Single { url } => h.update(format!("single|{:?}", url.expose())),
+            RedisTopology::Sentinel {
+                master,
+                nodes,
+                password,
+            } => h.update(format!(
+                "sentinel|{master}|{nodes:?}|{:?}",
+                secret(password)
+            )),
+            RedisTopology::Cluster { nodes } => h.update(format!("cluster|{nodes:?}")),
+        }
+        h.update(format!(
+            "|{:?}|{:?}|{}|{}|{:?}|{:?}",
+            self.username,
+            secret(&self.password),
+            self.tls,
+            self.key_prefix,
+            self.command_timeout,
+            self.ca.as_ref().map(|c| c.fingerprint),
+        ));
+        hex::encode(h.finalize())
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self.topology {
+            RedisTopology::Single { .. } => "server",
+            RedisTopology::Sentinel { .. } => "sentinel",
+            RedisTopology::Cluster { .. } => "cluster",
+        }
+    }
 }
 
 #[derive(Debug)]

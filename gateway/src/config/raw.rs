@@ -221,7 +221,22 @@ impl Default for AdminConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    pub url: String,
+    /// One server. Exactly one of `url`, `sentinel`, `cluster`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// ACL user of the data nodes (with `url`, the URL may carry it instead).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the data nodes' password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// TLS to every node, for `sentinel` and `cluster` (a `url` says so with `rediss://`).
+    #[serde(default)]
+    pub tls: bool,
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
     #[serde(default = "default_command_timeout")]
@@ -229,6 +244,25 @@ pub struct RedisConfig {
     /// CA bundle for `rediss://` (default: the Mozilla roots built in).
     #[serde(default)]
     pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The monitored master's name.
+    pub master: String,
+    /// `host:port` of the sentinels.
+    pub nodes: Vec<String>,
+    /// Environment variable holding the sentinels' own password (`requirepass`).
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `host:port` of some of the cluster's nodes; the rest are discovered.
+    pub nodes: Vec<String>,
 }
 
 fn default_key_prefix() -> String {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::model::{NodeAddr, RedisTopology};
 use std::collections::HashMap;
 
 fn env() -> HashMap<String, String> {
@@ -233,12 +234,138 @@ routes: [{ name: a, path_prefix: /, auth: none, upstream: lms }]
     let c = load(text).expect("loads");
     assert_eq!(c.upstreams[0].endpoints, vec!["127.0.0.1:8000".to_string()]);
     assert_eq!(
-        c.redis.as_ref().map(|r| r.url.expose().to_vec()),
+        c.redis.as_ref().map(|r| match &r.topology {
+            RedisTopology::Single { url } => url.expose().to_vec(),
+            other => panic!("{other:?}"),
+        }),
         Some(b"redis://127.0.0.1:6379/0".to_vec())
     );
     let errs = errors("upstreams: { lms: { endpoints: ['${NOPE}'] } }\nroutes: []\n");
     assert!(errs[0].message.contains("NOPE"));
     assert_eq!(errs[0].location, Some((1, 34)));
+}
+
+#[test]
+fn redis_is_one_server_a_sentinel_master_or_a_cluster() {
+    let with = |block: &str| load(&format!("redis: {block}\n{MINIMAL}"));
+    let c = with("{ sentinel: { master: mymaster, nodes: ['10.0.0.5:26379', '[::1]:26380', 's.example:26379'] }, username: gw, password_env: JWT_SECRET, tls: true }")
+        .expect("sentinel loads");
+    let r = c.redis.expect("redis");
+    match &r.topology {
+        RedisTopology::Sentinel {
+            master,
+            nodes,
+            password,
+        } => {
+            assert_eq!(master, "mymaster");
+            assert_eq!(
+                nodes[1],
+                NodeAddr {
+                    host: "::1".into(),
+                    port: 26380
+                }
+            );
+            assert_eq!(nodes[2].host, "s.example");
+            assert!(password.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.username.as_deref(), Some("gw"));
+    assert_eq!(
+        r.password.as_ref().map(|p| p.expose().to_vec()),
+        Some(b"s3cret".to_vec())
+    );
+    assert!(r.tls);
+    let c = with("{ cluster: { nodes: ['127.0.0.1:7000'] } }").expect("cluster loads");
+    assert_eq!(c.redis.expect("redis").mode(), "cluster");
+
+    // Settings that change the connection change the fingerprint (secrets only hashed in).
+    let fp = |block: &str| {
+        with(block)
+            .expect("loads")
+            .redis
+            .expect("redis")
+            .fingerprint()
+    };
+    let base = "{ cluster: { nodes: ['127.0.0.1:7000'] } }";
+    assert_eq!(fp(base), fp(base));
+    assert_ne!(fp(base), fp("{ cluster: { nodes: ['127.0.0.1:7001'] } }"));
+    assert_ne!(
+        fp(base),
+        fp("{ cluster: { nodes: ['127.0.0.1:7000'] }, password_env: JWT_SECRET }")
+    );
+    assert!(!fp("{ url: 'redis://:s3cret@h:1/0' }").contains("s3cret"));
+
+    for (block, path, says) in [
+        (
+            "{ url: 'redis://h:1/0', cluster: { nodes: ['h:1'] } }",
+            "redis",
+            "exactly one",
+        ),
+        ("{ key_prefix: 'x:' }", "redis", "exactly one"),
+        (
+            "{ cluster: { nodes: [] } }",
+            "redis.cluster.nodes",
+            "at least one",
+        ),
+        (
+            "{ cluster: { nodes: ['h'] } }",
+            "redis.cluster.nodes[0]",
+            "host:port",
+        ),
+        (
+            "{ cluster: { nodes: ['h:0'] } }",
+            "redis.cluster.nodes[0]",
+            "host:port",
+        ),
+        (
+            "{ cluster: { nodes: ['redis://h:1'] } }",
+            "redis.cluster.nodes[0]",
+            "host:port",
+        ),
+        (
+            "{ cluster: { nodes: ['h:1', 'h:1'] } }",
+            "redis.cluster.nodes[1]",
+            "twice",
+        ),
+        (
+            "{ sentinel: { master: '', nodes: ['h:1'] } }",
+            "redis.sentinel.master",
+            "name",
+        ),
+        (
+            "{ sentinel: { master: m, nodes: ['h:1'], password_env: NOPE } }",
+            "redis.sentinel.password_env",
+            "NOPE",
+        ),
+        (
+            "{ cluster: { nodes: ['h:1'] }, password_env: NOPE }",
+            "redis.password_env",
+            "NOPE",
+        ),
+        (
+            "{ cluster: { nodes: ['h:1'] }, username: gw }",
+            "redis.username",
+            "password_env",
+        ),
+        (
+            "{ url: 'redis://h:1/0', tls: true }",
+            "redis.tls",
+            "rediss://",
+        ),
+        (
+            "{ cluster: { nodes: ['h:1'] }, ca_file: x.pem }",
+            "redis.ca_file",
+            "TLS",
+        ),
+    ] {
+        let errs = with(block).expect_err(block);
+        assert!(
+            errs.iter()
+                .any(|e| e.path == path && e.message.contains(says)),
+            "{block}: {errs:?}"
+        );
+    }
 }
 
 #[test]

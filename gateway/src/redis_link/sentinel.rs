@@ -1,0 +1,115 @@
+//! Following a Sentinel-monitored master. The redis crate's `SentinelClient` finds the master
+//! (asking each sentinel, then checking `ROLE` on the node it names); a multiplexed connection
+//! to that node serves every command. A task here keeps that connection pointing at the
+//! current master: it asks the sentinels every [`RECHECK`] (a master that was failed over
+//! while still reachable is left at once) and at once when a command saw the connection
+//! break or the node answer `READONLY` (a demoted master). Between the old master going and
+//! the new one being found, commands get no connection and the callers' Redis-down rules
+//! apply: nothing here waits or retries on the request path.
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::SentinelClient;
+use redis::AsyncConnectionConfig;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often the sentinels are asked who the master is while all seems well.
+const RECHECK: Duration = Duration::from_secs(1);
+/// While there is no master connection, how soon to try again.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// The current master: its address (to notice a change) and the connection to it.
+pub struct Master {
+    pub addr: String,
+    pub conn: MultiplexedConnection,
+    pub client: redis::Client,
+}
+
+pub struct Follower {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    current: ArcSwapOption<Master>,
+    recheck: Notify,
+    config: AsyncConnectionConfig,
+}
+
+impl Follower {
+    pub fn new(sentinel: SentinelClient, config: AsyncConnectionConfig) -> Arc<Self> {
+        Arc::new(Follower {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            current: ArcSwapOption::empty(),
+            recheck: Notify::new(),
+            config,
+        })
+    }
+
+    pub fn current(&self) -> Option<Arc<Master>> {
+        self.current.load_full()
+    }
+
+    /// A command saw the connection break or a replica's answer: drop it and ask again now.
+    pub fn lost(&self) {
+        self.current.store(None);
+        self.recheck.notify_one();
+    }
+
+    /// A command went unanswered: the master may be gone; ask the sentinels now.
+    pub fn doubt(&self) {
+        self.recheck.notify_one();
+    }
+
+    /// Keeps `current` on the master the sentinels name, for as long as the link lives.
+    pub async fn follow(this: Weak<Self>) {
+        loop {
+            let Some(f) = this.upgrade() else { return };
+            let wait = match f.resolve().await {
+                Ok(()) => RECHECK,
+                Err(why) => {
+                    if f.current.swap(None).is_some() {
+                        tracing::warn!(
+                            error = why,
+                            "redis sentinel: master lost; using in-process fallbacks"
+                        );
+                    }
+                    RETRY
+                }
+            };
+            // A notification that arrived while resolving is kept by `Notify` (one permit).
+            // The link is held for at most `wait` here, so dropping it ends this task soon.
+            tokio::select! {
+                _ = f.recheck.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn resolve(&self) -> Result<(), &'static str> {
+        let client = {
+            let mut s = self.sentinel.lock().await;
+            s.async_get_client()
+                .await
+                .map_err(|_| "no sentinel names a reachable master")?
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        if self.current.load().as_ref().is_some_and(|m| m.addr == addr) {
+            return Ok(());
+        }
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|_| "cannot connect to the master the sentinels name")?;
+        let previous = self.current.swap(Some(Arc::new(Master {
+            addr: addr.clone(),
+            conn,
+            client,
+        })));
+        match previous {
+            Some(p) => {
+                tracing::warn!(from = %p.addr, to = %addr, "redis sentinel: following the new master")
+            }
+            None => tracing::info!(master = %addr, "redis sentinel: connected to the master"),
+        }
+        Ok(())
+    }
+}
