@@ -36,6 +36,8 @@ CHECK_ENV=(
     INTROSPECTION_SECRET=check-introspection-secret
     AUTHGATE_ADMIN_TOKEN=check-admin-token
     REDIS_URL=redis://127.0.0.1:6379/0
+    REDIS_PASSWORD=check-redis-password
+    SENTINEL_PASSWORD=check-sentinel-password
 )
 
 WORK=$(mktemp -d)
@@ -309,16 +311,49 @@ check "Grafana panel queries are valid PromQL (promtool)" grafana_promql
 
 # ---------------------------------------------------------------------------------------------
 # Gateway configurations: `authgate check` on every gateway YAML under deploy/, including the
-# one embedded in the Kubernetes ConfigMap.
+# one embedded in the Kubernetes ConfigMap, and that one again with each of its commented-out
+# redis: alternatives in place of url.
 # ---------------------------------------------------------------------------------------------
 gateway_configs() {
     py "$WORK/configs" <<'PY' >"$WORK/config-list"
-import os, sys, yaml
+import os, re, sys, yaml
 deploy, out = os.environ["DEPLOY"], sys.argv[1]
 os.makedirs(out, exist_ok=True)
 def is_gateway(doc):
     return isinstance(doc, dict) and "routes" in doc and "upstreams" in doc
+def redis_alternatives(text):
+    # In the redis: section, `#sentinel:` / `#cluster:` open a commented-out block (its lines
+    # `#  ...`), and `#password_env:` / `#username:` go with either: each alternative is the
+    # text with the url line removed and that block and those lines uncommented.
+    lines = text.splitlines(keepends=True)
+    start = [i for i, l in enumerate(lines) if l.rstrip() == "redis:"]
+    if len(start) != 1:
+        return {}
+    end = next((i for i in range(start[0] + 1, len(lines)) if lines[i].strip() and not lines[i][0].isspace()), len(lines))
+    blocks, shared, url = {}, [], None
+    i = start[0] + 1
+    while i < end:
+        m = re.match(r"^(\s+)#(sentinel|cluster):\s*$", lines[i])
+        if m:
+            ind, block = m.group(1), [i]
+            while i + 1 < end and lines[i + 1].startswith(ind + "#  "):
+                i += 1
+                block.append(i)
+            blocks[m.group(2)] = block
+        elif re.match(r"^\s+#(password_env|username):", lines[i]):
+            shared.append(i)
+        elif re.match(r"^\s+url:", lines[i]):
+            url = i
+        i += 1
+    alts = {}
+    for name, block in blocks.items():
+        uncomment = set(block) | set(shared)
+        alts[name] = "".join(
+            "" if j == url else (l.replace("#", "", 1) if j in uncomment else l)
+            for j, l in enumerate(lines))
+    return alts
 n = 0
+seen = []
 for dirpath, _, files in os.walk(deploy):
     for f in sorted(files):
         if not f.endswith((".yaml", ".yml")):
@@ -328,6 +363,7 @@ for dirpath, _, files in os.walk(deploy):
         for doc in yaml.safe_load_all(open(path)):
             if is_gateway(doc):
                 print(f"{rel}\t{path}")
+                seen.append(rel)
             elif isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
                 for key, value in (doc.get("data") or {}).items():
                     try:
@@ -338,7 +374,20 @@ for dirpath, _, files in os.walk(deploy):
                         n += 1
                         dest = os.path.join(out, f"{n}-{key}")
                         open(dest, "w").write(value)
-                        print(f"{rel} (ConfigMap {doc['metadata']['name']}, key {key})\t{dest}")
+                        label = f"{rel} (ConfigMap {doc['metadata']['name']}, key {key})"
+                        print(f"{label}\t{dest}")
+                        seen.append(label)
+                        for alt, text in sorted(redis_alternatives(value).items()):
+                            cfg = yaml.safe_load(text)
+                            assert alt in cfg["redis"] and "url" not in cfg["redis"], f"{label}: the redis.{alt} alternative did not replace url"
+                            dest = os.path.join(out, f"{n}-{alt}-{key}")
+                            open(dest, "w").write(text)
+                            print(f"{label} with redis.{alt}\t{dest}")
+                            seen.append(f"{label} with redis.{alt}")
+cm = "deploy/kubernetes/configmap.yaml (ConfigMap authgate-config, key authgate.yaml)"
+want = ["deploy/compose/authgate.yaml", "deploy/compose/authgate-sentinel.yaml", cm, f"{cm} with redis.sentinel", f"{cm} with redis.cluster"]
+missing = [w for w in want if w not in seen]
+assert not missing, f"gateway configurations not found: {missing}"
 PY
     local count=0 label file
     while IFS=$'\t' read -r label file; do
@@ -347,7 +396,7 @@ PY
         env "${CHECK_ENV[@]}" "$AUTHGATE" check --config "$file"
         admin_closed "$file" "$label"
     done <"$WORK/config-list"
-    [ "$count" -ge 2 ] || { log "expected at least 2 gateway configurations under deploy/, found $count"; return 1; }
+    [ "$count" -ge 5 ] || { log "expected at least 5 gateway configurations under deploy/, found $count"; return 1; }
 }
 
 # admin_closed FILE LABEL: fails when the configuration serves /admin/* on an address other
@@ -492,18 +541,24 @@ grace = seconds(cfg.get("server", {}).get("grace_period", "10s"))
 pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
 pause = float(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0.0
 need(pod["terminationGracePeriodSeconds"] > grace + pause, f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} must exceed grace_period {grace}s + preStop {pause}s")
-# Every environment variable the configuration reads is set from the Secret, whose example has it.
+# Every environment variable the configuration reads is set from the Secret, whose example has it;
+# so is every one its commented-out alternatives (the redis: forms) would read once uncommented.
 text = cm["data"][key] if key in cm["data"] else ""
-wanted = set(re.findall(r"\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", text)) | set(re.findall(r"_env:\s*([A-Z0-9_]+)", text))
+def env_vars(t):
+    return set(re.findall(r"\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", t)) | set(re.findall(r"_env:\s*([A-Z0-9_]+)", t))
+wanted = env_vars("".join(l for l in text.splitlines(keepends=True) if not l.lstrip().startswith("#")))
+commented = env_vars(text) - wanted
 env = {e["name"]: e for e in c.get("env", [])}
 secret_keys = set(sec.get("stringData", {})) | set(sec.get("data", {}))
-for var in sorted(wanted):
+for var in sorted(wanted | commented):
     ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
     need(ref.get("name") == sec["metadata"]["name"] and ref.get("key") in secret_keys, f"{var}: not set from the Secret {sec['metadata']['name']}")
 need(all("CHANGE-ME" in v for v in sec.get("stringData", {}).values()), "the example Secret must hold only CHANGE-ME placeholders")
 need(set(wanted) >= {"JWT_SECRET", "INTROSPECTION_SECRET", "AUTHGATE_ADMIN_TOKEN", "REDIS_URL"}, f"config reads {sorted(wanted)}")
+need({"REDIS_PASSWORD", "SENTINEL_PASSWORD"} <= commented, f"the commented-out redis: alternatives read {sorted(commented)}")
 assert not errors, "\n".join(errors)
-print(f"Deployment/Service/PDB/HPA/ServiceMonitor consistent; config reads {sorted(wanted)}, all from the Secret; "
+print(f"Deployment/Service/PDB/HPA/ServiceMonitor consistent; config reads {sorted(wanted)} "
+      f"(its alternatives also {sorted(commented)}), all from the Secret; "
       f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} > {grace:g}s + {pause:g}s")
 PY
 }
@@ -535,25 +590,45 @@ compose_config() {
         log "compose.yaml starts without AUTHGATE_ADMIN_TOKEN: the admin listener would have a placeholder token"
         return 1
     fi
-    (cd "$DEPLOY" && env -u DOCKER_HOST AUTHGATE_ADMIN_TOKEN=check-admin-token "$COMPOSE_BIN" --file compose.yaml config --quiet)
-    (cd "$DEPLOY" && AUTHGATE_ADMIN_TOKEN=check-admin-token "$COMPOSE_BIN" --file compose.yaml config --format json) >"$WORK/compose.json"
-    "$PY" -c 'import json, sys; json.load(open(sys.argv[1]))' "$WORK/compose.json"
+    # The default stack, then with the sentinel profile (whose services are otherwise left out);
+    # COMPOSE_PROFILES from the caller's shell would change what "default" means.
+    local profile out
+    for profile in "" sentinel; do
+        out=$WORK/compose${profile:+-$profile}.json
+        log "docker compose ${profile:+--profile $profile }config"
+        (cd "$DEPLOY" && env -u DOCKER_HOST -u COMPOSE_PROFILES AUTHGATE_ADMIN_TOKEN=check-admin-token \
+            "$COMPOSE_BIN" --file compose.yaml ${profile:+--profile "$profile"} config --quiet)
+        (cd "$DEPLOY" && env -u DOCKER_HOST -u COMPOSE_PROFILES AUTHGATE_ADMIN_TOKEN=check-admin-token \
+            "$COMPOSE_BIN" --file compose.yaml ${profile:+--profile "$profile"} config --format json) >"$out"
+        "$PY" -c 'import json, sys; json.load(open(sys.argv[1]))' "$out"
+    done
 }
-check "docker compose config (Compose $("$COMPOSE_BIN" version --short 2>/dev/null || echo '?'), no engine needed)" compose_config
+check "docker compose config, default stack and --profile sentinel (Compose $("$COMPOSE_BIN" version --short 2>/dev/null || echo '?'), no engine needed)" compose_config
 
 compose_structure() {
     py <<'PY'
 import json, os, re, yaml
 root, deploy, work = os.environ["ROOT"], os.environ["DEPLOY"], os.environ["WORK"]
-c = json.load(open(os.path.join(work, "compose.json")))   # normalised by docker compose
+# Both normalised by docker compose: the default stack, and with --profile sentinel.
+c = json.load(open(os.path.join(work, "compose.json")))
+cs = json.load(open(os.path.join(work, "compose-sentinel.json")))
 errors = []
 def need(cond, msg):
     if not cond:
         errors.append(msg)
-services = c["services"]
+services, all_services = c["services"], cs["services"]
 need({"redis", "upstream-mock", "authgate-1", "authgate-2", "prometheus", "grafana"} <= set(services), f"services: {sorted(services)}")
-declared_volumes = set(c.get("volumes") or {})
-for name, s in services.items():
+# The profile only adds services: the default ones are the same with it or without it.
+profiled = {n for n, s in all_services.items() if "sentinel" in (s.get("profiles") or [])}
+sentinel_stack = {"redis-primary", "redis-replica", "redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3", "authgate-sentinel-1", "authgate-sentinel-2"}
+need(profiled == sentinel_stack, f"profile sentinel services: {sorted(profiled)}")
+need(set(all_services) - profiled == set(services), f"without the profile: {sorted(services)}; with it, unprofiled: {sorted(set(all_services) - profiled)}")
+need(not any(s.get("profiles") for s in services.values()), "a default service has a profile")
+for name in services:
+    need(all_services.get(name) == services[name], f"{name}: differs under --profile sentinel")
+assert not errors, "\n".join(errors)
+declared_volumes = set(cs.get("volumes") or {})
+for name, s in all_services.items():
     need(bool(s.get("image")), f"{name}: no image")
     b = s.get("build")
     if b:
@@ -569,38 +644,82 @@ for name, s in services.items():
     for p in s.get("ports", []):
         need(1 <= int(p["target"]) <= 65535 and 1 <= int(p.get("published", 1)) <= 65535, f"{name}: bad port {p}")
     for dep in (s.get("depends_on") or {}):
-        need(dep in services, f"{name}: depends on unknown service {dep}")
-published = [(p.get("host_ip", ""), p.get("published")) for s in services.values() for p in s.get("ports", [])]
+        need(dep in all_services, f"{name}: depends on unknown service {dep}")
+        need(dep in services or name in profiled, f"{name}: depends on {dep}, which only the sentinel profile starts")
+# With the profile, both stacks run side by side.
+published = [(p.get("host_ip", ""), p.get("published")) for s in all_services.values() for p in s.get("ports", [])]
 need(len(published) == len(set(published)), f"a host port is published twice: {published}")
 # upstream-mock: same image, its own entrypoint, listening where the gateway config points.
 um = services["upstream-mock"]
 need(um["image"] == services["authgate-1"]["image"], "upstream-mock must use the authgate image")
 need(um.get("entrypoint") == ["upstream-mock"], "upstream-mock entrypoint must be [upstream-mock]")
 need("0.0.0.0:8000" in um.get("command", []), "upstream-mock must listen on 0.0.0.0:8000")
-# The authgate replicas: config mounted from deploy/compose/authgate.yaml, env for everything it reads.
+# The authgate replicas: config mounted from deploy/compose/, env for everything it reads.
 prom = yaml.safe_load(open(os.path.join(deploy, "prometheus/prometheus.yml")))
 targets = {t for j in prom["scrape_configs"] if j["job_name"] == "authgate" for sc in j["static_configs"] for t in sc["targets"]}
-for name in ("authgate-1", "authgate-2"):
-    s = services[name]
+def gateway(name, cfg_file, deps):
+    s = all_services[name]
     cmd = s.get("command") or []
     need("--config" in cmd, f"{name}: no --config")
     cfg_in = cmd[cmd.index("--config") + 1] if "--config" in cmd else ""
     src = [v["source"] for v in s.get("volumes", []) if v.get("target") == cfg_in]
-    need(src == [os.path.join(deploy, "compose/authgate.yaml")], f"{name}: {cfg_in} is not mounted from deploy/compose/authgate.yaml")
-    text = open(os.path.join(deploy, "compose/authgate.yaml")).read()
+    need(src == [os.path.join(deploy, cfg_file)], f"{name}: {cfg_in} is not mounted from deploy/{cfg_file}")
+    text = open(os.path.join(deploy, cfg_file)).read()
     cfg = yaml.safe_load(text)
-    wanted = set(re.findall(r"\$\{([A-Z0-9_]+)\}", text)) | set(re.findall(r"_env:\s*([A-Z0-9_]+)", text))
+    active = "".join(l for l in text.splitlines(keepends=True) if not l.lstrip().startswith("#"))
+    wanted = set(re.findall(r"\$\{([A-Z0-9_]+)\}", active)) | set(re.findall(r"_env:\s*([A-Z0-9_]+)", active))
     env = s.get("environment") or {}
     need(wanted <= set(env), f"{name}: environment lacks {sorted(wanted - set(env))}")
     need(env.get("JWT_SECRET") == um.get("environment", {}).get("MOCK_JWT_SECRET"), f"{name}: JWT_SECRET differs from upstream-mock's")
+    need(cfg["upstreams"]["lms"]["endpoints"] == ["upstream-mock:8000"], f"deploy/{cfg_file}: upstream must be upstream-mock:8000")
+    need(set(deps) <= set(s.get("depends_on") or {}), f"{name}: must depend on {sorted(deps)}")
+    need(s.get("read_only") is True, f"{name}: read_only root filesystem expected")
+    need(any(r.get("name") == "search" and r.get("deadline") for r in cfg["routes"]), f"deploy/{cfg_file}: the search route needs a deadline")
+    need(any(p.get("scope") == "shared" for p in cfg["rate_limits"].values()), f"deploy/{cfg_file}: a shared rate limit is expected")
+    return cfg, env
+for name in ("authgate-1", "authgate-2"):
+    cfg, _ = gateway(name, "compose/authgate.yaml", {"redis", "upstream-mock"})
     need(cfg["redis"]["url"] == "redis://redis:6379/0", "compose config must use redis://redis:6379/0")
-    need(cfg["upstreams"]["lms"]["endpoints"] == ["upstream-mock:8000"], "compose config upstream must be upstream-mock:8000")
     admin_port = cfg["admin"]["listen"].rsplit(":", 1)[1]
     need(f"{name}:{admin_port}" in targets, f"prometheus.yml does not scrape {name}:{admin_port}")
-    need({"redis", "upstream-mock"} <= set(s.get("depends_on") or {}), f"{name}: must depend on redis and upstream-mock")
+# The sentinel profile: a primary, its replica and three sentinels with hardened containers,
+# and gateways whose config names those sentinels, their master and their passwords.
+for name in sorted(profiled):
+    s = all_services[name]
     need(s.get("read_only") is True, f"{name}: read_only root filesystem expected")
-need(any(r.get("name") == "search" and r.get("deadline") for r in cfg["routes"]), "compose config: the search route needs a deadline")
-need(any(p.get("scope") == "shared" for p in cfg["rate_limits"].values()), "compose config: a shared rate limit is expected")
+    need("ALL" in (s.get("cap_drop") or []), f"{name}: cap_drop ALL expected")
+def arg(cmd, flag):
+    return cmd[cmd.index(flag) + 1] if flag in cmd else None
+primary, replica = all_services["redis-primary"], all_services["redis-replica"]
+need(arg(replica["command"], "--replicaof") == "redis-primary", "redis-replica must be --replicaof redis-primary")
+data_password = arg(primary["command"], "--requirepass")
+need(data_password is not None and arg(replica["command"], "--requirepass") == data_password, "redis-primary and redis-replica must share one --requirepass")
+for n in ("redis-primary", "redis-replica"):
+    need(arg(all_services[n]["command"], "--masterauth") == data_password, f"{n}: --masterauth must be the nodes' password (either can become a replica)")
+    need((all_services[n].get("environment") or {}).get("REDISCLI_AUTH") == data_password, f"{n}: REDISCLI_AUTH (the healthcheck's) is not its --requirepass")
+base = yaml.safe_load(open(os.path.join(deploy, "compose/authgate.yaml")))
+sentinel_names = sorted(n for n in profiled if n.startswith("redis-sentinel-"))
+for name in ("authgate-sentinel-1", "authgate-sentinel-2"):
+    cfg, env = gateway(name, "compose/authgate-sentinel.yaml", {"redis-primary", *sentinel_names, "upstream-mock"})
+    need({k: v for k, v in cfg.items() if k != "redis"} == {k: v for k, v in base.items() if k != "redis"},
+         "compose/authgate-sentinel.yaml must equal compose/authgate.yaml but for redis:")
+    r = cfg.get("redis", {})
+    sen = r.get("sentinel") or {}
+    need("url" not in r and "cluster" not in r, "compose/authgate-sentinel.yaml: redis must use sentinel only")
+    need(sorted(sen.get("nodes", [])) == [f"{n}:26379" for n in sentinel_names], f"redis.sentinel.nodes {sen.get('nodes')} are not the profile's sentinels {sentinel_names}")
+    need(env.get(r.get("password_env")) == data_password, f"{name}: ${r.get('password_env')} is not redis-primary's --requirepass")
+    for n in sentinel_names:
+        st = all_services[n]
+        script = " ".join(st.get("command") or [])
+        senv = st.get("environment") or {}
+        need(f"sentinel monitor {sen.get('master')} redis-primary 6379 " in script, f"{n}: does not monitor {sen.get('master')!r} at redis-primary:6379")
+        need(script.find("resolve-hostnames yes") != -1 and script.find("resolve-hostnames yes") < script.find("sentinel monitor"), f"{n}: resolve-hostnames yes must come before sentinel monitor")
+        need("announce-hostnames yes" in script, f"{n}: announce-hostnames yes expected")
+        need(st.get("hostname") == n, f"{n}: hostname (what it announces) must be its service name")
+        need(senv.get("REDIS_PASSWORD") == data_password, f"{n}: REDIS_PASSWORD (its auth-pass) is not the nodes' password")
+        need(senv.get("REDISCLI_AUTH") == senv.get("SENTINEL_PASSWORD"), f"{n}: REDISCLI_AUTH (the healthcheck's) is not its SENTINEL_PASSWORD")
+        need(sen.get("password_env") and senv.get("SENTINEL_PASSWORD") == env.get(sen["password_env"]), f"{n}: SENTINEL_PASSWORD differs from {name}'s ${sen.get('password_env')}")
+        need("/tmp" in (st.get("tmpfs") or []) and "/tmp/sentinel.conf" in script, f"{n}: sentinel.conf must be written to the writable /tmp (sentinel rewrites it)")
 # Prometheus and Grafana mount what exists.
 pm = {v["target"]: v["source"] for v in services["prometheus"]["volumes"]}
 need(pm.get("/etc/prometheus") == os.path.join(deploy, "prometheus"), "prometheus must mount deploy/prometheus at /etc/prometheus")
@@ -612,10 +731,11 @@ used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", raw))
 example = {l.split("=", 1)[0].strip() for l in open(os.path.join(deploy, ".env.example")) if "=" in l and not l.lstrip().startswith("#")}
 need(used <= example, f".env.example lacks {sorted(used - example)}")
 assert not errors, "\n".join(errors)
-print(f"{len(services)} services; mounts, images, ports, healthchecks, env and scrape targets consistent")
+print(f"{len(services)} services ({len(all_services)} with --profile sentinel); mounts, images, ports, healthchecks, env, "
+      f"sentinel wiring and scrape targets consistent")
 PY
 }
-check "compose.yaml structure: services, mounts, env, ports, healthchecks, scrape targets" compose_structure
+check "compose.yaml structure (default stack and --profile sentinel): services, mounts, env, ports, healthchecks, scrape targets" compose_structure
 
 # ---------------------------------------------------------------------------------------------
 # Container image
