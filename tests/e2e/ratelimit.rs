@@ -263,3 +263,135 @@ fn redis_down_still_limits() {
         ) >= 6.0
     );
 }
+
+/// Gateways sharing one Redis: `count` of them, each with the same configuration.
+fn shared_gateways(redis: &Redis, mock: &Mock, policy: &str, count: usize) -> Vec<Gateway> {
+    let yaml = format!(
+        r#"
+server: {{ listen: ["${{AG_LISTEN}}"], grace_period: 1s }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+redis: {{ url: "{r}", command_timeout: 500ms }}
+upstreams: {{ lms: {{ endpoints: ["{m}"] }} }}
+rate_limits:
+  p: {{ {policy}, key: "header:X-Team", scope: shared }}
+routes:
+  - {{ name: limited, path_prefix: /echo/, auth: none, rate_limit: p, upstream: lms }}
+"#,
+        r = redis.url(),
+        m = mock.addr
+    );
+    (0..count).map(|_| Gateway::start(&yaml, &[])).collect()
+}
+
+/// Rate-limit scripts Redis has run so far (EVALSHA, and EVAL after a NOSCRIPT).
+fn script_calls(redis: &Redis) -> u64 {
+    redis_cli(redis.port, &["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn reserved_tokens_never_let_replicas_admit_more_than_the_limit() {
+    let redis = Redis::start();
+    let mock = Mock::start("m");
+    for count in [2usize, 4] {
+        // A small burst stays exact across the replicas: 20, then 429, whichever is asked.
+        let gws = shared_gateways(&redis, &mock, "rate: 1/m, burst: 20", count);
+        let team = format!("exact-{count}");
+        let statuses: Vec<u16> = (0..26)
+            .map(|i| {
+                client()
+                    .get(gws[i % count].url("/echo/x"))
+                    .header("X-Team", &team)
+                    .send()
+                    .expect("send")
+                    .status()
+                    .as_u16()
+            })
+            .collect();
+        assert!(
+            statuses[..20].iter().all(|s| *s == 200) && statuses[20..].iter().all(|s| *s == 429),
+            "{count} gateways, burst 20: {statuses:?}"
+        );
+        drop(gws);
+
+        let gws = shared_gateways(&redis, &mock, "rate: 50/s, burst: 20", count);
+
+        // Far more than the limit, from 8 clients over every gateway for about 2 s: never more
+        // admitted than burst + rate x elapsed, and most of that used.
+        let team = format!("flood-{count}");
+        let started = std::time::Instant::now();
+        let allowed = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (gws, team, allowed) = (&gws, &team, &allowed);
+                s.spawn(move || {
+                    let c = client();
+                    let mut i = t;
+                    while started.elapsed() < Duration::from_secs(2) {
+                        i += 1;
+                        let r = c
+                            .get(gws[i % gws.len()].url("/echo/x"))
+                            .header("X-Team", team)
+                            .send()
+                            .expect("send");
+                        match r.status().as_u16() {
+                            200 => {
+                                allowed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            429 => {}
+                            other => panic!("unexpected {other}"),
+                        }
+                    }
+                });
+            }
+        });
+        let elapsed = started.elapsed();
+        let allowed = allowed.into_inner();
+        let limit = 20 + (elapsed.as_secs_f64() * 50.0).floor() as u64;
+        assert!(
+            allowed <= limit,
+            "{count} gateways: {allowed} admitted in {elapsed:?}, the limit allows {limit}"
+        );
+        assert!(
+            allowed * 10 >= limit * 8,
+            "{count} gateways: only {allowed} admitted of the {limit} the limit allows"
+        );
+    }
+}
+
+#[test]
+fn at_half_the_limits_rate_a_shared_limit_costs_one_round_trip_per_ten_requests() {
+    let redis = Redis::start();
+    let mock = Mock::start("m");
+    let gws = shared_gateways(&redis, &mock, "rate: 200/s, burst: 1000", 2);
+    let c = client();
+    let before = script_calls(&redis);
+    // About 100 requests a second (less if the machine is slow, which only makes the
+    // reservations last longer), spread over both gateways.
+    let requests = 300;
+    for i in 0..requests {
+        let r = c
+            .get(gws[i % 2].url("/echo/x"))
+            .header("X-Team", "steady")
+            .send()
+            .expect("send");
+        assert_eq!(r.status(), 200, "request {i}: far below the limit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let trips = script_calls(&redis) - before;
+    assert!(trips >= 2, "both gateways asked Redis: {trips}");
+    assert!(
+        trips * 10 <= requests as u64,
+        "{trips} round trips to Redis for {requests} requests"
+    );
+}

@@ -2,6 +2,7 @@
 //! by every replica through Redis (`shared`, falling back to local when Redis does not answer).
 //! A route may list several policies; all must pass.
 
+pub mod lease;
 pub mod local;
 pub mod shared;
 
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One bucket's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub enum Verdict {
 pub struct PolicyLimiter {
     pub policy: Arc<RatePolicy>,
     local: LocalLimiter,
+    /// Tokens reserved from the shared bucket (shared policies only).
+    leases: Option<lease::Leases>,
     keys_gauge: IntGauge,
     fallbacks: IntCounter,
 }
@@ -50,6 +53,9 @@ impl PolicyLimiter {
     /// Prunes idle keys and publishes the key count.
     pub fn maintain(&self) {
         self.local.prune();
+        if let Some(l) = &self.leases {
+            l.prune();
+        }
         self.keys_gauge.set(self.local.keys() as i64);
     }
 
@@ -57,6 +63,10 @@ impl PolicyLimiter {
         self.local.keys()
     }
 }
+
+/// Keys of one shared policy that may hold a reservation at once; more are asked of Redis
+/// one token at a time until idle ones go.
+const MAX_LEASED_KEYS: u64 = 1_000_000;
 
 /// Policy limiters outlive configuration versions, so a reload does not hand out fresh buckets.
 pub struct LimiterRegistry {
@@ -96,6 +106,8 @@ impl LimiterRegistry {
                     .rate_limit_overflow_total
                     .with_label_values(&[&policy.name]),
             ),
+            leases: (policy.scope == LimitScope::Shared)
+                .then(|| lease::Leases::new(MAX_LEASED_KEYS)),
             keys_gauge: metrics.rate_limit_keys.with_label_values(&[&policy.name]),
             fallbacks: metrics
                 .rate_limit_fallbacks_total
@@ -288,20 +300,35 @@ impl Limiters {
             let limiter = &self.policies[i];
             let policy = &limiter.policy;
             let (kind, value) = key_of(&policy.key, keys);
-            let verdict = match (policy.scope, &self.redis) {
-                (LimitScope::Shared, Some(redis)) => {
-                    let redis_key = redis.key("rl", &format!("{}:{kind}:{value}", policy.name));
-                    match shared::check(redis, &redis_key, policy.rate.interval(), policy.burst)
-                        .await
-                    {
+            let key = hash_key(kind, &value);
+            let verdict = match (policy.scope, &self.redis, &limiter.leases) {
+                (LimitScope::Shared, Some(redis), Some(leases)) => {
+                    match leases.spend(key, Instant::now()) {
                         Some(v) => v,
                         None => {
-                            limiter.fallbacks.inc();
-                            limiter.local.check(hash_key(kind, &value))
+                            let redis_key =
+                                redis.key("rl", &format!("{}:{kind}:{value}", policy.name));
+                            let asked = Instant::now();
+                            let interval = policy.rate.interval();
+                            match shared::reserve(
+                                redis,
+                                &redis_key,
+                                interval,
+                                policy.burst,
+                                lease::WANT,
+                            )
+                            .await
+                            {
+                                Some(g) => leases.granted(key, g, interval, asked, Instant::now()),
+                                None => {
+                                    limiter.fallbacks.inc();
+                                    limiter.local.check(key)
+                                }
+                            }
                         }
                     }
                 }
-                _ => limiter.local.check(hash_key(kind, &value)),
+                _ => limiter.local.check(key),
             };
             match verdict {
                 Verdict::Allowed { remaining, reset } => {
@@ -340,10 +367,19 @@ impl Limiters {
                 }
                 _ => None,
             };
+            let key = hash_key(kind, &value);
+            // Tokens this replica holds are the bucket's too, already taken from Redis.
+            let held = limiter
+                .leases
+                .as_ref()
+                .map_or(0, |l| l.held(key, Instant::now()));
             out.push(Peek {
                 policy: policy.name.clone(),
                 limit: policy.burst,
-                remaining: shared.unwrap_or_else(|| limiter.local.peek(hash_key(kind, &value))),
+                remaining: shared.map_or_else(
+                    || limiter.local.peek(key),
+                    |r| r.saturating_add(held).min(policy.burst),
+                ),
                 keyed_by: kind,
                 shared: shared.is_some(),
             });
