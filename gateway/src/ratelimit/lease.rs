@@ -12,19 +12,21 @@
 //! exceeds what one bucket would allow, so their admissions together are what one GCRA
 //! bucket could have admitted.
 //!
-//! How much is reserved: up to [`WANT`], and Redis grants at most a quarter of what the bucket
-//! holds (one token as it empties, so a small burst stays exact across replicas: burst N means
-//! N, then 429). A reservation that lapses unspent wastes at most its tokens, and only until the
-//! bucket would have been full anyway: the error is always on the side of admitting fewer.
-//! At half the limit's rate a full bucket's reservation lasts `WANT` emission intervals and is
-//! half spent: one round trip per 32 requests where the burst allows grants of 64.
+//! How much is reserved: Redis grants a quarter of what the bucket holds, and one token as
+//! it empties, so a small burst stays exact across replicas (burst N means N, then 429). Tokens
+//! a replica holds and does not spend go void slot by slot as the bucket refills, and while
+//! they are held the others still get the full refill rate: what one replica holds only ever
+//! makes the others' burst smaller for a while, never the limit larger. At half the limit's
+//! rate a full bucket's grant lasts a quarter of the burst's emission intervals and half of it
+//! is spent: one round trip per `burst / 8` requests (the budget of one per ten holds from a
+//! burst of 80 up).
 
 use super::Verdict;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The most a replica asks for, and holds, from one grant.
-pub const WANT: u32 = 64;
+/// What a replica asks for: no cap of its own beyond Redis's quarter of the bucket.
+pub const WANT: u32 = 1 << 30;
 
 /// What Redis granted: `granted` tokens (0: limited), valid for `valid` from when it was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
