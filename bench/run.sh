@@ -550,6 +550,14 @@ check_refuses_forgery() {
     fi
 }
 
+# What Redis says one key matching the pattern takes (MEMORY USAGE: key, value, overhead).
+redis_key_bytes() {
+    local key
+    key=$(redis-cli -p "$REDIS_PORT" --scan --pattern "$1" 2>/dev/null | head -n 1)
+    [[ -n $key ]] || { echo n/a; return; }
+    redis-cli -p "$REDIS_PORT" memory usage "$key" 2>/dev/null || echo n/a
+}
+
 redis_calls() {
     local reads
     reads=$(awk '/^syscr:/ { print $2 }' "/proc/$REDIS_PID/io" 2>/dev/null || echo 0)
@@ -877,6 +885,10 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     # Two decimals: wrk does not count the up to $CONNECTIONS requests in flight when it stops.
     row "shared limit: Redis requests per request (EVAL/EVALSHA; each is one round trip)" \
         "$(awk -v v="${M_RSCR[ag-shared-limit]:-}" 'BEGIN { if (v != "") printf "%.2f", v }')" max "≤ 1.00" 1.0
+    row "shared limit CPU/req ÷ local limit CPU/req (issue 22: tokens reserved from Redis, spent locally)" \
+        "$(ratio "${M_CPU[ag-shared-limit]:-}" "${M_CPU[ag-local-limit]:-}")" max "≤ 1.10" 1.10
+    row "shared limit: Redis script calls per request (issue 22)" \
+        "$(awk -v v="${M_RSCR[ag-shared-limit]:-}" 'BEGIN { if (v != "") printf "%.4f", v }')" max "≤ 0.10" 0.10
     echo
     echo "Context (no budget):"
     echo
@@ -894,6 +906,7 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     echo "| Redis script calls (EVAL/EVALSHA) per request, shared limit (e) / all (f) | ${M_RSCR[ag-shared-limit]:-n/a} / ${M_RSCR[ag-all]:-n/a} |"
     echo "| Redis commands per request incl. those run inside scripts, (e) / (f) | ${M_RCMD[ag-shared-limit]:-n/a} / ${M_RCMD[ag-all]:-n/a} |"
     echo "| redis-server reads per request, (e) / (f) | ${M_RRD[ag-shared-limit]:-n/a} / ${M_RRD[ag-all]:-n/a} |"
+    echo "| Redis bytes per limiter key / per cached token (MEMORY USAGE of one key, (e) / (f)) | $(redis_key_bytes 'bench-e:rl:*') / $(redis_key_bytes 'bench-f:tok:*') |"
     echo
     echo "Redis figures are deltas over the run divided by wrk's requests (which leave out the requests"
     echo "in flight when wrk stops). Commands come from \`INFO commandstats\`; the second row also"
