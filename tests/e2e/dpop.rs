@@ -10,9 +10,17 @@ use serde_json::{json, Value};
 const ALGS: &str = r#"DPoP error="invalid_dpop_proof", algs="ES256 EdDSA PS256 RS256""#;
 
 fn config(mock: &Mock, redis: Option<&Redis>, nonce: bool) -> String {
-    let redis = redis.map_or(String::new(), |r| {
-        format!("redis: {{ url: \"{}\", key_prefix: \"dp:\" }}\n", r.url())
-    });
+    let redis = redis.map_or(String::new(), |r| format!("url: \"{}\"", r.url()));
+    config_with(mock, &redis, nonce)
+}
+
+/// With `redis` the inside of a `redis:` block (`url: ...`, `sentinel: ...`), or "" for none.
+fn config_with(mock: &Mock, redis: &str, nonce: bool) -> String {
+    let redis = if redis.is_empty() {
+        String::new()
+    } else {
+        format!("redis: {{ {redis}, key_prefix: \"dp:\" }}\n")
+    };
     format!(
         r#"
 server: {{ listen: ["${{AG_LISTEN}}"] }}
@@ -55,10 +63,12 @@ routes:
     )
 }
 
-fn env() -> [(&'static str, &'static str); 2] {
+fn env() -> [(&'static str, &'static str); 3] {
     [
         ("JWT_SECRET", MOCK_JWT_SECRET),
         ("INTROSPECTION_SECRET", MOCK_INTROSPECTION.1),
+        // For the Sentinel and Cluster fixtures' ACL user.
+        ("REDIS_PASSWORD", ACL_PASS),
     ]
 }
 
@@ -380,4 +390,44 @@ fn server_nonces_are_handed_out_and_accepted_by_every_replica() {
     });
     let log = a.proc.output();
     assert!(!log.contains(&token));
+}
+
+/// A proof spent on one gateway is refused by another sharing the Redis described by
+/// `redis` (the inside of a `redis:` block): for the Sentinel and Cluster tests.
+pub fn assert_a_proof_is_spent_across(redis: &str) {
+    let mock = Mock::start("m");
+    let yaml = config_with(&mock, redis, false);
+    let a = Gateway::start(&yaml, &env());
+    let b = Gateway::start(&yaml, &env());
+    let key = Key::load("ec-1", Algorithm::ES256);
+    let token = login(&a, &key);
+    let htu = "http://api.test/echo/x";
+    let auth = format!("DPoP {token}");
+    for _ in 0..3 {
+        let proof = key.proof("GET", htu, Some(&token));
+        let h = [
+            ("Host", "api.test"),
+            ("Authorization", auth.as_str()),
+            ("DPoP", proof.as_str()),
+        ];
+        assert_eq!(send(&a.url("/echo/x"), &h).0, 200);
+        let (status, www, body) = send(&b.url("/echo/x"), &h);
+        assert_eq!((status, www.as_str()), (401, ALGS), "{body}");
+    }
+    assert_eq!(
+        metric(
+            &b.metrics(),
+            "authgate_dpop_replay_total",
+            &[("result", "replay")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &b.metrics(),
+            "authgate_dpop_replay_total",
+            &[("result", "local_only")]
+        ),
+        0.0
+    );
 }

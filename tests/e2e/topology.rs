@@ -1,5 +1,5 @@
 //! Redis beyond one server: a Sentinel-monitored master and a Redis Cluster, real
-//! `redis-server` processes started here. Every use of Redis works in each (shared limits,
+//! `redis-server` processes started here, reached as an ACL user (the default user is off). Every use of Redis works in each (shared limits,
 //! the token cache, revocations and their events), and when a master dies under load the
 //! gateway keeps answering by the Redis-down rules, then follows the promoted replica.
 
@@ -34,8 +34,11 @@ routes:
     )
 }
 
-fn env() -> [(&'static str, &'static str); 1] {
-    [("JWT_SECRET", MOCK_JWT_SECRET)]
+fn env() -> [(&'static str, &'static str); 2] {
+    [
+        ("JWT_SECRET", MOCK_JWT_SECRET),
+        ("REDIS_PASSWORD", ACL_PASS),
+    ]
 }
 
 fn token(uid: u64, jti: &str) -> String {
@@ -151,7 +154,7 @@ impl Load {
 
 /// Keys under the prefix on one node.
 fn keys_on(port: u16, pattern: &str) -> Vec<String> {
-    redis_cli(port, &["--scan", "--pattern", pattern])
+    acl_cli(port, &["--scan", "--pattern", pattern])
         .lines()
         .map(str::to_string)
         .collect()
@@ -167,6 +170,7 @@ fn sentinel_every_use_then_a_failover_under_load() {
 
     assert_exact_shared_burst(&[&a, &b], "blue");
     assert!(!keys_on(s.master.port, "authgate:rl:team:*").is_empty());
+    crate::dpop::assert_a_proof_is_spent_across(&s.yaml());
     assert_eq!(get(&a, "/echo/me", Some(&token(7, "t7")), None), 200);
     assert!(
         !keys_on(s.master.port, "authgate:tok:*").is_empty(),
@@ -228,6 +232,7 @@ fn cluster_every_use_across_slots_then_a_master_lost_under_load() {
     for team in ["red", "orange", "yellow"] {
         assert_exact_shared_burst(&[&a, &b], team);
     }
+    crate::dpop::assert_a_proof_is_spent_across(&cluster.yaml());
     for uid in 0..12 {
         assert_eq!(get(&a, "/echo/me", Some(&token(100 + uid, "c")), None), 200);
     }

@@ -391,7 +391,7 @@ impl Redis {
         })
     }
 
-    /// A replica of the server on `master_port`.
+    /// A replica of the server on `master_port`, both as [`Redis::start_acl`].
     pub fn start_replica_of(master_port: u16) -> Redis {
         let port = free_port();
         Self::spawn(port, |cmd, _| {
@@ -400,10 +400,20 @@ impl Redis {
                 "127.0.0.1",
                 &master_port.to_string(),
             ]);
+            acl_args(cmd);
         })
     }
 
-    /// A node for a cluster (not yet part of one).
+    /// Only [`ACL_USER`] may connect.
+    pub fn start_acl() -> Redis {
+        let port = free_port();
+        Self::spawn(port, |cmd, _| {
+            cmd.args(["--port", &port.to_string()]);
+            acl_args(cmd);
+        })
+    }
+
+    /// A node for a cluster (not yet part of one), as [`Redis::start_acl`].
     pub fn start_cluster_node() -> Redis {
         let port = free_port();
         // The bus port would be port + 10000 by default, past 65535 for most free ports.
@@ -418,6 +428,7 @@ impl Redis {
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
             .arg("--cluster-config-file")
             .arg(dir.path("nodes.conf"));
+            acl_args(cmd);
         })
     }
 
@@ -470,6 +481,31 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// The ACL user the Sentinel and Cluster fixtures' data nodes require (their default user is
+/// off), as a gateway configures it: `username: authgate, password_env: REDIS_PASSWORD`.
+pub const ACL_USER: &str = "authgate";
+pub const ACL_PASS: &str = "acl-s3cret";
+
+/// `redis-cli` as [`ACL_USER`].
+pub fn acl_cli(port: u16, args: &[&str]) -> String {
+    redis_cli(
+        port,
+        &[
+            &["--user", ACL_USER, "--pass", ACL_PASS, "--no-auth-warning"],
+            args,
+        ]
+        .concat(),
+    )
+}
+
+fn acl_args(cmd: &mut Command) {
+    // One argument per word: redis-server quotes an argument with spaces as one token.
+    cmd.args(["--user", "default", "off", "--user", ACL_USER, "on"])
+        .arg(format!(">{ACL_PASS}"))
+        .args(["~*", "&*", "+@all"])
+        .args(["--masteruser", ACL_USER, "--masterauth", ACL_PASS]);
+}
+
 /// A master, one replica and three sentinels (quorum 2) watching it as `mymaster`, all owned by
 /// the test. The sentinels call the master down after 500 ms without an answer, so a failover
 /// takes a few seconds.
@@ -485,7 +521,7 @@ impl RedisSentinel {
     pub const MASTER: &'static str = "mymaster";
 
     pub fn start() -> RedisSentinel {
-        let master = Redis::start();
+        let master = Redis::start_acl();
         let replica = Redis::start_replica_of(master.port);
         let dir = TestDir::new("sentinel");
         let mut sentinels = Vec::new();
@@ -501,7 +537,9 @@ impl RedisSentinel {
                      sentinel monitor {m} 127.0.0.1 {mp} 2\n\
                      sentinel down-after-milliseconds {m} 500\n\
                      sentinel failover-timeout {m} 4000\n\
-                     sentinel parallel-syncs {m} 1\n",
+                     sentinel parallel-syncs {m} 1\n\
+                     sentinel auth-user {m} {ACL_USER}\n\
+                     sentinel auth-pass {m} {ACL_PASS}\n",
                     dir = dir.0.display(),
                     m = Self::MASTER,
                     mp = master.port,
@@ -527,7 +565,7 @@ impl RedisSentinel {
         };
         // Ready for a failover: the replica in sync, every sentinel knowing it and the others.
         wait_until("the replica to sync", WAIT, || {
-            redis_cli(s.replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+            acl_cli(s.replica.port, &["INFO", "replication"]).contains("master_link_status:up")
         });
         for &p in &s.sentinel_ports {
             wait_until(
@@ -558,7 +596,7 @@ impl RedisSentinel {
             .map(|p| format!("\"127.0.0.1:{p}\""))
             .collect();
         format!(
-            "sentinel: {{ master: {}, nodes: [{}] }}",
+            "sentinel: {{ master: {}, nodes: [{}] }}, username: {ACL_USER}, password_env: REDIS_PASSWORD",
             Self::MASTER,
             nodes.join(", ")
         )
@@ -588,6 +626,7 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let out = Command::new("redis-cli")
+            .args(["--user", ACL_USER, "--pass", ACL_PASS, "--no-auth-warning"])
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -607,12 +646,12 @@ impl RedisCluster {
     /// is in sync (one that never synced could not take over from its master).
     pub fn wait_healthy(&self) {
         for n in &self.nodes {
-            if redis_cli(n.port, &["PING"]) != "PONG" {
+            if acl_cli(n.port, &["PING"]) != "PONG" {
                 continue;
             }
             wait_until("the cluster to be ok on every node", WAIT * 2, || {
-                let info = redis_cli(n.port, &["CLUSTER", "INFO"]);
-                let replication = redis_cli(n.port, &["INFO", "replication"]);
+                let info = acl_cli(n.port, &["CLUSTER", "INFO"]);
+                let replication = acl_cli(n.port, &["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_size:3")
                     && (replication.contains("role:master")
@@ -624,7 +663,7 @@ impl RedisCluster {
     /// The `cluster:` block of a gateway configuration (two seed nodes: the rest are found).
     pub fn yaml(&self) -> String {
         format!(
-            "cluster: {{ nodes: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"] }}",
+            "cluster: {{ nodes: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"] }}, username: {ACL_USER}, password_env: REDIS_PASSWORD",
             self.nodes[0].port, self.nodes[1].port
         )
     }
@@ -632,31 +671,8 @@ impl RedisCluster {
     /// Indexes of the nodes that are masters now.
     pub fn masters(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| redis_cli(self.nodes[i].port, &["ROLE"]).starts_with("master"))
+            .filter(|&i| acl_cli(self.nodes[i].port, &["ROLE"]).starts_with("master"))
             .collect()
-    }
-
-    /// The value of `key`, asked of the node that holds it (`redis-cli -c` follows MOVED).
-    pub fn get(&self, key: &str) -> String {
-        for n in &self.nodes {
-            let out = Command::new("redis-cli")
-                .args([
-                    "-c",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &n.port.to_string(),
-                    "GET",
-                    key,
-                ])
-                .output();
-            if let Ok(o) = out {
-                if o.status.success() && !o.stdout.is_empty() {
-                    return String::from_utf8_lossy(&o.stdout).trim().to_string();
-                }
-            }
-        }
-        String::new()
     }
 }
 

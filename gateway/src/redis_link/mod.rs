@@ -173,10 +173,11 @@ impl RedisLink {
         }
     }
 
-    fn conn(&self) -> Option<Conn> {
+    /// A connection to use now; with Sentinel, waits for a master while none is known.
+    async fn conn(&self) -> Option<Conn> {
         match &self.backend {
             Backend::Server { conn, .. } => Some(Conn::Server(conn.clone())),
-            Backend::Sentinel(f) => f.current().map(|m| Conn::Master(m.conn.clone())),
+            Backend::Sentinel(f) => f.master().await.map(|m| Conn::Master(m.conn.clone())),
             Backend::Cluster { conn, .. } => Some(Conn::Cluster(conn.clone())),
         }
     }
@@ -218,15 +219,22 @@ impl RedisLink {
         if !self.available(op) {
             return None;
         }
-        let Some(conn) = self.conn() else {
-            self.failed(op, "no master known");
-            return None;
+        // Finding the connection counts against the timeout too (a master being looked for).
+        let attempt = async {
+            match self.conn().await {
+                Some(conn) => f(conn).await.map_err(Some),
+                None => Err(None),
+            }
         };
-        match tokio::time::timeout(self.timeout, f(conn)).await {
+        match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
+            Ok(Err(Some(e))) => {
                 self.saw_failure(Some(&e));
                 self.failed(op, e.kind_str());
+                None
+            }
+            Ok(Err(None)) => {
+                self.failed(op, "no master known");
                 None
             }
             Err(_) => {

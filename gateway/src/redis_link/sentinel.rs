@@ -30,6 +30,8 @@ pub struct Master {
 pub struct Follower {
     sentinel: tokio::sync::Mutex<SentinelClient>,
     current: ArcSwapOption<Master>,
+    /// Bumped whenever a master is found, for commands waiting for one.
+    found: tokio::sync::watch::Sender<u64>,
     recheck: Notify,
     config: AsyncConnectionConfig,
 }
@@ -39,6 +41,7 @@ impl Follower {
         Arc::new(Follower {
             sentinel: tokio::sync::Mutex::new(sentinel),
             current: ArcSwapOption::empty(),
+            found: tokio::sync::watch::Sender::new(0),
             recheck: Notify::new(),
             config,
         })
@@ -46,6 +49,18 @@ impl Follower {
 
     pub fn current(&self) -> Option<Arc<Master>> {
         self.current.load_full()
+    }
+
+    /// The current master, or the next one found (the caller bounds the wait): at start-up
+    /// and after a failover, a command waits for the follower rather than failing at once.
+    pub async fn master(&self) -> Option<Arc<Master>> {
+        let mut found = self.found.subscribe();
+        loop {
+            if let Some(m) = self.current() {
+                return Some(m);
+            }
+            found.changed().await.ok()?;
+        }
     }
 
     /// A command saw the connection break or a replica's answer: drop it and ask again now.
@@ -104,6 +119,7 @@ impl Follower {
             conn,
             client,
         })));
+        self.found.send_modify(|n| *n += 1);
         match previous {
             Some(p) => {
                 tracing::warn!(from = %p.addr, to = %addr, "redis sentinel: following the new master")
