@@ -636,6 +636,10 @@ measure() {
     cache_counters "$t" >"$RUN/.counters0"
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $pids)
+    # A limiter key lives only until its bucket is full again: read its size while wrk runs.
+    if [[ $t == ag-shared-limit ]]; then
+        (sleep 1; redis_key_bytes 'bench-e:rl:*' >"$RUN/redis-bytes-limiter-key.txt") &
+    fi
     run_wrk "$t" "$round" "$DURATION" "$out" || die "wrk against $t failed: $(tail -5 "$out")"
     # shellcheck disable=SC2086
     c1=$(cpu_ticks $pids)
@@ -906,7 +910,7 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     echo "| Redis script calls (EVAL/EVALSHA) per request, shared limit (e) / all (f) | ${M_RSCR[ag-shared-limit]:-n/a} / ${M_RSCR[ag-all]:-n/a} |"
     echo "| Redis commands per request incl. those run inside scripts, (e) / (f) | ${M_RCMD[ag-shared-limit]:-n/a} / ${M_RCMD[ag-all]:-n/a} |"
     echo "| redis-server reads per request, (e) / (f) | ${M_RRD[ag-shared-limit]:-n/a} / ${M_RRD[ag-all]:-n/a} |"
-    echo "| Redis bytes per limiter key / per cached token (MEMORY USAGE of one key, (e) / (f)) | $(redis_key_bytes 'bench-e:rl:*') / $(redis_key_bytes 'bench-f:tok:*') |"
+    echo "| Redis bytes per limiter key / per cached token (MEMORY USAGE of one key, (e) / (f)) | $(cat "$RUN/redis-bytes-limiter-key.txt" 2>/dev/null || echo n/a) / $(redis_key_bytes 'bench-f:tok:*') |"
     echo
     echo "Redis figures are deltas over the run divided by wrk's requests (which leave out the requests"
     echo "in flight when wrk stops). Commands come from \`INFO commandstats\`; the second row also"

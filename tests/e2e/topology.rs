@@ -182,6 +182,20 @@ fn sentinel_every_use_then_a_failover_under_load() {
     let load = Load::start(vec![a.url("/echo/load/x"), b.url("/echo/load/x")]);
     std::thread::sleep(Duration::from_millis(300));
     s.master.proc.kill();
+    // A revocation while there is no master: kept, and stored once there is one again.
+    let old_token = token(77, "issued-before");
+    assert_eq!(get(&b, "/echo/me", Some(&old_token), None), 200);
+    let r = client()
+        .post(a.admin_url("/admin/revoke"))
+        .json(&json!({"subject": "77"}))
+        .send()
+        .expect("revoke");
+    assert_eq!(r.status(), 202, "pending while no master answers");
+    assert_eq!(
+        get(&a, "/echo/me", Some(&old_token), None),
+        401,
+        "applied here at once"
+    );
     wait_until(
         "the sentinels to promote the replica",
         Duration::from_secs(20),
@@ -209,6 +223,16 @@ fn sentinel_every_use_then_a_failover_under_load() {
 
     assert_exact_shared_burst(&[&a, &b], "green");
     assert_revocation_reaches(&b, &a, 9, "after-failover");
+    wait_until(
+        "the revocation made without a master to reach the other gateway",
+        Duration::from_secs(10),
+        || get(&b, "/echo/me", Some(&old_token), None) == 401,
+    );
+    assert_eq!(
+        acl_cli(s.replica.port, &["EXISTS", "authgate:revoked-subject:77"]),
+        "1",
+        "stored on the new master"
+    );
     let text = a.metrics();
     assert!(
         metric(
@@ -250,7 +274,13 @@ fn cluster_every_use_across_slots_then_a_master_lost_under_load() {
         assert_revocation_reaches(&a, &b, 200 + i as u64, jti);
     }
     // A revocation another gateway stored, found by one that never saw the token (three keys
-    // on three slots, asked one by one).
+    // on three slots, asked one by one). The token was issued before it.
+    let issued_before = sign(
+        Algorithm::HS256,
+        MOCK_JWT_SECRET,
+        None,
+        &json!({"user_id": 300, "exp": now() + 600, "iat": now() - 5, "jti": "old"}),
+    );
     let r = client()
         .post(a.admin_url("/admin/revoke"))
         .json(&json!({"subject": "300"}))
@@ -258,7 +288,7 @@ fn cluster_every_use_across_slots_then_a_master_lost_under_load() {
         .expect("revoke");
     assert_eq!(r.status(), 200);
     let c = Gateway::start(&yaml, &env());
-    assert_eq!(get(&c, "/echo/me", Some(&token(300, "old")), None), 401);
+    assert_eq!(get(&c, "/echo/me", Some(&issued_before), None), 401);
     for gw in [&a, &b, &c] {
         let text = gw.metrics();
         for op in [
