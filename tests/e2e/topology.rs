@@ -351,3 +351,59 @@ fn cluster_every_use_across_slots_then_a_master_lost_under_load() {
     assert_exact_shared_burst(&[&a, &b], "violet");
     assert_revocation_reaches(&b, &a, 400, "after-failover");
 }
+
+#[test]
+fn a_cluster_over_tls_as_an_acl_user() {
+    let dir = TestDir::new("cluster-tls");
+    let ca = certs::new_ca("redis cluster test ca");
+    certs::issue(&ca, &dir.0, "server.pem", "server.key");
+    std::fs::write(dir.path("ca.pem"), ca.cert.pem()).expect("write");
+    let cluster = RedisCluster::start_tls(&dir.0);
+    let mock = Mock::start("m");
+    let redis = format!(
+        "{}, tls: true, ca_file: {}/ca.pem",
+        cluster.yaml(),
+        dir.0.display()
+    );
+    let yaml = config(&mock, &redis);
+    let a = Gateway::start(&yaml, &env());
+    let b = Gateway::start(&yaml, &env());
+    for team in ["red", "blue"] {
+        assert_exact_shared_burst(&[&a, &b], team);
+    }
+    assert_revocation_reaches(&a, &b, 500, "tls-1");
+    assert_revocation_reaches(&b, &a, 501, "tls-2");
+    let cached: usize = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            cluster
+                .cli(n.port, &["--scan", "--pattern", "authgate:tok:*"])
+                .lines()
+                .count()
+        })
+        .sum();
+    assert!(cached >= 1, "cached identities in the cluster");
+    for gw in [&a, &b] {
+        let text = gw.metrics();
+        assert_eq!(
+            metric(&text, "authgate_redis_errors_total", &[("op", "ratelimit")]),
+            0.0
+        );
+    }
+
+    // Without the CA, the nodes' certificate is not trusted: no command gets through, and the
+    // limit falls back to local rather than fail open or shut.
+    let untrusted = config(&mock, &format!("{}, tls: true", cluster.yaml()));
+    let c = Gateway::start(&untrusted, &env());
+    assert_eq!(get(&c, "/echo/team/x", None, Some("green")), 200);
+    let text = c.metrics();
+    assert!(metric(&text, "authgate_redis_errors_total", &[("op", "ratelimit")]) >= 1.0);
+    assert!(
+        metric(
+            &text,
+            "authgate_rate_limit_fallbacks_total",
+            &[("policy", "team")]
+        ) >= 1.0
+    );
+}

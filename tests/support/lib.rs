@@ -414,20 +414,30 @@ impl Redis {
     }
 
     /// A node for a cluster (not yet part of one), as [`Redis::start_acl`].
-    pub fn start_cluster_node() -> Redis {
+    /// With `tls`, clients, replication and the cluster bus are TLS only, with
+    /// `server.pem`/`server.key` and `ca.pem` from that folder.
+    pub fn start_cluster_node(tls: Option<&Path>) -> Redis {
         let port = free_port();
         // The bus port would be port + 10000 by default, past 65535 for most free ports.
         let bus = free_port();
         Self::spawn(port, |cmd, dir| {
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--cluster-port",
-                &bus.to_string(),
-            ])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-            .arg("--cluster-config-file")
-            .arg(dir.path("nodes.conf"));
+            match tls {
+                None => cmd.args(["--port", &port.to_string()]),
+                Some(certs) => cmd
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .args(["--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(certs.join("server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(certs.join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(certs.join("ca.pem")),
+            };
+            cmd.args(["--cluster-port", &bus.to_string()])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .arg("--cluster-config-file")
+                .arg(dir.path("nodes.conf"));
             acl_args(cmd);
         })
     }
@@ -616,17 +626,32 @@ impl RedisSentinel {
 /// `redis-cli --cluster create`; nodes give up on a silent peer after 1 s.
 pub struct RedisCluster {
     pub nodes: Vec<Redis>,
+    /// The certificates' folder when the cluster speaks TLS only.
+    tls: Option<PathBuf>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<Redis> = (0..6).map(|_| Redis::start_cluster_node()).collect();
+        Self::start_with(None)
+    }
+
+    /// TLS only: `server.pem`/`server.key` (for 127.0.0.1) and `ca.pem` in `certs`.
+    pub fn start_tls(certs: &Path) -> RedisCluster {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(tls: Option<&Path>) -> RedisCluster {
+        let nodes: Vec<Redis> = (0..6).map(|_| Redis::start_cluster_node(tls)).collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
+        let c = RedisCluster {
+            nodes,
+            tls: tls.map(Path::to_path_buf),
+        };
         let out = Command::new("redis-cli")
-            .args(["--user", ACL_USER, "--pass", ACL_PASS, "--no-auth-warning"])
+            .args(c.cli_args())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -637,21 +662,44 @@ impl RedisCluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let c = RedisCluster { nodes };
         c.wait_healthy();
         c
+    }
+
+    /// What `redis-cli` needs to reach a node: the ACL user, and TLS when the cluster has it.
+    fn cli_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["--user", ACL_USER, "--pass", ACL_PASS, "--no-auth-warning"]
+            .map(String::from)
+            .to_vec();
+        if let Some(certs) = &self.tls {
+            args.push("--tls".into());
+            args.push("--cacert".into());
+            args.push(certs.join("ca.pem").display().to_string());
+        }
+        args
+    }
+
+    /// `redis-cli` on the node at `port`, trimmed ("" when it could not connect).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(self.cli_args())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
     }
 
     /// Every live node says the cluster is ok and knows three masters, and every live replica
     /// is in sync (one that never synced could not take over from its master).
     pub fn wait_healthy(&self) {
         for n in &self.nodes {
-            if acl_cli(n.port, &["PING"]) != "PONG" {
+            if self.cli(n.port, &["PING"]) != "PONG" {
                 continue;
             }
             wait_until("the cluster to be ok on every node", WAIT * 2, || {
-                let info = acl_cli(n.port, &["CLUSTER", "INFO"]);
-                let replication = acl_cli(n.port, &["INFO", "replication"]);
+                let info = self.cli(n.port, &["CLUSTER", "INFO"]);
+                let replication = self.cli(n.port, &["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_size:3")
                     && (replication.contains("role:master")
@@ -671,7 +719,10 @@ impl RedisCluster {
     /// Indexes of the nodes that are masters now.
     pub fn masters(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| acl_cli(self.nodes[i].port, &["ROLE"]).starts_with("master"))
+            .filter(|&i| {
+                self.cli(self.nodes[i].port, &["ROLE"])
+                    .starts_with("master")
+            })
             .collect()
     }
 }
