@@ -63,12 +63,13 @@ routes:
     )
 }
 
-fn env() -> [(&'static str, &'static str); 3] {
+fn env() -> [(&'static str, &'static str); 4] {
     [
         ("JWT_SECRET", MOCK_JWT_SECRET),
         ("INTROSPECTION_SECRET", MOCK_INTROSPECTION.1),
-        // For the Sentinel and Cluster fixtures' ACL user.
+        // For the Sentinel and Cluster fixtures.
         ("REDIS_PASSWORD", ACL_PASS),
+        ("SENTINEL_PASSWORD", SENTINEL_PASS),
     ]
 }
 

@@ -34,10 +34,11 @@ routes:
     )
 }
 
-fn env() -> [(&'static str, &'static str); 2] {
+fn env() -> [(&'static str, &'static str); 3] {
     [
         ("JWT_SECRET", MOCK_JWT_SECRET),
         ("REDIS_PASSWORD", ACL_PASS),
+        ("SENTINEL_PASSWORD", SENTINEL_PASS),
     ]
 }
 
@@ -101,8 +102,9 @@ fn assert_revocation_reaches(writer: &Gateway, reader: &Gateway, uid: u64, jti: 
     );
 }
 
-/// Requests that run until stopped, each a fresh subject on the shared limit (so each one
-/// asks Redis), keeping every status seen.
+/// Requests that run until stopped (stopped on drop too, should a test fail first), over 50
+/// subjects per thread on a shared limit with a large burst (so tokens are reserved and held
+/// across the failover), keeping every status seen.
 struct Load {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<BTreeSet<u16>>>,
@@ -142,13 +144,19 @@ impl Load {
         }
     }
 
-    fn finish(self) -> BTreeSet<u16> {
+    fn finish(mut self) -> BTreeSet<u16> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             t.join().expect("load thread");
         }
         let seen = self.seen.lock().expect("seen").clone();
         seen
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -495,6 +495,16 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
 /// off), as a gateway configures it: `username: authgate, password_env: REDIS_PASSWORD`.
 pub const ACL_USER: &str = "authgate";
 pub const ACL_PASS: &str = "acl-s3cret";
+/// The sentinels' own password (`requirepass`), as `sentinel.password_env: SENTINEL_PASSWORD`.
+pub const SENTINEL_PASS: &str = "sentinel-s3cret";
+
+/// `redis-cli` on a sentinel of the fixture.
+pub fn sentinel_cli(port: u16, args: &[&str]) -> String {
+    redis_cli(
+        port,
+        &[&["-a", SENTINEL_PASS, "--no-auth-warning"], args].concat(),
+    )
+}
 
 /// `redis-cli` as [`ACL_USER`].
 pub fn acl_cli(port: u16, args: &[&str]) -> String {
@@ -549,7 +559,9 @@ impl RedisSentinel {
                      sentinel failover-timeout {m} 4000\n\
                      sentinel parallel-syncs {m} 1\n\
                      sentinel auth-user {m} {ACL_USER}\n\
-                     sentinel auth-pass {m} {ACL_PASS}\n",
+                     sentinel auth-pass {m} {ACL_PASS}\n\
+                     requirepass {SENTINEL_PASS}\n\
+                     sentinel sentinel-pass {SENTINEL_PASS}\n",
                     dir = dir.0.display(),
                     m = Self::MASTER,
                     mp = master.port,
@@ -582,7 +594,7 @@ impl RedisSentinel {
                 "the sentinels to see the replica and each other",
                 WAIT * 2,
                 || {
-                    let info = redis_cli(p, &["SENTINEL", "MASTER", Self::MASTER]);
+                    let info = sentinel_cli(p, &["SENTINEL", "MASTER", Self::MASTER]);
                     let lines: Vec<&str> = info.lines().collect();
                     let field = |name: &str| {
                         lines
@@ -606,7 +618,7 @@ impl RedisSentinel {
             .map(|p| format!("\"127.0.0.1:{p}\""))
             .collect();
         format!(
-            "sentinel: {{ master: {}, nodes: [{}] }}, username: {ACL_USER}, password_env: REDIS_PASSWORD",
+            "sentinel: {{ master: {}, nodes: [{}], password_env: SENTINEL_PASSWORD }}, username: {ACL_USER}, password_env: REDIS_PASSWORD",
             Self::MASTER,
             nodes.join(", ")
         )
@@ -614,7 +626,7 @@ impl RedisSentinel {
 
     /// The port of the node the sentinels call master now.
     pub fn master_port(&self) -> Option<u16> {
-        let out = redis_cli(
+        let out = sentinel_cli(
             self.sentinel_ports[0],
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER],
         );

@@ -256,7 +256,7 @@ impl Revocations {
     }
 
     /// One revocation to Redis: its key with the TTL, the shared cache entry dropped, and the
-    /// event published, in one round trip.
+    /// event published.
     async fn share(r: &Revocation, redis: &RedisLink) -> Option<()> {
         let (key, value, ttl_ms) = match r {
             Revocation::Token { id, ttl_ms } | Revocation::Jti { id, ttl_ms } => {
@@ -279,14 +279,12 @@ impl Revocations {
             Revocation::Token { id, .. } => Some(redis.key("tok", id)),
             _ => None,
         };
-        // Three commands, each on its own key (a cluster may keep them on three nodes): the
-        // revocation is stored before it is announced, so a replica that hears of it and
-        // looks finds it.
+        // One command per key (a cluster may keep them on three nodes): the revocation is
+        // stored before it is announced, so a replica that hears of it and looks finds it.
+        // The cached entry's removal may fail without holding the revocation back: a replica
+        // that reads that entry checks the revocation keys first.
         redis
             .run(RedisOp::Revoke, |mut c| async move {
-                if let Some(k) = cached {
-                    redis::cmd("DEL").arg(k).exec_async(&mut c).await?;
-                }
                 redis::cmd("SET")
                     .arg(key)
                     .arg(value)
@@ -294,6 +292,9 @@ impl Revocations {
                     .arg(ttl_ms.max(1))
                     .exec_async(&mut c)
                     .await?;
+                if let Some(k) = cached {
+                    let _ = redis::cmd("DEL").arg(k).exec_async(&mut c).await;
+                }
                 redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(event)
@@ -322,7 +323,8 @@ impl Revocations {
                 if !cluster {
                     return redis::cmd("MGET").arg(&keys).query_async(&mut c).await;
                 }
-                // The keys hash to different slots: one GET each, sent together.
+                // The keys hash to different slots: one GET each, sent together. One node not
+                // answering must not hide what another says (a revocation found counts).
                 let gets = keys.iter().map(|k| {
                     let mut c = c.clone();
                     async move {
@@ -332,7 +334,14 @@ impl Revocations {
                             .await
                     }
                 });
-                futures_util::future::try_join_all(gets).await
+                let answers = futures_util::future::join_all(gets).await;
+                if answers.iter().all(Result::is_err) {
+                    return answers
+                        .into_iter()
+                        .find_map(Result::err)
+                        .map_or(Ok(Vec::new()), Err);
+                }
+                Ok(answers.into_iter().map(|a| a.ok().flatten()).collect())
             })
             .await;
         let Some(values) = values else { return false };

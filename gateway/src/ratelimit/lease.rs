@@ -12,14 +12,16 @@
 //! exceeds what one bucket would allow, so their admissions together are what one GCRA
 //! bucket could have admitted.
 //!
-//! How much is reserved: Redis grants a quarter of what the bucket holds, and one token as
-//! it empties, so a small burst stays exact across replicas (burst N means N, then 429). Tokens
-//! a replica holds and does not spend go void slot by slot as the bucket refills, and while
-//! they are held the others still get the full refill rate: what one replica holds only ever
-//! makes the others' burst smaller for a while, never the limit larger. At half the limit's
-//! rate a full bucket's grant lasts a quarter of the burst's emission intervals and half of it
-//! is spent: one round trip per `burst / 8` requests (the budget of one per ten holds from a
-//! burst of 80 up).
+//! How much is reserved: while the bucket holds [`BATCH_FROM`] tokens or more, Redis grants a
+//! quarter of them; below that, one per request. The last tokens of a burst thus always go one
+//! by one, and a burst under [`BATCH_FROM`] is exact across replicas however the requests are
+//! spread (burst N means N, then 429). With a larger burst, tokens a replica holds and does not
+//! spend go void slot by slot as the bucket refills, and while they are held the others still
+//! get the full refill rate: what one replica holds only makes the others' burst smaller for a
+//! while (by at most what it was granted), never the limit larger. At half the limit's rate a
+//! full bucket's grant lasts a quarter of the burst's emission intervals and half of it is
+//! spent: one round trip per `burst / 8` requests (the budget of one per ten holds from a burst
+//! of 80 up).
 
 use super::Verdict;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant};
 
 /// What a replica asks for: no cap of its own beyond Redis's quarter of the bucket.
 pub const WANT: u32 = 1 << 30;
+/// Below this many tokens left in the bucket, each request takes one token from Redis.
+pub const BATCH_FROM: u32 = 40;
 
 /// What Redis granted: `granted` tokens (0: limited), valid for `valid` from when it was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +140,7 @@ impl Held {
 /// The reservations of one shared policy, per key. Bounded; idle keys go.
 pub struct Leases {
     held: moka::sync::Cache<u64, Arc<Mutex<Held>>>,
+    max_keys: u64,
 }
 
 impl Leases {
@@ -145,6 +150,17 @@ impl Leases {
                 .max_capacity(max_keys)
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
+            max_keys,
+        }
+    }
+
+    /// What to ask Redis for: [`WANT`], or one token while there is no room to keep a grant
+    /// (what could not be kept would be lost to the bucket until its slots void).
+    pub fn want(&self) -> u32 {
+        if self.held.entry_count() >= self.max_keys {
+            1
+        } else {
+            WANT
         }
     }
 
@@ -349,7 +365,12 @@ mod tests {
                     reset: Duration::from_micros(tat - now),
                 };
             }
-            let n = (room / 4).max(1).min(want);
+            let n = if room >= u64::from(BATCH_FROM) {
+                room / 4
+            } else {
+                1
+            }
+            .min(want);
             self.tat = tat + n * self.interval;
             Grant {
                 granted: n as u32,
@@ -473,5 +494,17 @@ mod tests {
                 "{replicas} replicas: {trips} round trips for {requests} requests"
             );
         }
+    }
+
+    #[test]
+    fn a_full_table_asks_for_one_token_at_a_time() {
+        let l = Leases::new(2);
+        let t0 = Instant::now();
+        assert_eq!(l.want(), WANT);
+        for key in 0..4 {
+            l.granted(key, grant(3, 0, 60_000), SEC, t0, t0);
+        }
+        l.prune();
+        assert_eq!(l.want(), 1);
     }
 }

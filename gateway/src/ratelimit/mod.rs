@@ -64,7 +64,7 @@ impl PolicyLimiter {
     }
 }
 
-/// Keys of one shared policy that may hold a reservation at once; more are asked of Redis
+/// Keys of one shared policy that may hold a reservation at once; past it, keys ask Redis for
 /// one token at a time until idle ones go.
 const MAX_LEASED_KEYS: u64 = 1_000_000;
 
@@ -315,7 +315,7 @@ impl Limiters {
                                 &redis_key,
                                 interval,
                                 policy.burst,
-                                lease::WANT,
+                                leases.want(),
                             )
                             .await
                             {

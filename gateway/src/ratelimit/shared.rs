@@ -8,7 +8,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 /// KEYS[1]: the bucket. ARGV[1]: emission interval in µs. ARGV[2]: burst. ARGV[3]: tokens
-/// wanted. Grants at most a quarter of what the bucket holds, at least one while it holds any.
+/// wanted. ARGV[4]: from how many tokens left a grant may be more than one. Grants a quarter of
+/// what the bucket holds from there, one below it (see `lease`).
 /// Returns {granted, remaining, retry_after_us, reset_us}; `reset_us` is also when the bucket
 /// could be full again, after which the granted tokens are void (see `lease`).
 const GCRA: &str = r#"
@@ -24,8 +25,8 @@ local room = math.floor((now + tau - tat) / interval)
 if room < 1 then
   return {0, 0, tat + interval - tau - now, tat - now}
 end
-local n = math.floor(room / 4)
-if n < 1 then n = 1 end
+local n = 1
+if room >= tonumber(ARGV[4]) then n = math.floor(room / 4) end
 if n > want then n = want end
 local new_tat = tat + n * interval
 redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
@@ -83,6 +84,7 @@ pub async fn reserve(
                 .arg(interval_us)
                 .arg(burst)
                 .arg(want.max(1))
+                .arg(super::lease::BATCH_FROM)
                 .invoke_async(&mut conn)
                 .await
         })

@@ -131,11 +131,13 @@ impl RedisLink {
                 nodes,
                 password,
             } => {
+                // No response timeout of its own: each command's is `command_timeout`, and a
+                // connection that stops answering is found by the follower's ping.
                 let follower = Follower::new(
                     sentinel_client(settings, master, nodes, password.as_ref())?,
                     AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                        .set_response_timeout(Some(settings.command_timeout)),
+                        .set_response_timeout(None),
                 );
                 rt.spawn(Follower::follow(Arc::downgrade(&follower)));
                 Backend::Sentinel(follower)
@@ -173,18 +175,22 @@ impl RedisLink {
         }
     }
 
-    /// A connection to use now; with Sentinel, waits for a master while none is known.
-    async fn conn(&self) -> Option<Conn> {
+    /// A connection to use now (and, with Sentinel, the master it goes to); with Sentinel,
+    /// waits for a master while none is known.
+    async fn conn(&self) -> Option<(Conn, Option<Arc<sentinel::Master>>)> {
         match &self.backend {
-            Backend::Server { conn, .. } => Some(Conn::Server(conn.clone())),
-            Backend::Sentinel(f) => f.master().await.map(|m| Conn::Master(m.conn.clone())),
-            Backend::Cluster { conn, .. } => Some(Conn::Cluster(conn.clone())),
+            Backend::Server { conn, .. } => Some((Conn::Server(conn.clone()), None)),
+            Backend::Sentinel(f) => {
+                let m = f.master().await?;
+                Some((Conn::Master(m.conn.clone()), Some(m)))
+            }
+            Backend::Cluster { conn, .. } => Some((Conn::Cluster(conn.clone()), None)),
         }
     }
 
-    /// What a failed command tells the sentinel follower.
-    fn saw_failure(&self, e: Option<&redis::RedisError>) {
-        let Backend::Sentinel(f) = &self.backend else {
+    /// What a failed command on `used` tells the sentinel follower.
+    fn saw_failure(&self, used: Option<&Arc<sentinel::Master>>, e: Option<&redis::RedisError>) {
+        let (Backend::Sentinel(f), Some(used)) = (&self.backend, used) else {
             return;
         };
         match e {
@@ -195,7 +201,7 @@ impl RedisLink {
                     || e.is_unrecoverable_error()
                     || e.code() == Some("READONLY") =>
             {
-                f.lost()
+                f.lost(used)
             }
             _ => f.doubt(),
         }
@@ -220,16 +226,22 @@ impl RedisLink {
             return None;
         }
         // Finding the connection counts against the timeout too (a master being looked for).
+        let used = std::sync::Mutex::new(None);
         let attempt = async {
             match self.conn().await {
-                Some(conn) => f(conn).await.map_err(Some),
+                Some((conn, master)) => {
+                    *used.lock().unwrap_or_else(|p| p.into_inner()) = master;
+                    f(conn).await.map_err(Some)
+                }
                 None => Err(None),
             }
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        let outcome = tokio::time::timeout(self.timeout, attempt).await;
+        let used = used.into_inner().unwrap_or_else(|p| p.into_inner());
+        match outcome {
             Ok(Ok(v)) => Some(v),
             Ok(Err(Some(e))) => {
-                self.saw_failure(Some(&e));
+                self.saw_failure(used.as_ref(), Some(&e));
                 self.failed(op, e.kind_str());
                 None
             }
@@ -238,7 +250,7 @@ impl RedisLink {
                 None
             }
             Err(_) => {
-                self.saw_failure(None);
+                self.saw_failure(used.as_ref(), None);
                 self.failed(op, "timeout");
                 None
             }

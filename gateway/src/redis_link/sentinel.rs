@@ -3,9 +3,11 @@
 //! to that node serves every command. A task here keeps that connection pointing at the
 //! current master: it asks the sentinels every [`RECHECK`] (a master that was failed over
 //! while still reachable is left at once) and at once when a command saw the connection
-//! break or the node answer `READONLY` (a demoted master). Between the old master going and
-//! the new one being found, commands get no connection and the callers' Redis-down rules
-//! apply: nothing here waits or retries on the request path.
+//! break or the node answer `READONLY` (a demoted master), and it pings the connection it
+//! keeps, so one that died silently (a dropped NAT entry) is replaced within a recheck. While
+//! no master is known a command waits for one within its `command_timeout`; after that the
+//! callers' Redis-down rules apply. Sentinels that cannot be reached while the master still
+//! answers leave the connection in use: a rolling restart of the sentinels is no outage.
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
@@ -63,9 +65,13 @@ impl Follower {
         }
     }
 
-    /// A command saw the connection break or a replica's answer: drop it and ask again now.
-    pub fn lost(&self) {
-        self.current.store(None);
+    /// A command on `used` saw the connection break or a replica's answer: drop that
+    /// connection (unless the follower already replaced it) and ask again now.
+    pub fn lost(&self, used: &Arc<Master>) {
+        let current = self.current.load();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, used)) {
+            self.current.compare_and_swap(&*current, None);
+        }
         self.recheck.notify_one();
     }
 
@@ -100,15 +106,26 @@ impl Follower {
     }
 
     async fn resolve(&self) -> Result<(), &'static str> {
-        let client = {
+        let named = {
             let mut s = self.sentinel.lock().await;
-            s.async_get_client()
-                .await
-                .map_err(|_| "no sentinel names a reachable master")?
+            s.async_get_client().await
+        };
+        let current = self.current.load_full();
+        let client = match named {
+            Ok(client) => client,
+            // No sentinel answers: keep a master that still does.
+            Err(_) => {
+                return match &current {
+                    Some(m) if alive(m).await => Ok(()),
+                    _ => Err("no sentinel names a reachable master"),
+                };
+            }
         };
         let addr = client.get_connection_info().addr().to_string();
-        if self.current.load().as_ref().is_some_and(|m| m.addr == addr) {
-            return Ok(());
+        if let Some(m) = &current {
+            if m.addr == addr && alive(m).await {
+                return Ok(());
+            }
         }
         let conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
@@ -121,11 +138,23 @@ impl Follower {
         })));
         self.found.send_modify(|n| *n += 1);
         match previous {
-            Some(p) => {
+            Some(p) if p.addr != addr => {
                 tracing::warn!(from = %p.addr, to = %addr, "redis sentinel: following the new master")
             }
+            Some(_) => tracing::warn!(master = %addr, "redis sentinel: reconnected to the master"),
             None => tracing::info!(master = %addr, "redis sentinel: connected to the master"),
         }
         Ok(())
     }
+}
+
+/// How long the kept connection may take to answer a ping.
+const PING: Duration = Duration::from_secs(1);
+
+/// Whether the kept connection still answers.
+async fn alive(m: &Master) -> bool {
+    let mut conn = m.conn.clone();
+    let cmd = redis::cmd("PING");
+    let ping = cmd.query_async::<String>(&mut conn);
+    matches!(tokio::time::timeout(PING, ping).await, Ok(Ok(_)))
 }
