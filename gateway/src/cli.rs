@@ -32,6 +32,7 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "authgate cannot start");
+                    crate::logging::flush(std::time::Duration::from_secs(1));
                     eprintln!("authgate: {e}");
                     ExitCode::FAILURE
                 }

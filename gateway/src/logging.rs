@@ -1,6 +1,37 @@
 //! JSON log lines on stderr; level from `RUST_LOG` (default `info`).
+//!
+//! While the gateway serves, lines are written by a thread of their own: a proxy thread
+//! formats its line and hands it over without waiting, so a slow or stalled stderr (a full
+//! pipe to a log shipper that stopped reading) never stalls traffic. Past `AUTHGATE_LOG_QUEUE`
+//! lines waiting (default 8192), lines are dropped and counted in
+//! `authgate_log_lines_dropped_total`. Before serving starts (and for `check`) lines are
+//! written directly, so a start-up failure is always printed.
 
+use prometheus::IntCounter;
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
+
+/// Lines waiting at most, unless `AUTHGATE_LOG_QUEUE` says otherwise.
+const QUEUE_LINES: usize = 8192;
+
+/// One write to stderr carries at most about this much (many lines at once under load).
+const BATCH_BYTES: usize = 64 * 1024;
+
+enum Msg {
+    Line(Vec<u8>),
+    /// Answered once every line sent before it is written.
+    Flush(SyncSender<()>),
+}
+
+struct Queue {
+    tx: SyncSender<Msg>,
+    dropped: IntCounter,
+}
+
+static QUEUE: OnceLock<Queue> = OnceLock::new();
 
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -9,7 +40,121 @@ pub fn init() {
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Handoff)
         .with_env_filter(filter)
         .try_init();
+}
+
+/// Starts the writer thread: from now on no log line is written by the thread that made it.
+pub fn start_writer(dropped: IntCounter) -> Result<(), String> {
+    let lines = std::env::var("AUTHGATE_LOG_QUEUE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(QUEUE_LINES);
+    let (tx, rx) = sync_channel(lines);
+    std::thread::Builder::new()
+        .name("authgate-log".into())
+        .spawn(move || write_lines(rx))
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
+    let _ = QUEUE.set(Queue { tx, dropped });
+    Ok(())
+}
+
+/// Hands one complete line (ending in `\n`) to the writer, or writes it directly before the
+/// writer runs. Never waits for stderr once the writer runs.
+pub fn write_line(line: Vec<u8>) {
+    match QUEUE.get() {
+        Some(q) => match q.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => q.dropped.inc(),
+        },
+        // One write per line, so lines from different threads never interleave.
+        None => {
+            let _ = std::io::stderr().lock().write_all(&line);
+        }
+    }
+}
+
+/// Waits up to `timeout` for the lines handed over so far to be written (before the process
+/// exits); a stalled stderr makes it give up, not hang.
+pub fn flush(timeout: Duration) {
+    let Some(q) = QUEUE.get() else {
+        return;
+    };
+    let (done_tx, done_rx) = sync_channel(1);
+    let deadline = std::time::Instant::now() + timeout;
+    let mut msg = Msg::Flush(done_tx);
+    // The queue may be full: retry until the deadline rather than block on it.
+    loop {
+        match q.tx.try_send(msg) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                msg = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let _ = done_rx.recv_timeout(left);
+}
+
+/// The writer thread: as many waiting lines as fit in one batch, one write.
+fn write_lines(rx: Receiver<Msg>) {
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+    let mut waiting: Vec<SyncSender<()>> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(l) => batch.extend_from_slice(&l),
+                Msg::Flush(done) => waiting.push(done),
+            }
+            if batch.len() < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&batch);
+            batch.clear();
+        }
+        for done in waiting.drain(..) {
+            let _ = done.try_send(());
+        }
+    }
+}
+
+/// tracing's writer: each event is formatted into one buffer and written with one call, which
+/// becomes one line handed to the writer thread.
+struct Handoff;
+
+impl Write for Handoff {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        write_line(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_holds_waiting_lines_and_flush_waits_for_them() {
+        let (tx, rx) = sync_channel(4);
+        let writer = std::thread::spawn(move || write_lines(rx));
+        tx.send(Msg::Line(b"{}\n".to_vec())).expect("send");
+        let (done_tx, done_rx) = sync_channel(1);
+        tx.send(Msg::Flush(done_tx)).expect("send");
+        done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("flush answered after the line");
+        drop(tx);
+        writer.join().expect("writer ends with its queue");
+    }
 }

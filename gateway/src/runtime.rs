@@ -107,9 +107,12 @@ pub fn run(source: Source) -> Result<(), String> {
     ));
 
     tracing::info!(listen = ?listen, admin = %admin_listen, "authgate starting");
+    // From here on no proxy thread writes to stderr itself.
+    crate::logging::start_writer(shared.metrics.log_lines_dropped_total.clone())?;
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown { shared, grace }),
     });
+    crate::logging::flush(Duration::from_secs(1));
     std::process::exit(0)
 }
 
@@ -231,6 +234,7 @@ fn watch_drain(in_flight: Arc<std::sync::atomic::AtomicUsize>, grace: Duration) 
                 idle_checks += 1;
                 if idle_checks >= 3 {
                     tracing::info!("all requests finished; exiting");
+                    crate::logging::flush(Duration::from_secs(1));
                     std::process::exit(0);
                 }
             } else {

@@ -364,3 +364,75 @@ fn reload_under_load_switches_upstreams_without_failures() {
         .as_str()
         .is_some_and(|m| m.contains("reload refused"))));
 }
+
+/// A log shipper that stops reading: stderr is a pipe nobody drains. Once it is full, the
+/// gateway drops log lines (counted) and keeps answering; nothing waits for the pipe.
+#[test]
+fn a_stalled_stderr_never_stalls_traffic() {
+    use std::process::{Child, Command, Stdio};
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mock = Mock::start("m");
+    let dir = TestDir::new("stall");
+    let config = dir.path("authgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+server: {{ listen: ["${{AG_LISTEN}}"] }}
+admin: {{ listen: "${{AG_ADMIN}}" }}
+upstreams:
+  lms: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: public, path_prefix: /echo/, auth: none, upstream: lms }}
+"#,
+            mock.addr
+        ),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // The pipe's far end is held (so writes block rather than fail) and never read.
+    let gw = Killed(
+        Command::new(bin("authgate"))
+            .arg("--config")
+            .arg(&config)
+            .env("AG_LISTEN", addr.to_string())
+            .env("AG_ADMIN", admin.to_string())
+            .env("RUST_LOG", "info")
+            .env("AUTHGATE_LOG_QUEUE", "16")
+            .env_remove("AUTHGATE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(addr, WAIT);
+    wait_port(admin, WAIT);
+    // A pipe holds 64 KiB, a few hundred access lines; a thousand requests go well past it.
+    let c = client_with_timeout(Duration::from_secs(5));
+    for i in 0..1000 {
+        let r = c
+            .get(format!("http://{addr}/echo/{i}"))
+            .send()
+            .unwrap_or_else(|e| panic!("request {i} stalled or failed: {e}"));
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    let m = c
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metric(&m, "authgate_log_lines_dropped_total", &[]) > 0.0,
+        "lines were dropped, and counted"
+    );
+    drop(gw);
+}

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub rate_limit_fallbacks_total: IntCounterVec,
     pub rate_limit_overflow_total: IntCounterVec,
     pub header_timeouts_total: IntCounter,
+    pub log_lines_dropped_total: IntCounter,
     pub idle_timeouts_total: IntCounter,
     pub build_info: IntGaugeVec,
 }
@@ -168,6 +169,18 @@ impl Metrics {
                 "Requests judged by a policy's shared overflow bucket because its key table was full.",
                 &["policy"],
             ),
+            log_lines_dropped_total: {
+                let c = IntCounter::new(
+                    "authgate_log_lines_dropped_total",
+                    "Log lines (access and others) dropped because stderr did not keep up and \
+                     the log queue was full.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             header_timeouts_total: {
                 let c = IntCounter::new(
                     "authgate_header_timeouts_total",
@@ -329,6 +342,7 @@ mod tests {
             "authgate_build_info",
             "authgate_header_timeouts_total",
             "authgate_idle_timeouts_total",
+            "authgate_log_lines_dropped_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

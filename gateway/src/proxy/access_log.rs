@@ -3,8 +3,6 @@
 use super::ctx::RequestCtx;
 use crate::answer::rfc3339_millis;
 use pingora_proxy::Session;
-use serde_json::{json, Value};
-use std::io::Write;
 use std::time::SystemTime;
 
 pub fn record(session: &Session, ctx: &RequestCtx) {
@@ -27,8 +25,36 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
 }
 
 /// The access-log line: every field present (null when it does not apply), never a token,
-/// a secret or a query string.
-fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f64) -> Value {
+/// a secret or a query string. Borrowed fields, serialised straight into the line's buffer:
+/// no allocation per field.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    ts: String,
+    level: &'static str,
+    kind: &'static str,
+    request_id: &'a str,
+    route: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    upstream: Option<&'a str>,
+    upstream_ms: Option<f64>,
+    subject: Option<&'a str>,
+    auth: Option<&'static str>,
+    reason: Option<&'static str>,
+    shadow: Option<bool>,
+    token_cache: Option<&'static str>,
+    rate_limit: Option<&'static str>,
+    policy: Option<&'a str>,
+}
+
+fn access_line<'a>(
+    session: &'a Session,
+    ctx: &'a RequestCtx,
+    status: u16,
+    duration_ms: f64,
+) -> AccessLine<'a> {
     let route = ctx.route();
     let principal = ctx.principal();
     let trace = ctx.auth_trace();
@@ -43,31 +69,38 @@ fn access_line(session: &Session, ctx: &RequestCtx, status: u16, duration_ms: f6
         (None, None) => None,
     };
     let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
-    json!({
-        "ts": rfc3339_millis(SystemTime::now()),
-        "level": "INFO",
-        "kind": "access",
-        "request_id": ctx.request_id.as_str(),
-        "route": route.map_or("unmatched", |r| r.spec.name.as_str()),
-        "method": session.req_header().method.as_str(),
-        "path": session.req_header().uri.path(),
-        "status": status,
-        "duration_ms": round(duration_ms),
-        "upstream": route.filter(|_| ctx.upstream_started.is_some()).map(|r| r.upstream.spec.name.as_str()),
-        "upstream_ms": ctx.upstream_elapsed.map(|d| round(d.as_secs_f64() * 1000.0)),
-        "subject": principal.map(|p| p.subject.as_str()),
-        "auth": auth,
-        "reason": trace.and_then(|t| t.denial).map(|d| d.as_str()),
-        "shadow": route.map(|r| r.shadow.is_some()),
-        "token_cache": trace.and_then(|t| t.tier).map(|t| t.as_str()),
-        "rate_limit": rate_limit,
-        "policy": ctx.limited_by(),
-    })
+    AccessLine {
+        ts: rfc3339_millis(SystemTime::now()),
+        level: "INFO",
+        kind: "access",
+        request_id: ctx.request_id.as_str(),
+        route: route.map_or("unmatched", |r| r.spec.name.as_str()),
+        method: session.req_header().method.as_str(),
+        path: session.req_header().uri.path(),
+        status,
+        duration_ms: round(duration_ms),
+        upstream: route
+            .filter(|_| ctx.upstream_started.is_some())
+            .map(|r| r.upstream.spec.name.as_str()),
+        upstream_ms: ctx
+            .upstream_elapsed
+            .map(|d| round(d.as_secs_f64() * 1000.0)),
+        subject: principal.map(|p| p.subject.as_str()),
+        auth,
+        reason: trace.and_then(|t| t.denial).map(|d| d.as_str()),
+        shadow: route.map(|r| r.shadow.is_some()),
+        token_cache: trace.and_then(|t| t.tier).map(|t| t.as_str()),
+        rate_limit,
+        policy: ctx.limited_by(),
+    }
 }
 
-fn write_access_line(line: &Value) {
-    let mut buf = line.to_string().into_bytes();
-    buf.push(b'\n');
-    // One write per line, so lines from different threads never interleave.
-    let _ = std::io::stderr().lock().write_all(&buf);
+/// One line, handed to the log writer thread (`crate::logging`): a stalled stderr costs a
+/// dropped line, never a stalled request.
+fn write_access_line(line: &AccessLine<'_>) {
+    let mut buf = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut buf, line).is_ok() {
+        buf.push(b'\n');
+        crate::logging::write_line(buf);
+    }
 }
