@@ -673,7 +673,10 @@ routes: [{{ name: a, path_prefix: /, upstream: lms }}]
     let r = get(&gw, "/x", &t);
     assert_eq!(r.status(), 503);
     assert_eq!(r.json::<Value>().unwrap()["error"], "auth_unavailable");
-    assert!(gw.proc.output().contains("JWKS fetch failed"));
+    // Log lines are written by their own thread: wait for it.
+    wait_until("the JWKS failure in the log", WAIT, || {
+        gw.proc.output().contains("JWKS fetch failed")
+    });
     drop(gw);
 
     // With a static key it starts, but is not ready until the JWKS loads.

@@ -360,9 +360,13 @@ fn reload_under_load_switches_upstreams_without_failures() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-mock-name"], "b");
-    assert!(s.gw.log_lines().iter().any(|l| l["message"]
-        .as_str()
-        .is_some_and(|m| m.contains("reload refused"))));
+    wait_until("the refused reload in the log", WAIT, || {
+        s.gw.log_lines().iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("reload refused"))
+        })
+    });
 }
 
 /// A log shipper that stops reading: stderr is a pipe nobody drains. Once it is full, the
