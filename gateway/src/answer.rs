@@ -491,6 +491,7 @@ mod tests {
             index: 0,
             policy: "user".into(),
             limit: 5,
+            limit_header: http::HeaderValue::from(5u32),
             remaining: 0,
             reset_s: 3,
             retry_after_s: 1,

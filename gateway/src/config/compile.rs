@@ -785,6 +785,7 @@ impl Compiler<'_> {
                     burst: f.burst,
                     key: LimitKey::ClientIp,
                     scope: LimitScope::Local,
+                    limit_header: http::HeaderValue::from(f.burst),
                 })
             }),
         }
@@ -1297,6 +1298,7 @@ impl Compiler<'_> {
                 burst: l.burst,
                 key,
                 scope,
+                limit_header: http::HeaderValue::from(l.burst),
             }));
         }
         out

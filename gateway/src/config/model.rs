@@ -387,6 +387,8 @@ pub struct RatePolicy {
     pub burst: u32,
     pub key: LimitKey,
     pub scope: LimitScope,
+    /// `RateLimit-Limit`'s value (the burst), built once: it never changes per answer.
+    pub limit_header: http::HeaderValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -543,7 +543,7 @@ pub fn decorate_headers(session: &Session, ctx: &RequestCtx, h: &mut http::Heade
 
 /// `RateLimit-*` on answers of limited routes.
 pub fn rate_limit_headers(h: &mut http::HeaderMap, info: &RateLimitInfo) {
-    h.insert(headers::RATELIMIT_LIMIT, HeaderValue::from(info.limit));
+    h.insert(headers::RATELIMIT_LIMIT, info.limit_header.clone());
     h.insert(
         headers::RATELIMIT_REMAINING,
         HeaderValue::from(info.remaining),

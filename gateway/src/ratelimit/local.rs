@@ -188,6 +188,7 @@ mod tests {
             burst,
             key: LimitKey::ClientIp,
             scope: LimitScope::Local,
+            limit_header: http::HeaderValue::from(burst),
         }
     }
 

@@ -226,6 +226,8 @@ pub struct RateLimitInfo {
     pub index: usize,
     pub policy: Arc<str>,
     pub limit: u32,
+    /// `limit` as the header value the policy prebuilt (a reference count, no formatting).
+    pub limit_header: http::HeaderValue,
     pub remaining: u32,
     pub reset_s: u64,
     pub retry_after_s: u64,
@@ -451,6 +453,7 @@ fn info(
         index: policy.index,
         policy: policy.name.clone(),
         limit: policy.burst,
+        limit_header: policy.limit_header.clone(),
         remaining,
         reset_s: ceil_secs(reset),
         retry_after_s: ceil_secs(retry_after).max(if retry_after.is_zero() { 0 } else { 1 }),
@@ -527,6 +530,7 @@ mod tests {
             burst,
             key: LimitKey::ClientIp,
             scope: LimitScope::Local,
+            limit_header: http::HeaderValue::from(burst),
         };
         let (ip, user) = (policy(0, "ip", "10/s", 20), policy(1, "user", "100/m", 50));
         let header = policy_header([&user, &ip].into_iter()).expect("header");

@@ -73,6 +73,7 @@ fn limiter(n: u64) -> Result<(), String> {
         burst: 50,
         key: LimitKey::Subject,
         scope: LimitScope::Local,
+        limit_header: 50u32.into(),
     };
     let before = rss_bytes()?;
     let started = Instant::now();
