@@ -423,16 +423,12 @@ impl Redis {
         Self::spawn(port, |cmd, dir| {
             match tls {
                 None => cmd.args(["--port", &port.to_string()]),
-                Some(certs) => cmd
-                    .args(["--port", "0", "--tls-port", &port.to_string()])
-                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
-                    .args(["--tls-auth-clients", "no"])
-                    .arg("--tls-cert-file")
-                    .arg(certs.join("server.pem"))
-                    .arg("--tls-key-file")
-                    .arg(certs.join("server.key"))
-                    .arg("--tls-ca-cert-file")
-                    .arg(certs.join("ca.pem")),
+                Some(certs) => tls_only(cmd, port, certs).args([
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                ]),
             };
             cmd.args(["--cluster-port", &bus.to_string()])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
@@ -447,14 +443,7 @@ impl Redis {
     pub fn start_tls(certs: &Path) -> Redis {
         let port = free_port();
         Self::spawn(port, |cmd, _| {
-            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
-                .args(["--tls-auth-clients", "no"])
-                .arg("--tls-cert-file")
-                .arg(certs.join("server.pem"))
-                .arg("--tls-key-file")
-                .arg(certs.join("server.key"))
-                .arg("--tls-ca-cert-file")
-                .arg(certs.join("ca.pem"));
+            tls_only(cmd, port, certs);
         })
     }
 
@@ -516,6 +505,19 @@ pub fn acl_cli(port: u16, args: &[&str]) -> String {
         ]
         .concat(),
     )
+}
+
+/// TLS only on `port` (plain port off), with `server.pem`/`server.key` and `ca.pem` from
+/// `certs`; clients not asked for a certificate.
+fn tls_only<'c>(cmd: &'c mut Command, port: u16, certs: &Path) -> &'c mut Command {
+    cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(certs.join("server.pem"))
+        .arg("--tls-key-file")
+        .arg(certs.join("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(certs.join("ca.pem"))
 }
 
 fn acl_args(cmd: &mut Command) {

@@ -140,7 +140,6 @@ impl Held {
 /// The reservations of one shared policy, per key. Bounded; idle keys go.
 pub struct Leases {
     held: moka::sync::Cache<u64, Arc<Mutex<Held>>>,
-    max_keys: u64,
 }
 
 impl Leases {
@@ -150,14 +149,18 @@ impl Leases {
                 .max_capacity(max_keys)
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
-            max_keys,
         }
     }
 
     /// What to ask Redis for: [`WANT`], or one token while there is no room to keep a grant
     /// (what could not be kept would be lost to the bucket until its slots void).
     pub fn want(&self) -> u32 {
-        if self.held.entry_count() >= self.max_keys {
+        let full = self
+            .held
+            .policy()
+            .max_capacity()
+            .is_some_and(|max| self.held.entry_count() >= max);
+        if full {
             1
         } else {
             WANT
@@ -197,7 +200,6 @@ impl Leases {
             }))
         });
         let mut h = cell.lock().unwrap_or_else(|p| p.into_inner());
-        h.interval = interval;
         h.add(
             Slots {
                 left: g.granted - 1,
