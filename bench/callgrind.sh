@@ -14,7 +14,8 @@
 # keep-alive connection (curl), and the counters are dumped. Prints instructions per request
 # and the heaviest functions (inclusive); the raw profiles stay in bench/out/callgrind-*/ for
 # callgrind_annotate or kcachegrind. Uses the release binaries (run bench/run.sh or
-# `cargo build --release -p authgate -p pingora-plain` first).
+# bench/run.sh first, or `cargo build --release -p authgate` and the stock anchors as
+# bench/pingora-stock/Cargo.toml says).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

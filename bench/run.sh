@@ -97,7 +97,10 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 if [[ $BUILD == 1 ]]; then
     log "building release binaries"
-    cargo build --release --locked -p authgate -p upstream-mock -p pingora-plain
+    cargo build --release --locked -p authgate -p upstream-mock -p authgate-bench-probes
+    # The stock anchors are their own workspace: they must not see the root's pingora patch.
+    cargo build --release --locked --manifest-path "$ROOT/bench/pingora-stock/Cargo.toml" \
+        --target-dir "$TARGET_DIR"
 fi
 for b in authgate upstream-mock pingora-plain pingora-tuned authgate-memory authgate-verify; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing (build first, or drop --no-build)"

@@ -45,6 +45,11 @@ fi
 if [ -d "$src/.cargo" ]; then
     cp -R "$src/.cargo" "$dest/.cargo"
 fi
+# Patched dependencies (the root's [patch.crates-io], see PATCHES.md) are dependencies, not
+# ours: copied whole, so the dependency layer compiles them for real.
+if [ -d "$src/third_party" ]; then
+    cp -R "$src/third_party" "$dest/third_party"
+fi
 for f in rust-toolchain rust-toolchain.toml; do
     if [ -f "$src/$f" ]; then cp "$src/$f" "$dest/$f"; fi
 done
