@@ -261,7 +261,8 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if (recorded_peer_matches(peer, &stream) == Some(true)
+                            || peer.matches_fd(stream.id()))
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,6 +473,24 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// Whether `stream` is known, without a system call, to be connected to `peer`: the address
+/// recorded in its socket digest (by [`l4_connect`] when it connected, or by an earlier
+/// `getpeername`) is the peer's. A stream owns its socket from connect to close, so the address
+/// it was connected to cannot change while it sits in the pool; asking the kernel again on
+/// every reuse (`getpeername` in [`Peer::matches_fd`]) costs a system call per request on a
+/// keep-alive upstream. `None` (nothing recorded, or the peer is reached through a proxy whose
+/// next hop the digest does not describe) and `Some(false)` leave the decision to the kernel
+/// check, which also logs a mismatch.
+#[cfg(unix)]
+fn recorded_peer_matches<P: Peer>(peer: &P, stream: &Stream) -> Option<bool> {
+    if peer.get_proxy().is_some() {
+        return None;
+    }
+    let digest = stream.get_socket_digest()?;
+    let recorded = digest.peer_addr.get()?.as_ref()?;
+    Some(recorded == peer.address())
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready
