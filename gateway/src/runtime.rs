@@ -72,6 +72,11 @@ pub fn run(source: Source) -> Result<(), String> {
     let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
     h2.max_concurrent_streams(h2_streams);
     http.h2_options = Some(h2);
+    // Every head is rewritten with canonical names anyway (README: header names), so parsing
+    // need not keep a case-preserving second map per request (PATCHES.md, patch 2).
+    let mut server_options = pingora_core::apps::HttpServerOptions::default();
+    server_options.discard_header_case = true;
+    http.server_options = Some(server_options);
     let mut proxy = Service::new(
         "authgate proxy".to_string(),
         HeadTimeout::new(http, shared.clone()),

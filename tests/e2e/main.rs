@@ -15,6 +15,7 @@ mod foundation;
 mod hostile;
 mod jwt;
 mod observe;
+mod patches;
 mod ratelimit;
 mod reload;
 mod state;

@@ -307,6 +307,8 @@ impl UpstreamPool {
         o.read_timeout = Some(self.spec.read_timeout);
         o.write_timeout = Some(self.spec.read_timeout);
         o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        // Answers are rewritten with canonical names (PATCHES.md, patch 2).
+        o.discard_header_case = true;
         peer
     }
 

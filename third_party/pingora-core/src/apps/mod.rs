@@ -89,6 +89,16 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// Do not keep the case of HTTP/1 header names as they arrived. Each parsed head then has one
+    /// header map instead of two kept in step (no case-preserving name map to fill, clone and
+    /// drop per request), and is written with canonical names: titled for the common headers,
+    /// lowercase otherwise, as HAProxy and Envoy write them by default. Header names are
+    /// case-insensitive (RFC 9110 section 5.1); turn this on when nothing downstream of the
+    /// proxy relies on their spelling.
+    ///
+    /// Default: `false` (case is kept)
+    pub discard_header_case: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -344,7 +354,9 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            let discard_case = self.server_options().is_some_and(|o| o.discard_header_case);
             let mut session = ServerSession::new_http1(stream);
+            session.set_preserve_header_case(!discard_case);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -360,6 +372,7 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                session.set_preserve_header_case(!discard_case);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -502,6 +502,15 @@ pub struct PeerOptions {
     pub total_connection_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// Do not keep the case of HTTP/1 response header names as they arrived from this peer. Each parsed head then has one
+    /// header map instead of two kept in step (no case-preserving name map to fill, clone and
+    /// drop per request), and is written with canonical names: titled for the common headers,
+    /// lowercase otherwise, as HAProxy and Envoy write them by default. Header names are
+    /// case-insensitive (RFC 9110 section 5.1); turn this on when nothing downstream of the
+    /// proxy relies on their spelling.
+    ///
+    /// Default: `false` (case is kept)
+    pub discard_header_case: bool,
     pub write_timeout: Option<Duration>,
     pub verify_cert: bool,
     pub verify_hostname: bool,
@@ -578,6 +587,7 @@ impl PeerOptions {
             total_connection_timeout: None,
             read_timeout: None,
             idle_timeout: None,
+            discard_header_case: false,
             write_timeout: None,
             verify_cert: true,
             verify_hostname: true,

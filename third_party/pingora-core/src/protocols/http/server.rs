@@ -313,6 +313,14 @@ impl Session {
 
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
+    /// Whether an HTTP/1 request head keeps the case of its header names (the default); see
+    /// `HttpServerOptions::discard_header_case`. HTTP/2 names are lowercase anyway.
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        if let Self::H1(s) = self {
+            s.set_preserve_header_case(preserve);
+        }
+    }
+
     pub fn set_keepalive(&mut self, duration: Option<u64>) {
         match self {
             Self::H1(s) => s.set_server_keepalive(duration),

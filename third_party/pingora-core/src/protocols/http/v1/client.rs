@@ -50,6 +50,9 @@ pub struct HttpSession {
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
     pub write_timeout: Option<Duration>,
+    /// Keep the case of response header names (default `true`); see
+    /// `PeerOptions::discard_header_case`.
+    pub preserve_header_case: bool,
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
@@ -93,6 +96,7 @@ impl HttpSession {
             request_written: None,
             read_timeout: None,
             write_timeout: None,
+            preserve_header_case: true,
             digest,
             bytes_sent: 0,
             body_recv: 0,
@@ -284,13 +288,16 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
-                            Ok(header) => Box::new(header),
-                            Err(e) => return self.fail_response_header_read(e),
+                        let build = if self.preserve_header_case {
+                            ResponseHeader::build
+                        } else {
+                            ResponseHeader::build_no_case
                         };
+                        let mut response_header =
+                            match build(resp.code.unwrap(), Some(resp.headers.len())) {
+                                Ok(header) => Box::new(header),
+                                Err(e) => return self.fail_response_header_read(e),
+                            };
 
                         // TODO: enforce https://datatracker.ietf.org/doc/html/rfc9110#section-15.2
                         // "Since HTTP/1.0 did not define any 1xx status codes,
