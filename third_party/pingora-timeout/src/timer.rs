@@ -72,10 +72,14 @@ pub struct TimerStub(Arc<Notify>, Arc<AtomicBool>);
 impl TimerStub {
     /// Wait for the timer to expire.
     pub async fn poll(self) {
+        // The waiter exists before the flag is read: `notify_waiters` wakes every `Notified`
+        // created before it, polled or not. Made after the read, it could miss a timer that
+        // fired in between and wait forever (a read timeout that never fires).
+        let notified = self.0.notified();
         if self.1.load(Ordering::SeqCst) {
             return;
         }
-        self.0.notified().await;
+        notified.await;
     }
 }
 
