@@ -29,7 +29,6 @@ use super::*;
 use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 static TIMER_MANAGER: Lazy<Arc<TimerManager>> = Lazy::new(|| {
     let tm = Arc::new(TimerManager::new());
@@ -47,12 +46,7 @@ static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
     AtomicU64::new(DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS);
 
 fn check_clock_thread(tm: &Arc<TimerManager>) {
-    check_clock_thread_at(tm, Instant::now())
-}
-
-// [check_clock_thread] with the current time already read
-fn check_clock_thread_at(tm: &Arc<TimerManager>, now: Instant) {
-    if tm.should_i_start_clock_at(now) {
+    if tm.should_i_start_clock() {
         std::thread::Builder::new()
             .name("Timer thread".into())
             .spawn(|| TIMER_MANAGER.clock_thread())
@@ -96,12 +90,7 @@ pub struct FastTimeout(Duration);
 
 impl ToTimeout for FastTimeout {
     fn timeout(&self) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        // Checked here, when a timer is armed, rather than each time a timeout is made (most
-        // wrap IO that is ready at once and never arm one); one clock read serves the check
-        // and the deadline.
-        let now = Instant::now();
-        check_clock_thread_at(&TIMER_MANAGER, now);
-        Box::pin(TIMER_MANAGER.register_timer_at(now, self.0).poll())
+        Box::pin(TIMER_MANAGER.register_timer(self.0).poll())
     }
 
     fn create(d: Duration) -> Self {
@@ -122,7 +111,6 @@ pub struct FastOrTokioTimeout {
     kind: TimeoutKind,
 }
 
-#[cfg(test)]
 impl FastOrTokioTimeout {
     fn use_tokio(&self) -> bool {
         matches!(self.kind, TimeoutKind::Tokio)
@@ -154,8 +142,12 @@ pub fn fast_timeout<T>(duration: Duration, future: T) -> Timeout<T, FastOrTokioT
 where
     T: Future,
 {
-    // The clock thread is checked when the timer is armed (`FastTimeout::timeout`).
-    Timeout::new_with_callback(future, FastOrTokioTimeout::create(duration))
+    let callback = FastOrTokioTimeout::create(duration);
+    if !callback.use_tokio() {
+        check_clock_thread(&TIMER_MANAGER);
+    }
+
+    Timeout::new_with_callback(future, callback)
 }
 
 /// Similar to [tokio::time::sleep] but more efficient.

@@ -169,17 +169,11 @@ impl TimerManager {
 
     // False if the clock is already started
     // If true, the caller must start the clock thread next
-    #[cfg(test)]
     pub(crate) fn should_i_start_clock(&self) -> bool {
-        self.should_i_start_clock_at(Instant::now())
-    }
-
-    // [Self::should_i_start_clock] with the current time already read
-    pub(crate) fn should_i_start_clock_at(&self, now: Instant) -> bool {
-        let Err(prev) = self.is_clock_running_at(now) else {
+        let Err(prev) = self.is_clock_running() else {
             return false;
         };
-        let now = now.duration_since(self.zero).as_secs() as i64;
+        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
         let res =
             self.clock_watchdog
                 .compare_exchange(prev, now, Ordering::SeqCst, Ordering::SeqCst);
@@ -188,13 +182,8 @@ impl TimerManager {
 
     // Ok(()) if clock is running (watch dog is within DELAYS_SEC of now)
     // Err(time) if watch do stopped at `time`
-    #[cfg(test)]
     pub(crate) fn is_clock_running(&self) -> Result<(), i64> {
-        self.is_clock_running_at(Instant::now())
-    }
-
-    fn is_clock_running_at(&self, now: Instant) -> Result<(), i64> {
-        let now = now.duration_since(self.zero).as_secs() as i64;
+        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
         let prev = self.clock_watchdog.load(Ordering::SeqCst);
         if now < prev + DELAYS_SEC {
             Ok(())
@@ -207,12 +196,6 @@ impl TimerManager {
     ///
     /// When the timer expires, the [TimerStub] will be notified.
     pub fn register_timer(&self, duration: Duration) -> TimerStub {
-        self.register_timer_at(Instant::now(), duration)
-    }
-
-    /// [Self::register_timer] with the current time already read, so that arming a fast
-    /// timeout reads the clock once (see `FastTimeout`).
-    pub(crate) fn register_timer_at(&self, now: Instant, duration: Duration) -> TimerStub {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
             // This is fine assuming pause_for_fork() is called right before fork().
@@ -223,7 +206,7 @@ impl TimerManager {
             timer.fire();
             return timer.subscribe();
         }
-        let now: Time = (now.duration_since(self.zero) + duration).into();
+        let now: Time = (Instant::now() + duration - self.zero).into();
         {
             let timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).read();
             if let Some(t) = timers.get(&now) {
