@@ -168,3 +168,28 @@ async fn pooled_connections_are_reused_and_dead_ones_refused() {
     let other = BasicPeer::new("127.0.0.1:9");
     assert!(connector.reused_stream(&other).await.is_none());
 }
+
+/// Patch 5: the connect path (TLS handshake included) is boxed, so the futures every proxied
+/// request builds stay small when a pooled connection is reused. Unpatched 0.9.1: 8,432 bytes
+/// for `get_stream`, 8,896 for `get_http_session`.
+#[test]
+fn the_reuse_path_does_not_carry_the_connect_future() {
+    let connector = TransportConnector::new(None);
+    let peer = BasicPeer::new("127.0.0.1:9");
+    let get_stream = connector.get_stream(&peer);
+    assert!(
+        std::mem::size_of_val(&get_stream) < 1024,
+        "get_stream's future is {} bytes",
+        std::mem::size_of_val(&get_stream)
+    );
+    drop(get_stream);
+
+    let http = pingora_core::connectors::http::Connector::new(None);
+    let peer = pingora_core::upstreams::peer::HttpPeer::new("127.0.0.1:9", false, String::new());
+    let get_session = http.get_http_session(&peer);
+    assert!(
+        std::mem::size_of_val(&get_session) < 1536,
+        "get_http_session's future is {} bytes",
+        std::mem::size_of_val(&get_session)
+    );
+}

@@ -458,9 +458,16 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
-                            .await;
+                        // Boxed: custom protocols are rare, and their future would otherwise
+                        // make every request's future larger (it is copied per request).
+                        let (server_reused, error) = Box::pin(self.proxy_to_custom_upstream(
+                            session,
+                            &mut c,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::Custom(c);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -1364,7 +1371,23 @@ where
             .await
     }
 
+    // An error path, boxed: its future (about 4.6 KB with the error response it writes) would
+    // otherwise be part of `process_request`'s, which is copied into a box for every request.
     async fn handle_error(
+        &self,
+        session: Session,
+        ctx: &mut <SV as ProxyHttp>::CTX,
+        e: Box<Error>,
+        context: &str,
+    ) -> Option<ReusedHttpStream>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        <SV as ProxyHttp>::CTX: Send + Sync,
+    {
+        Box::pin(self.handle_error_unboxed(session, ctx, e, context)).await
+    }
+
+    async fn handle_error_unboxed(
         &self,
         mut session: Session,
         ctx: &mut <SV as ProxyHttp>::CTX,

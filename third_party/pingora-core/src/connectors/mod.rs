@@ -241,7 +241,17 @@ impl TransportConnector {
             .await
             .or_err(InternalError, "offload runtime failure")??
         } else {
-            do_connect(peer, bind_to, alpn_override, &self.tls_ctx.ctx, None).await?
+            // Boxed: a TLS handshake makes this future about 8 KB, and unboxed it is part of
+            // every request's future (through get_stream), which pingora copies per request
+            // even when a pooled connection is reused. Only a new connection pays for the box.
+            Box::pin(do_connect(
+                peer,
+                bind_to,
+                alpn_override,
+                &self.tls_ctx.ctx,
+                None,
+            ))
+            .await?
         };
 
         Ok(stream)
