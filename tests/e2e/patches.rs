@@ -193,3 +193,78 @@ fn the_reuse_path_does_not_carry_the_connect_future() {
         std::mem::size_of_val(&get_session)
     );
 }
+
+/// Patch 6 (pingora #946): an HTTP/1 upgrade whose 101 is read before the upgrade request's
+/// own (empty) body end was torn down at once: the client got its 101, then EOF. It depends on
+/// task ordering, so many sessions, several at a time, each must echo.
+#[test]
+fn every_websocket_session_stays_open_after_its_101() {
+    let mock = authgate_tests::Mock::start("ws");
+    let gw = authgate_tests::Gateway::start(
+        r#"
+server: { listen: ["${AG_LISTEN}"] }
+admin: { listen: "${AG_ADMIN}" }
+upstreams:
+  lms: { endpoints: ["${MOCK}"] }
+routes:
+  - { name: ws, path: /ws, auth: none, upstream: lms }
+  - { name: echo, path_prefix: /echo/, auth: none, upstream: lms }
+"#,
+        &[("MOCK", &mock.addr.to_string())],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("ws://{}/ws", gw.addr);
+    let failures = rt.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let session = |n: usize| {
+            let url = url.clone();
+            async move {
+                let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.ok()?;
+                if resp.status() != 101 {
+                    return None;
+                }
+                let text = format!("frame {n}");
+                ws.send(Message::text(text.clone())).await.ok()?;
+                let got = ws.next().await?.ok()?.into_text().ok()?;
+                ws.close(None).await.ok()?;
+                (got.as_str() == text).then_some(())
+            }
+        };
+        // The race needs a quick 101, which a pooled upstream connection gives: each batch
+        // first leaves idle connections in the gateway's pool with plain requests.
+        let http = reqwest::Client::new();
+        let echo = format!("http://{}/echo/warm", gw.addr);
+        let mut failures = 0;
+        for batch in 0..50 {
+            let warm = (0..4).map(|_| http.get(&echo).send());
+            for r in futures_util::future::join_all(warm).await {
+                assert_eq!(r.expect("a plain request").status(), 200);
+            }
+            let sessions = (0..4).map(|i| session(batch * 4 + i));
+            let results = tokio::time::timeout(
+                Duration::from_secs(20),
+                futures_util::future::join_all(sessions),
+            )
+            .await
+            .expect("the sessions finish in time");
+            failures += results.iter().filter(|r| r.is_none()).count();
+        }
+        failures
+    });
+    assert_eq!(
+        failures, 0,
+        "of 200 WebSocket sessions, {failures} closed after their 101"
+    );
+    // And every tunnel still ends when its client closes it: each logs its access line.
+    authgate_tests::wait_until("200 tunnels ended", Duration::from_secs(10), || {
+        gw.log_lines()
+            .iter()
+            .filter(|l| l["kind"] == "access" && l["status"] == 101)
+            .count()
+            == 200
+    });
+}

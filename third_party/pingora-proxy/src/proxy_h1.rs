@@ -325,12 +325,22 @@ where
                 },
 
                 body = rx.recv(), if !request_done => {
+                    // The end of the upgrade request's own body is a plain `Body` end, and it
+                    // can arrive after the 101 was read (#946). It ends that request, not the
+                    // tunnel: only the tunnel's own end (an upgraded body's end, or the
+                    // downstream gone) ends both directions.
+                    let request_body = matches!(body, Some(HttpTask::Body(..)));
                     match send_body_to1(client_session, body).await {
                         Ok(send_done) => {
                             request_done = send_done;
-                            // An upgraded request is terminated when either side is done
                             if request_done && client_session.was_upgraded() {
-                                response_done = true;
+                                if request_body {
+                                    // keep receiving the tunnel's bytes from downstream
+                                    request_done = false;
+                                } else {
+                                    // An upgraded request is terminated when either side is done
+                                    response_done = true;
+                                }
                             }
                         },
                         Err(e) => {
