@@ -6,6 +6,8 @@
 #   bench/callgrind.sh             authgate (a) public route, stock pingora and pingora tuned as
 #                                  authgate is (mimalloc, no work stealing), 2000 requests each
 #   REQUESTS=5000 bench/callgrind.sh
+#   AUTHGATE=/tmp/authgate-before bench/callgrind.sh      another authgate binary
+#   AUTHGATE_LOG=info bench/callgrind.sh                  with the access log on
 #   CONFIG=bench/configs/b-hs256.yaml bench/callgrind.sh   another authgate configuration
 #                                  (its token, if any, in AUTH_HEADER="Authorization: Bearer ...")
 #
@@ -22,6 +24,10 @@ ROOT=$PWD
 REQUESTS=${REQUESTS:-2000}
 CONFIG=${CONFIG:-bench/configs/a-public.yaml}
 AUTH_HEADER=${AUTH_HEADER:-}
+# Another authgate binary (a copy from before a change, say) instead of the release build.
+AUTHGATE=${AUTHGATE:-target/release/authgate}
+# authgate's RUST_LOG: `info` turns the access log on (written to the log file), to count it.
+AUTHGATE_LOG=${AUTHGATE_LOG:-warn}
 for bin in valgrind callgrind_control callgrind_annotate nginx curl; do
     command -v "$bin" >/dev/null || { echo "callgrind.sh: $bin is missing (apt-get install valgrind nginx-light curl)" >&2; exit 1; }
 done
@@ -77,9 +83,9 @@ measure() {
 results=()
 AG=$(free_port)
 ADMIN=$(free_port)
-BENCH_LISTEN=127.0.0.1:$AG BENCH_ADMIN=127.0.0.1:$ADMIN BENCH_UPSTREAM=127.0.0.1:$UP RUST_LOG=warn \
+BENCH_LISTEN=127.0.0.1:$AG BENCH_ADMIN=127.0.0.1:$ADMIN BENCH_UPSTREAM=127.0.0.1:$UP RUST_LOG=$AUTHGATE_LOG \
     valgrind --tool=callgrind --callgrind-out-file="$OUT/authgate.%p" \
-    target/release/authgate --config "$CONFIG" >"$OUT/log-authgate.txt" 2>&1 &
+    "$AUTHGATE" --config "$CONFIG" >"$OUT/log-authgate.txt" 2>&1 &
 PIDS+=($!)
 wait_http "$AG"
 results+=("$(measure authgate "$AG" "${PIDS[1]}")")

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Wall-clock CPU of two authgate binaries side by side: what one change (a pingora patch, say)
+# saves, as the ratio B ÷ A measured in the same run on this shared machine.
+#
+#   bench/ab.sh A_BINARY B_BINARY            the public route (configs/a-public.yaml)
+#   CONFIG=bench/configs/b-hs256.yaml AUTH_HEADER="Authorization: Bearer ..." bench/ab.sh A B
+#   ROUNDS=7 DURATION=6 bench/ab.sh A B      (defaults: 5 rounds of 5 s, 32 connections)
+#
+# Both run with one worker in front of the same one-worker nginx upstream; each round runs wrk
+# (-t1) against A then B (the order alternates between rounds, so drift in the machine's other
+# load falls on both). CPU per request is the proxy's utime + stime over the round (all its
+# threads, /proc/PID/stat) divided by the requests wrk completed. Prints every round, the
+# medians and B ÷ A. Needs nginx and wrk (bench/run.sh installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+[[ $# -eq 2 ]] || { sed -n 2,14p "$0" >&2; exit 2; }
+A=$(realpath "$1")
+B=$(realpath "$2")
+CONFIG=${CONFIG:-bench/configs/a-public.yaml}
+AUTH_HEADER=${AUTH_HEADER:-}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}
+CONNECTIONS=${CONNECTIONS:-32}
+REQ_PATH=/api/bench/items/?page=1
+for bin in nginx wrk curl python3; do
+    command -v "$bin" >/dev/null || { echo "ab.sh: $bin is missing" >&2; exit 1; }
+done
+
+OUT=$ROOT/bench/out/ab-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # port
+    local h=()
+    [[ -n $AUTH_HEADER ]] && h=(-H "$AUTH_HEADER")
+    for _ in $(seq 1 300); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "${h[@]}" --max-time 1 "http://127.0.0.1:$1$REQ_PATH") == 200 ]] && return 0
+        sleep 0.1
+    done
+    echo "ab.sh: no 200 from port $1 within 30 s (see $OUT)" >&2
+    exit 1
+}
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+UP=$(free_port)
+# shellcheck source=bench/upstream-nginx.sh
+source "$ROOT/bench/upstream-nginx.sh"
+write_upstream_nginx_conf "$OUT/nginx" "$UP"
+nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log" &
+PIDS+=($!)
+
+declare -A PORT PID
+for side in A B; do
+    bin=${!side}
+    PORT[$side]=$(free_port)
+    admin=$(free_port)
+    BENCH_LISTEN=127.0.0.1:${PORT[$side]} BENCH_ADMIN=127.0.0.1:$admin BENCH_UPSTREAM=127.0.0.1:$UP \
+        RUST_LOG=warn "$bin" --config "$CONFIG" >"$OUT/$side.log" 2>&1 &
+    PID[$side]=$!
+    PIDS+=($!)
+done
+for side in A B; do wait_http "${PORT[$side]}"; done
+
+hdr=()
+[[ -n $AUTH_HEADER ]] && hdr=(-H "$AUTH_HEADER")
+# run SIDE ROUND: prints "req/s cpu_us_per_req"
+run() {
+    local side=$1 round=$2 t0 t1 out reqs
+    t0=$(ticks "${PID[$side]}")
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:${PORT[$side]}$REQ_PATH")
+    t1=$(ticks "${PID[$side]}")
+    echo "$out" >"$OUT/wrk-$side-$round.txt"
+    reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+    grep -q 'Non-2xx' <<<"$out" && { echo "ab.sh: non-2xx answers from $side (see $OUT)" >&2; exit 1; }
+    awk -v r="$reqs" -v d="$DURATION" -v t=$((t1 - t0)) -v hz="$CLK_TCK" \
+        'BEGIN { printf "%.0f %.2f\n", r / d, t / hz * 1e6 / r }'
+}
+for side in A B; do run "$side" warm >/dev/null; done
+
+printf "%-6s %-4s %10s %12s\n" round side "req/s" "CPU µs/req"
+: >"$OUT/rounds.txt"
+for round in $(seq 1 "$ROUNDS"); do
+    order=(A B)
+    ((round % 2 == 0)) && order=(B A)
+    for side in "${order[@]}"; do
+        read -r rps cpu < <(run "$side" "$round")
+        printf "%-6s %-4s %10s %12s\n" "$round" "$side" "$rps" "$cpu"
+        echo "$side $rps $cpu" >>"$OUT/rounds.txt"
+    done
+done
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for side in A B; do
+    declare "RPS_$side=$(awk -v s="$side" '$1 == s { print $2 }' "$OUT/rounds.txt" | median)"
+    declare "CPU_$side=$(awk -v s="$side" '$1 == s { print $3 }' "$OUT/rounds.txt" | median)"
+done
+echo
+echo "A: $A"
+echo "B: $B"
+awk -v ra="$RPS_A" -v rb="$RPS_B" -v ca="$CPU_A" -v cb="$CPU_B" 'BEGIN {
+    printf "median req/s        A %8.0f  B %8.0f  B÷A %.3f\n", ra, rb, rb / ra
+    printf "median CPU µs/req   A %8.2f  B %8.2f  B÷A %.3f\n", ca, cb, cb / ca }'
+echo "(rounds and wrk outputs in $OUT)"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the unit tests of the patched pingora crates whose dev-dependencies resolve here
+# (PATCHES.md, "Running pingora's own tests"): each crate is copied to a scratch directory as
+# its own workspace, with the root Cargo.lock (so it builds the versions authgate uses) and
+# without its benchmark-only dev-dependency and bench targets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+for crate in pingora-timeout pingora-http; do
+    cp -R "third_party/$crate" "$SCRATCH/$crate"
+    cp Cargo.lock "$SCRATCH/$crate/Cargo.lock"
+    python3 - "$SCRATCH/$crate/Cargo.toml" <<'PY'
+import re, sys
+p = sys.argv[1]
+s = open(p).read()
+s = re.sub(r'\[dev-dependencies\.bencher\][^\[]*', '', s)
+s = re.sub(r'\[\[bench\]\][^\[]*', '', s)
+open(p, 'w').write(s + '\n[workspace]\n')
+PY
+    echo "== $crate: its own unit tests"
+    (cd "$SCRATCH/$crate" && cargo test --lib --quiet --target-dir "$ROOT/target/third-party-tests")
+done
