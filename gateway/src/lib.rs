@@ -9,6 +9,7 @@ pub mod answer;
 pub mod assertion;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod cors;
 pub mod deadline;

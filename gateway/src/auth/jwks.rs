@@ -3,8 +3,10 @@
 //! last good set kept when a fetch fails.
 
 use super::keys::VerifyKey;
+use crate::clock::{Clock, SystemClock};
 use crate::config::compile::KeyFamily;
 use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
 use prometheus::IntCounter;
 use std::collections::HashMap;
@@ -21,6 +23,49 @@ const NEGATIVE_MAX: usize = 10_000;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retry interval while the endpoint is failing.
 const RETRY: Duration = Duration::from_secs(5);
+
+/// Where a store's documents (a JWK set, OIDC metadata) come from: HTTP in the gateway, memory
+/// in unit tests. An error is a short cause, never a token or a secret.
+#[async_trait]
+pub trait JwksSource: Send + Sync {
+    async fn get(&self, url: &str) -> Result<bytes::Bytes, String>;
+}
+
+/// Documents fetched over HTTP(S), with the provider's CA bundle and no redirects.
+pub struct HttpSource {
+    client: reqwest::Client,
+}
+
+impl HttpSource {
+    pub fn new(ca: Option<&crate::tls::CaBundle>) -> Result<Self, String> {
+        let client = crate::tls::trust::idp_client_builder(ca)?
+            .timeout(FETCH_TIMEOUT)
+            // Fetches are rare and may run on different runtimes; pooled connections would be
+            // tied to whichever runtime opened them.
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| format!("JWKS client: {e}"))?;
+        Ok(HttpSource { client })
+    }
+}
+
+#[async_trait]
+impl JwksSource for HttpSource {
+    async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", crate::tls::trust::error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        resp.bytes()
+            .await
+            .map_err(|e| format!("reading body: {}", crate::tls::trust::error_chain(&e)))
+    }
+}
 
 pub struct KeySet {
     pub keys: Vec<VerifyKey>,
@@ -47,7 +92,8 @@ pub struct JwksStore {
     /// at the next refresh.
     key_set_hi: std::sync::atomic::AtomicU64,
     key_set_lo: std::sync::atomic::AtomicU64,
-    client: reqwest::Client,
+    source: Box<dyn JwksSource>,
+    clock: Arc<dyn Clock>,
     fetch_lock: tokio::sync::Mutex<()>,
     last_fetch: Mutex<Option<Instant>>,
     last_fetch_failed: AtomicBool,
@@ -66,14 +112,24 @@ impl JwksStore {
         ok: IntCounter,
         error: IntCounter,
     ) -> Result<Self, String> {
-        let client = crate::tls::trust::idp_client_builder(ca)?
-            .timeout(FETCH_TIMEOUT)
-            // Fetches are rare and may run on different runtimes; pooled connections would be
-            // tied to whichever runtime opened them.
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| format!("JWKS client: {e}"))?;
-        Ok(JwksStore {
+        let source = Box::new(HttpSource::new(ca)?);
+        Ok(Self::with_source(
+            provider, url, discovery, refresh, source, ok, error,
+        ))
+    }
+
+    /// A store reading its documents from `source`, on the system clock (see
+    /// [`Self::on_clock`]).
+    pub fn with_source(
+        provider: &str,
+        url: &str,
+        discovery: Option<&str>,
+        refresh: Duration,
+        source: Box<dyn JwksSource>,
+        ok: IntCounter,
+        error: IntCounter,
+    ) -> Self {
+        JwksStore {
             provider: provider.into(),
             url: url.to_string(),
             discovery: discovery.map(str::to_owned),
@@ -81,14 +137,21 @@ impl JwksStore {
             keys: ArcSwapOption::empty(),
             key_set_hi: std::sync::atomic::AtomicU64::new(0),
             key_set_lo: std::sync::atomic::AtomicU64::new(0),
-            client,
+            source,
+            clock: Arc::new(SystemClock),
             fetch_lock: tokio::sync::Mutex::new(()),
             last_fetch: Mutex::new(None),
             last_fetch_failed: AtomicBool::new(false),
             unknown_kids: Mutex::new(HashMap::new()),
             ok,
             error,
-        })
+        }
+    }
+
+    /// The same store measuring its re-fetch limit and negative cache on `clock`.
+    pub fn on_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The digest of the key set in use ([`super::fingerprint::of_key_set`]).
@@ -148,18 +211,20 @@ impl JwksStore {
 
     fn recently_unknown(&self, kid: &str) -> bool {
         let map = self.unknown_kids.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(kid).is_some_and(|t| t.elapsed() < NEGATIVE_TTL)
+        map.get(kid)
+            .is_some_and(|t| self.clock.since(*t) < NEGATIVE_TTL)
     }
 
     fn remember_unknown(&self, kid: &str) {
         let mut map = self.unknown_kids.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
         if map.len() >= NEGATIVE_MAX {
-            map.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
+            map.retain(|_, t| now.saturating_duration_since(*t) < NEGATIVE_TTL);
             if map.len() >= NEGATIVE_MAX {
                 map.clear();
             }
         }
-        map.insert(kid.to_string(), Instant::now());
+        map.insert(kid.to_string(), now);
     }
 
     /// One fetch at a time, and none if the last was under `MIN_REFETCH` ago; callers that
@@ -170,7 +235,7 @@ impl JwksStore {
             .last_fetch
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t.elapsed() < MIN_REFETCH);
+            .is_some_and(|t| self.clock.since(t) < MIN_REFETCH);
         if !recent {
             let _ = self.fetch_now().await;
         }
@@ -183,7 +248,7 @@ impl JwksStore {
     }
 
     async fn fetch_now(&self) -> Result<usize, String> {
-        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.clock.now());
         let result = self.download().await;
         match &result {
             Ok(n) => {
@@ -204,32 +269,18 @@ impl JwksStore {
         result
     }
 
-    async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
-        let resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {}", crate::tls::trust::error_chain(&e)))?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status()));
-        }
-        resp.bytes()
-            .await
-            .map_err(|e| format!("reading body: {}", crate::tls::trust::error_chain(&e)))
-    }
-
     async fn download(&self) -> Result<usize, String> {
         let body = match &self.discovery {
             Some(issuer) => {
                 let meta = self
+                    .source
                     .get(&self.url)
                     .await
                     .map_err(|e| format!("discovery: {e}"))?;
                 let jwks_uri = jwks_uri_of(&meta, issuer)?;
-                self.get(&jwks_uri).await?
+                self.source.get(&jwks_uri).await?
             }
-            None => self.get(&self.url).await?,
+            None => self.source.get(&self.url).await?,
         };
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
@@ -308,5 +359,214 @@ pub async fn run_refresh(store: Weak<JwksStore>, mut shutdown: tokio::sync::watc
         }
         let Some(s) = store.upgrade() else { return };
         let _ = s.fetch().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::sync::atomic::AtomicUsize;
+
+    /// The RSA key of RFC 7638's example, under any `kid`.
+    fn jwk_set(kids: &[&str]) -> bytes::Bytes {
+        let keys: Vec<_> = kids
+            .iter()
+            .map(|kid| {
+                serde_json::json!({
+                    "kty": "RSA", "alg": "RS256", "kid": kid, "e": "AQAB",
+                    "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+                })
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "keys": keys }))
+            .expect("json")
+            .into()
+    }
+
+    /// An issuer in memory: documents by URL, a switch to fail, and a count of fetches.
+    #[derive(Default)]
+    struct MemorySource {
+        docs: Mutex<HashMap<String, bytes::Bytes>>,
+        failing: AtomicBool,
+        fetches: AtomicUsize,
+    }
+
+    impl MemorySource {
+        fn serve(&self, url: &str, body: bytes::Bytes) {
+            self.docs
+                .lock()
+                .expect("lock")
+                .insert(url.to_string(), body);
+        }
+    }
+
+    #[async_trait]
+    impl JwksSource for Arc<MemorySource> {
+        async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                return Err("HTTP 503".into());
+            }
+            let docs = self.docs.lock().expect("lock");
+            docs.get(url).cloned().ok_or_else(|| "HTTP 404".into())
+        }
+    }
+
+    const URL: &str = "https://idp.test/jwks";
+
+    fn store(discovery: Option<&str>) -> (JwksStore, Arc<MemorySource>, Arc<ManualClock>) {
+        let source = Arc::new(MemorySource::default());
+        let clock = Arc::new(ManualClock::default());
+        let counter = |n: &str| IntCounter::new(n, "test").expect("counter");
+        let store = JwksStore::with_source(
+            "idp",
+            URL,
+            discovery,
+            Duration::from_secs(300),
+            Box::new(source.clone()),
+            counter("ok"),
+            counter("error"),
+        )
+        .on_clock(clock.clone());
+        (store, source, clock)
+    }
+
+    fn found(l: &Lookup) -> bool {
+        matches!(l, Lookup::Found(_))
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_fetches_at_most_once_per_min_refetch() {
+        let (store, source, clock) = store(None);
+        source.serve(URL, jwk_set(&["a"]));
+        assert_eq!(store.fetch().await, Ok(1));
+        assert!(found(&store.lookup(Some("a"), KeyFamily::Rsa).await));
+        assert_eq!(
+            source.fetches.load(Ordering::SeqCst),
+            1,
+            "a known kid fetches nothing"
+        );
+
+        // Rotated at the issuer, but the last fetch was just now: the new kid waits.
+        source.serve(URL, jwk_set(&["a", "b"]));
+        assert!(matches!(
+            store.lookup(Some("b"), KeyFamily::Rsa).await,
+            Lookup::Unknown
+        ));
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+
+        // A flood of random kids right after costs the issuer nothing either.
+        for i in 0..50 {
+            let kid = format!("junk-{i}");
+            assert!(matches!(
+                store.lookup(Some(&kid), KeyFamily::Rsa).await,
+                Lookup::Unknown
+            ));
+        }
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+
+        // Past MIN_REFETCH a kid not yet remembered as unknown triggers one fetch, which
+        // brings "b" in.
+        clock.advance(MIN_REFETCH);
+        assert!(!found(&store.lookup(Some("c"), KeyFamily::Rsa).await));
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+        assert!(found(&store.lookup(Some("b"), KeyFamily::Rsa).await));
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_kid_unknown_after_a_fetch_is_not_looked_for_again_for_a_while() {
+        let (store, source, clock) = store(None);
+        source.serve(URL, jwk_set(&["a"]));
+        clock.advance(MIN_REFETCH);
+        assert!(matches!(
+            store.lookup(Some("x"), KeyFamily::Rsa).await,
+            Lookup::Unknown
+        ));
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+        // Re-fetching would be allowed again, but "x" was just asked for.
+        clock.advance(MIN_REFETCH * 2);
+        store.lookup(Some("x"), KeyFamily::Rsa).await;
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+        // Once the negative entry has aged out, it is looked for again.
+        clock.advance(NEGATIVE_TTL);
+        store.lookup(Some("x"), KeyFamily::Rsa).await;
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_issuer_keeps_the_last_good_set_and_blames_nobody() {
+        let (store, source, clock) = store(None);
+        source.serve(URL, jwk_set(&["a"]));
+        assert_eq!(store.fetch().await, Ok(1));
+        let digest = store.key_set_digest();
+        source.failing.store(true, Ordering::SeqCst);
+        assert!(store.fetch().await.is_err());
+        assert_eq!(store.key_set_digest(), digest, "the previous set stays");
+        assert!(found(&store.lookup(Some("a"), KeyFamily::Rsa).await));
+        // An unknown kid while the issuer is down may be a new key: not the client's fault.
+        clock.advance(MIN_REFETCH);
+        assert!(matches!(
+            store.lookup(Some("new"), KeyFamily::Rsa).await,
+            Lookup::NotLoaded
+        ));
+        // A key of another family is not a match for a kid-less token.
+        assert!(!found(&store.lookup(None, KeyFamily::Ec).await));
+    }
+
+    #[tokio::test]
+    async fn nothing_loaded_is_not_an_unknown_kid() {
+        let (store, source, _clock) = store(None);
+        source.failing.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            store.lookup(Some("a"), KeyFamily::Rsa).await,
+            Lookup::NotLoaded
+        ));
+        // A set with no usable key is refused, not installed.
+        source.failing.store(false, Ordering::SeqCst);
+        source.serve(
+            URL,
+            bytes::Bytes::from_static(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#),
+        );
+        assert!(store.fetch().await.is_err());
+        assert!(!store.is_loaded());
+    }
+
+    #[tokio::test]
+    async fn a_rotation_changes_the_key_set_digest() {
+        let (store, source, _clock) = store(None);
+        source.serve(URL, jwk_set(&["a"]));
+        store.fetch().await.expect("fetch");
+        let first = store.key_set_digest();
+        source.serve(URL, jwk_set(&["b"]));
+        store.fetch().await.expect("fetch");
+        assert_ne!(store.key_set_digest(), first);
+        assert!(!found(&store.lookup(Some("a"), KeyFamily::Rsa).await));
+    }
+
+    #[tokio::test]
+    async fn discovery_follows_jwks_uri_only_for_the_named_issuer() {
+        let issuer = "https://idp.test";
+        let (store, source, _clock) = store(Some(issuer));
+        let meta = |iss: &str, uri: &str| -> bytes::Bytes {
+            serde_json::to_vec(&serde_json::json!({"issuer": iss, "jwks_uri": uri}))
+                .expect("json")
+                .into()
+        };
+        source.serve("https://idp.test/keys/v2", jwk_set(&["a"]));
+        source.serve(URL, meta(issuer, "https://idp.test/keys/v2"));
+        assert_eq!(store.fetch().await, Ok(1));
+        // Metadata naming someone else's issuer, or a downgrade to http, is refused.
+        source.serve(URL, meta("https://evil.test", "https://idp.test/keys/v2"));
+        let e = store.fetch().await.expect_err("other issuer");
+        assert!(e.contains("names issuer"), "{e}");
+        source.serve(URL, meta(issuer, "http://idp.test/keys/v2"));
+        let e = store.fetch().await.expect_err("http jwks_uri");
+        assert!(e.contains("https for an https issuer"), "{e}");
+        assert!(
+            store.is_loaded(),
+            "the good set stays through refused metadata"
+        );
     }
 }
