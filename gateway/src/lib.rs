@@ -24,5 +24,6 @@ pub mod respcache;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;
+pub mod tier;
 pub mod tls;
 pub mod upstream;

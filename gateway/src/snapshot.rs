@@ -14,6 +14,7 @@ use crate::ratelimit::{LimiterRegistry, Limiters};
 use crate::redis_link::RedisLink;
 use crate::respcache::{CacheResult, ResponseCache};
 use crate::route::Router;
+use crate::tier::SharedTier;
 use crate::upstream::UpstreamPool;
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
@@ -184,6 +185,11 @@ impl Reusable {
 }
 
 impl Snapshot {
+    /// What replicas share, when Redis is configured.
+    pub fn shared(&self) -> Option<&dyn SharedTier> {
+        self.redis.as_deref().map(|r| r as &dyn SharedTier)
+    }
+
     pub fn build(
         config: Config,
         generation: u64,
@@ -197,7 +203,7 @@ impl Snapshot {
             &config.routes,
             &reuse.key_stores,
             &reuse.auth,
-            redis.clone(),
+            redis.clone().map(|r| r as Arc<dyn SharedTier>),
             generation,
             metrics,
         )?;
@@ -205,7 +211,7 @@ impl Snapshot {
             &config.rate_limits,
             config.auth.failure_limit.as_ref(),
             &reuse.limiters,
-            redis.clone(),
+            redis.clone().map(|r| r as Arc<dyn SharedTier>),
             metrics,
         );
         let mut upstreams = Vec::with_capacity(config.upstreams.len());

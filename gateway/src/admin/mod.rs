@@ -99,7 +99,7 @@ impl Admin {
         let reach = snap
             .auth
             .revocations
-            .revoke(revocation, snap.redis.as_deref())
+            .revoke(revocation, snap.shared())
             .await;
         tracing::info!(kind, reach = ?reach, "revocation recorded");
         // 202 while Redis has not confirmed: applied here, retried until every replica has it.

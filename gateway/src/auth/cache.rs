@@ -6,7 +6,7 @@ use super::fingerprint::Fingerprint;
 use super::Principal;
 use crate::config::model::TokenCacheSettings;
 use crate::metrics::Metrics;
-use crate::redis_link::{RedisLink, RedisOp};
+use crate::tier::SharedTier;
 use prometheus::IntCounter;
 use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
@@ -229,32 +229,16 @@ impl TokenCache {
         self.len() == 0
     }
 
-    /// A Redis entry with the fingerprint it was stored under and what its TTL has left.
-    pub async fn get_redis(
+    /// A shared entry with the fingerprint it was stored under and what its TTL has left.
+    pub async fn get_shared(
         &self,
-        redis: &RedisLink,
+        tier: &dyn SharedTier,
         key: &TokenHash,
     ) -> Option<(Principal, Fingerprint, Duration)> {
-        let rkey = redis.key("tok", &hex::encode(key));
-        // One round trip: the value and its remaining lifetime.
-        let raw: Option<(Option<Vec<u8>>, i64)> = redis
-            .run(RedisOp::CacheGet, |mut c| async move {
-                redis::pipe()
-                    .cmd("GET")
-                    .arg(&rkey)
-                    .cmd("PTTL")
-                    .arg(&rkey)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await;
-        let (value, pttl) = raw.map_or((None, 0), |(v, t)| (v, t));
-        let s = value
-            .and_then(|b| serde_json::from_slice::<Shared>(&b).ok())
-            .filter(|_| pttl > 0)?;
+        let (value, left) = tier.cached(key).await?;
+        let s = serde_json::from_slice::<Shared>(&value).ok()?;
         let mut fingerprint = [0u8; 16];
         hex::decode_to_slice(s.fp.as_deref()?, &mut fingerprint).ok()?;
-        let left = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
         let p = Principal {
             subject: s.sub,
             scopes: super::scope_set(s.scopes),
@@ -270,9 +254,9 @@ impl TokenCache {
         Some((p, fingerprint, left))
     }
 
-    pub async fn put_redis(
+    pub async fn put_shared(
         &self,
-        redis: &RedisLink,
+        tier: &dyn SharedTier,
         key: &TokenHash,
         p: &Principal,
         fingerprint: &Fingerprint,
@@ -297,19 +281,7 @@ impl TokenCache {
         let Ok(body) = serde_json::to_vec(&stored) else {
             return;
         };
-        let rkey = redis.key("tok", &hex::encode(key));
-        let ms = ttl.as_millis() as u64;
-        let _: Option<()> = redis
-            .run(RedisOp::CacheSet, |mut c| async move {
-                redis::cmd("SET")
-                    .arg(rkey)
-                    .arg(body)
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await;
+        tier.cache(key, body, ttl).await;
     }
 }
 

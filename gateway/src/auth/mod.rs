@@ -23,7 +23,7 @@ use crate::config::model::{
     AuthSettings, ClaimCheck, ClaimPath, DpopMode, DpopSpec, ProviderKind, RouteAuth, RouteSpec,
 };
 use crate::metrics::Metrics;
-use crate::redis_link::RedisLink;
+use crate::tier::SharedTier;
 use apikey::ApiKeys;
 use cache::{Entry, Refusal, Tier, TokenCache, TokenHash};
 use http::HeaderMap;
@@ -567,7 +567,7 @@ pub struct Authenticator {
     pub store_entries: Vec<(StoreKey, Arc<JwksStore>)>,
     pub cache: Arc<TokenCache>,
     pub revocations: Arc<Revocations>,
-    redis: Option<Arc<RedisLink>>,
+    shared: Option<Arc<dyn SharedTier>>,
     generation: u64,
     single_flight: SingleFlight,
     /// The headers API-key providers read keys from, each allowed once per request.
@@ -588,7 +588,7 @@ impl Authenticator {
         routes: &[Arc<RouteSpec>],
         stores: &KeyStores,
         state: &AuthState,
-        redis: Option<Arc<RedisLink>>,
+        shared: Option<Arc<dyn SharedTier>>,
         generation: u64,
         metrics: &Metrics,
     ) -> Result<Self, String> {
@@ -704,7 +704,7 @@ impl Authenticator {
             store_entries,
             cache: state.cache(&settings.cache, metrics),
             revocations: state.revocations.clone(),
-            redis,
+            shared,
             generation,
             single_flight: SingleFlight::default(),
         })
@@ -757,7 +757,7 @@ impl Authenticator {
             use dpop::replay::Seen;
             match self
                 .replay
-                .first_use(&proof.jti, proof.ttl, self.redis.as_deref())
+                .first_use(&proof.jti, proof.ttl, self.shared.as_deref())
                 .await
             {
                 Seen::Fresh => {}
@@ -1091,8 +1091,8 @@ impl Authenticator {
             _ => {}
         }
         self.cache.count_local(false);
-        if let Some(redis) = &self.redis {
-            let found = self.cache.get_redis(redis, &hash).await;
+        if let Some(shared) = self.shared.as_deref() {
+            let found = self.cache.get_shared(shared, &hash).await;
             let usable = found.and_then(|(p, fp, left)| {
                 index_of(&p)
                     .filter(|&i| self.fingerprint(i) == fp)
@@ -1101,7 +1101,7 @@ impl Authenticator {
             self.cache.count_redis(usable.is_some());
             if let Some((i, p, fp, left)) = usable {
                 // This replica may have started after a revocation it never heard of.
-                if self.revocations.revoked_in_redis(redis, &hash, &p).await {
+                if self.revocations.revoked_in_shared(shared, &hash, &p).await {
                     return (i, Err(revoked()), Tier::Redis);
                 }
                 let p = Arc::new(p);
@@ -1114,8 +1114,8 @@ impl Authenticator {
         let (provider, result) = self.verify(presented, hash, candidates).await;
         match &result {
             Ok(p) => {
-                if let Some(redis) = &self.redis {
-                    if self.revocations.revoked_in_redis(redis, &hash, p).await {
+                if let Some(shared) = self.shared.as_deref() {
+                    if self.revocations.revoked_in_shared(shared, &hash, p).await {
                         return (provider, Err(revoked()), Tier::Miss);
                     }
                 }
@@ -1124,8 +1124,8 @@ impl Authenticator {
                 }
                 let fp = self.fingerprint(provider);
                 self.cache.put_local(hash, Entry::Valid(p.clone()), fp);
-                if let Some(redis) = &self.redis {
-                    self.cache.put_redis(redis, &hash, p, &fp).await;
+                if let Some(shared) = self.shared.as_deref() {
+                    self.cache.put_shared(shared, &hash, p, &fp).await;
                 }
             }
             // Nobody could tell: never remembered.
@@ -1273,6 +1273,9 @@ fn check_scopes(p: Arc<Principal>, required: &[String]) -> Result<Arc<Principal>
         })
     }
 }
+
+#[cfg(test)]
+mod chain_tests;
 
 #[cfg(test)]
 mod tests {

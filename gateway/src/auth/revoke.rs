@@ -4,6 +4,7 @@
 use super::cache::{TokenCache, TokenHash};
 use super::Principal;
 use crate::redis_link::{RedisLink, RedisOp};
+use crate::tier::SharedTier;
 use arc_swap::ArcSwapOption;
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
@@ -217,16 +218,16 @@ impl Revocations {
 
     /// Applies locally at once, then stores in Redis with its TTL and tells the other
     /// replicas; while Redis does not answer it waits in the outbox and is retried.
-    pub async fn revoke(&self, r: Revocation, redis: Option<&RedisLink>) -> Reach {
+    pub async fn revoke(&self, r: Revocation, shared: Option<&dyn SharedTier>) -> Reach {
         self.apply(&r);
-        let Some(redis) = redis else {
+        let Some(shared) = shared else {
             return Reach::ThisReplica;
         };
         self.outbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(r);
-        if self.flush(redis).await {
+        if self.flush(shared).await {
             Reach::All
         } else {
             Reach::Pending
@@ -235,7 +236,7 @@ impl Revocations {
 
     /// Sends the outbox to Redis, oldest first; `true` once it is empty. Stops at the first
     /// revocation Redis does not confirm (order is kept: nothing is skipped).
-    pub async fn flush(&self, redis: &RedisLink) -> bool {
+    pub async fn flush(&self, shared: &dyn SharedTier) -> bool {
         let _one = self.flushing.lock().await;
         loop {
             let next = self
@@ -245,7 +246,7 @@ impl Revocations {
                 .front()
                 .cloned();
             let Some(r) = next else { return true };
-            if Self::share(&r, redis).await.is_none() {
+            if shared.revoke(&r).await.is_none() {
                 return false;
             }
             self.outbox
@@ -255,104 +256,20 @@ impl Revocations {
         }
     }
 
-    /// One revocation to Redis: its key with the TTL, the shared cache entry dropped, and the
-    /// event published.
-    async fn share(r: &Revocation, redis: &RedisLink) -> Option<()> {
-        let (key, value, ttl_ms) = match r {
-            Revocation::Token { id, ttl_ms } | Revocation::Jti { id, ttl_ms } => {
-                (redis.key("revoked", id), "1".to_string(), *ttl_ms)
-            }
-            Revocation::Subject {
-                id,
-                not_before_ms,
-                ttl_ms,
-            } => (
-                redis.key("revoked-subject", id),
-                not_before_ms.to_string(),
-                *ttl_ms,
-            ),
-        };
-        let event = serde_json::to_string(r).ok()?;
-        let channel = format!("{}events", redis.prefix);
-        // A revoked token's shared cache entry goes too.
-        let cached = match r {
-            Revocation::Token { id, .. } => Some(redis.key("tok", id)),
-            _ => None,
-        };
-        // One command per key (a cluster may keep them on three nodes): the revocation is
-        // stored before it is announced, so a replica that hears of it and looks finds it.
-        // The cached entry's removal may fail without holding the revocation back: a replica
-        // that reads that entry checks the revocation keys first.
-        redis
-            .run(RedisOp::Revoke, |mut c| async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("PX")
-                    .arg(ttl_ms.max(1))
-                    .exec_async(&mut c)
-                    .await?;
-                if let Some(k) = cached {
-                    let _ = redis::cmd("DEL").arg(k).exec_async(&mut c).await;
-                }
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(event)
-                    .exec_async(&mut c)
-                    .await
-            })
-            .await
-    }
-
     /// For an identity just verified (not from a cache): whether another replica revoked it
     /// before this one started listening. One round trip.
-    pub async fn revoked_in_redis(
+    pub async fn revoked_in_shared(
         &self,
-        redis: &RedisLink,
+        shared: &dyn SharedTier,
         hash: &TokenHash,
         p: &Principal,
     ) -> bool {
-        let token_key = redis.key("revoked", &hex::encode(hash));
-        let jti_key = p.jti.as_deref().map(|j| redis.key("revoked", j));
-        let subject_key = redis.key("revoked-subject", &p.subject);
-        let cluster = redis.is_cluster();
-        let values: Option<Vec<Option<String>>> = redis
-            .run(RedisOp::RevokeCheck, |mut c| async move {
-                let mut keys = vec![token_key, subject_key];
-                keys.extend(jti_key);
-                if !cluster {
-                    return redis::cmd("MGET").arg(&keys).query_async(&mut c).await;
-                }
-                // The keys hash to different slots: one GET each, sent together. One node not
-                // answering must not hide what another says (a revocation found counts).
-                let gets = keys.iter().map(|k| {
-                    let mut c = c.clone();
-                    async move {
-                        redis::cmd("GET")
-                            .arg(k)
-                            .query_async::<Option<String>>(&mut c)
-                            .await
-                    }
-                });
-                let answers = futures_util::future::join_all(gets).await;
-                if answers.iter().all(Result::is_err) {
-                    return answers
-                        .into_iter()
-                        .find_map(Result::err)
-                        .map_or(Ok(Vec::new()), Err);
-                }
-                Ok(answers.into_iter().map(|a| a.ok().flatten()).collect())
-            })
-            .await;
-        let Some(values) = values else { return false };
-        let token_revoked = values.first().is_some_and(Option::is_some);
-        let subject_nbf = values
-            .get(1)
-            .cloned()
-            .flatten()
-            .and_then(|v| v.parse::<u64>().ok());
-        let jti_revoked = values.get(2).is_some_and(Option::is_some);
-        // Local copies of what Redis holds: as long as the token could pass, at least.
+        let Some(found) = shared.revocations(hash, p.jti.as_deref(), &p.subject).await else {
+            return false;
+        };
+        let (token_revoked, jti_revoked, subject_nbf) =
+            (found.token, found.jti, found.subject_not_before_ms);
+        // Local copies of what the shared tier holds: as long as the token could pass, at least.
         let ttl_ms = ttl_for(p, self.default_ttl()).as_millis() as u64;
         if token_revoked {
             self.apply(&Revocation::Token {
@@ -395,7 +312,7 @@ pub async fn retry_outbox(link: Weak<RedisLink>, revocations: Weak<Revocations>)
         let (Some(l), Some(r)) = (link.upgrade(), revocations.upgrade()) else {
             return;
         };
-        if r.pending() > 0 && r.flush(&l).await {
+        if r.pending() > 0 && r.flush(&*l).await {
             tracing::info!("pending revocations stored in Redis and published");
         }
     }

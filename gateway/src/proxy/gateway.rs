@@ -428,7 +428,7 @@ async fn revoke_after_logout(ctx: &RequestCtx) {
     snapshot
         .auth
         .revocations
-        .revoke(revocation, snapshot.redis.as_deref())
+        .revoke(revocation, snapshot.shared())
         .await;
 }
 

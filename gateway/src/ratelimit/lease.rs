@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(l.spend(1, t0), None);
     }
 
-    /// The Lua script's arithmetic (shared.rs), in µs, as a model of the Redis bucket.
+    /// The Redis bucket, as the memory tier models it (µs).
     struct Bucket {
         interval: u64,
         burst: u64,
@@ -354,32 +354,7 @@ mod tests {
 
     impl Bucket {
         fn reserve(&mut self, now: u64, want: u64) -> Grant {
-            let tau = self.interval * self.burst;
-            let tat = self.tat.max(now);
-            let room = (now + tau).saturating_sub(tat) / self.interval;
-            if room < 1 {
-                return Grant {
-                    granted: 0,
-                    remaining: 0,
-                    retry_after: Duration::from_micros(
-                        (tat + self.interval).saturating_sub(tau + now),
-                    ),
-                    reset: Duration::from_micros(tat - now),
-                };
-            }
-            let n = if room >= u64::from(BATCH_FROM) {
-                room / 4
-            } else {
-                1
-            }
-            .min(want);
-            self.tat = tat + n * self.interval;
-            Grant {
-                granted: n as u32,
-                remaining: (room - n) as u32,
-                retry_after: Duration::ZERO,
-                reset: Duration::from_micros(self.tat - now),
-            }
+            crate::tier::memory::gcra_reserve(&mut self.tat, now, self.interval, self.burst, want)
         }
     }
 

@@ -10,7 +10,7 @@ use crate::auth::Principal;
 use crate::config::model::{LimitKey, RatePolicy};
 use crate::config::raw::LimitScope;
 use crate::metrics::Metrics;
-use crate::redis_link::RedisLink;
+use crate::tier::{Bucket, SharedTier};
 use http::HeaderMap;
 use local::LocalLimiter;
 use prometheus::{IntCounter, IntGauge};
@@ -125,10 +125,19 @@ impl LimiterRegistry {
     }
 }
 
+/// A shared policy's bucket for one key's `name` (`policy:kind:value`).
+fn bucket<'a>(policy: &RatePolicy, name: &'a str) -> Bucket<'a> {
+    Bucket {
+        name,
+        interval: policy.rate.interval(),
+        burst: policy.burst,
+    }
+}
+
 /// The limiters of one configuration version.
 pub struct Limiters {
     pub policies: Vec<Arc<PolicyLimiter>>,
-    redis: Option<Arc<RedisLink>>,
+    shared: Option<Arc<dyn SharedTier>>,
     /// `auth.failure_limit`, when configured.
     pub failures: Option<FailureLimiter>,
 }
@@ -264,7 +273,7 @@ impl Limiters {
         policies: &[Arc<RatePolicy>],
         failure_limit: Option<&Arc<RatePolicy>>,
         registry: &LimiterRegistry,
-        redis: Option<Arc<RedisLink>>,
+        shared: Option<Arc<dyn SharedTier>>,
         metrics: &Metrics,
     ) -> Self {
         Limiters {
@@ -272,7 +281,7 @@ impl Limiters {
                 .iter()
                 .map(|p| registry.find_or_new(p, metrics))
                 .collect(),
-            redis,
+            shared,
             failures: failure_limit.map(|p| FailureLimiter {
                 limiter: registry.find_or_new(p, metrics),
                 blocked: registry.blocked.clone(),
@@ -303,25 +312,18 @@ impl Limiters {
             let policy = &limiter.policy;
             let (kind, value) = key_of(&policy.key, keys);
             let key = hash_key(kind, &value);
-            let verdict = match (policy.scope, &self.redis, &limiter.leases) {
-                (LimitScope::Shared, Some(redis), Some(leases)) => {
+            let verdict = match (policy.scope, &self.shared, &limiter.leases) {
+                (LimitScope::Shared, Some(shared), Some(leases)) => {
                     match leases.spend(key, Instant::now()) {
                         Some(v) => v,
                         None => {
-                            let redis_key =
-                                redis.key("rl", &format!("{}:{kind}:{value}", policy.name));
+                            let name = format!("{}:{kind}:{value}", policy.name);
+                            let bucket = bucket(policy, &name);
                             let asked = Instant::now();
-                            let interval = policy.rate.interval();
-                            match shared::reserve(
-                                redis,
-                                &redis_key,
-                                interval,
-                                policy.burst,
-                                leases.want(),
-                            )
-                            .await
-                            {
-                                Some(g) => leases.granted(key, g, interval, asked, Instant::now()),
+                            match shared.reserve(bucket, leases.want()).await {
+                                Some(g) => {
+                                    leases.granted(key, g, bucket.interval, asked, Instant::now())
+                                }
                                 None => {
                                     limiter.fallbacks.inc();
                                     limiter.local.check(key)
@@ -362,10 +364,10 @@ impl Limiters {
             let limiter = &self.policies[i];
             let policy = &limiter.policy;
             let (kind, value) = key_of(&policy.key, keys);
-            let shared = match (policy.scope, &self.redis) {
-                (LimitScope::Shared, Some(redis)) => {
-                    let redis_key = redis.key("rl", &format!("{}:{kind}:{value}", policy.name));
-                    shared::peek(redis, &redis_key, policy.rate.interval(), policy.burst).await
+            let shared = match (policy.scope, &self.shared) {
+                (LimitScope::Shared, Some(shared)) => {
+                    let name = format!("{}:{kind}:{value}", policy.name);
+                    shared.peek(bucket(policy, &name)).await
                 }
                 _ => None,
             };
@@ -621,5 +623,59 @@ mod tests {
         assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
         assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
         assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+
+    /// Replicas of one shared policy, each its own process (registry), one shared tier.
+    #[tokio::test]
+    async fn replicas_share_one_bucket_and_fall_back_to_their_own_when_the_tier_goes() {
+        use crate::tier::memory::MemoryTier;
+        let tier = MemoryTier::new(Arc::new(crate::clock::ManualClock::default()));
+        let policy = Arc::new(RatePolicy {
+            index: 0,
+            name: "shared5".into(),
+            rate: "1/m".parse().expect("rate"),
+            burst: 5,
+            key: LimitKey::ClientIp,
+            scope: LimitScope::Shared,
+            limit_header: http::HeaderValue::from(5u32),
+        });
+        let metrics = Metrics::new();
+        let replica = || {
+            Limiters::build(
+                std::slice::from_ref(&policy),
+                None,
+                &LimiterRegistry::default(),
+                Some(tier.clone() as Arc<dyn SharedTier>),
+                &metrics,
+            )
+        };
+        let replicas = [replica(), replica(), replica()];
+        let headers = HeaderMap::new();
+        let keys = RequestKeys {
+            client_ip: Some("192.0.2.9".parse().expect("ip")),
+            principal: None,
+            headers: &headers,
+        };
+        let mut allowed = 0;
+        for i in 0..12 {
+            let mut seen = Vec::new();
+            if replicas[i % 3].check(&[0], &keys, &mut seen).await.is_ok() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 5, "the burst across all replicas, not per replica");
+        let peek = replicas[0].peek(&[0], &keys).await;
+        assert_eq!((peek[0].remaining, peek[0].shared), (0, true));
+
+        // The tier goes: each replica limits alone, and says so.
+        tier.set_down(true);
+        let mut seen = Vec::new();
+        assert!(replicas[1].check(&[0], &keys, &mut seen).await.is_ok());
+        assert_eq!(replicas[1].policies[0].fallbacks.get(), 1);
+        let peek = replicas[2].peek(&[0], &keys).await;
+        assert!(
+            !peek[0].shared,
+            "read locally while the tier does not answer"
+        );
     }
 }

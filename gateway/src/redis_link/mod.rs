@@ -7,6 +7,7 @@
 
 mod conn;
 mod sentinel;
+mod tier;
 
 pub use conn::Conn;
 

@@ -8,7 +8,7 @@
 //! until a generation ages out.
 
 use crate::metrics::Metrics;
-use crate::redis_link::{RedisLink, RedisOp};
+use crate::tier::SharedTier;
 use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -86,10 +86,15 @@ impl ReplayGuard {
     }
 
     /// Records `jti` as used for `ttl`, and says whether it was used before.
-    pub async fn first_use(&self, jti: &str, ttl: Duration, redis: Option<&RedisLink>) -> Seen {
+    pub async fn first_use(
+        &self,
+        jti: &str,
+        ttl: Duration,
+        shared: Option<&dyn SharedTier>,
+    ) -> Seen {
         let seen = match self.local_first_use(jti, ttl, Instant::now()) {
-            Seen::Fresh => match redis {
-                Some(r) => self.shared_first_use(r, jti, ttl).await,
+            Seen::Fresh => match shared {
+                Some(t) => self.shared_first_use(t, jti, ttl).await,
                 None => Seen::Fresh,
             },
             other => other,
@@ -125,24 +130,10 @@ impl ReplayGuard {
     }
 
     /// `SET NX` across replicas; Redis out of reach leaves the local answer, counted.
-    async fn shared_first_use(&self, redis: &RedisLink, jti: &str, ttl: Duration) -> Seen {
-        let key = redis.key("dpop", jti);
-        let ms = ttl.as_millis().max(1) as u64;
-        let set: Option<Option<String>> = redis
-            .run(RedisOp::DpopReplay, |mut c| async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(1)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await;
-        match set {
-            Some(Some(_)) => Seen::Fresh,
-            Some(None) => Seen::Replayed,
+    async fn shared_first_use(&self, shared: &dyn SharedTier, jti: &str, ttl: Duration) -> Seen {
+        match shared.first_use(jti, ttl).await {
+            Some(true) => Seen::Fresh,
+            Some(false) => Seen::Replayed,
             None => {
                 self.local_only.inc();
                 Seen::Fresh
@@ -188,5 +179,23 @@ mod tests {
             g.local_first_use("d", ttl, t0 + ttl * 2 + Duration::from_secs(1)),
             Seen::Fresh
         );
+    }
+
+    #[tokio::test]
+    async fn a_proof_spent_on_one_replica_is_refused_on_another() {
+        use crate::tier::memory::MemoryTier;
+        let tier = MemoryTier::new(std::sync::Arc::new(crate::clock::ManualClock::default()));
+        let (m1, m2) = (Metrics::new(), Metrics::new());
+        let (a, b) = (ReplayGuard::new(&m1), ReplayGuard::new(&m2));
+        let ttl = Duration::from_secs(120);
+        assert_eq!(a.first_use("p-1", ttl, Some(&*tier)).await, Seen::Fresh);
+        assert_eq!(b.first_use("p-1", ttl, Some(&*tier)).await, Seen::Replayed);
+        assert_eq!(b.first_use("p-2", ttl, Some(&*tier)).await, Seen::Fresh);
+        // Without the tier each replica knows only its own.
+        tier.set_down(true);
+        assert_eq!(a.first_use("p-3", ttl, Some(&*tier)).await, Seen::Fresh);
+        assert_eq!(b.first_use("p-3", ttl, Some(&*tier)).await, Seen::Fresh);
+        assert_eq!(a.first_use("p-3", ttl, Some(&*tier)).await, Seen::Replayed);
+        assert_eq!(a.local_only.get(), 1);
     }
 }
