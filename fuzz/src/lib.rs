@@ -55,6 +55,7 @@ pub fn token(data: &[u8]) {
             jwks_url: None,
             discovery: false,
             jwks_refresh: Duration::from_secs(300),
+            jwks_min_refetch: Duration::from_secs(5),
             issuer: None,
             audience: vec![],
             leeway: Duration::ZERO,

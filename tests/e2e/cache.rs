@@ -261,9 +261,16 @@ fn upstream_directives_are_honoured() {
         )),
         "MISS"
     );
+    let stored = std::time::Instant::now();
     assert_eq!(x_cache(&get(&gw, "/echo/short", None, &[])), "HIT");
-    std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(x_cache(&get(&gw, "/echo/short", None, &[])), "MISS");
+    // max-age=1 (whole seconds): a miss again soon after, never before.
+    wait_until("the entry to expire", Duration::from_secs(3), || {
+        x_cache(&get(&gw, "/echo/short", None, &[])) == "MISS"
+    });
+    assert!(
+        stored.elapsed() >= Duration::from_millis(900),
+        "expired early"
+    );
     // Errors are not stored; a client's no-cache bypasses.
     get(&gw, "/echo/err", None, &[("X-Mock-Status", "500")]);
     assert_eq!(get(&gw, "/echo/err", None, &[]).status(), 200);
@@ -284,9 +291,12 @@ fn stale_answers_when_the_upstream_fails() {
     let r = get(&gw, "/echo/fallback/x", None, &[]);
     assert_eq!(x_cache(&r), "MISS");
     let body = r.text().unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    // An upstream 5xx: the last good answer instead.
-    let r = get(&gw, "/echo/fallback/x", None, &[("X-Mock-Status", "503")]);
+    // Past the 1 s ttl, an upstream 5xx: the last good answer instead (a hit before then).
+    let mut r = get(&gw, "/echo/fallback/x", None, &[("X-Mock-Status", "503")]);
+    wait_until("the entry to expire", Duration::from_secs(3), || {
+        r = get(&gw, "/echo/fallback/x", None, &[("X-Mock-Status", "503")]);
+        x_cache(&r) != "HIT"
+    });
     assert_eq!(r.status(), 200);
     assert_eq!(x_cache(&r), "STALE");
     assert_eq!(r.text().unwrap(), body);
@@ -305,6 +315,8 @@ fn stale_answers_when_the_upstream_fails() {
 fn stale_while_revalidate_refreshes_in_one_request() {
     let (mock, gw) = start();
     assert_eq!(x_cache(&get(&gw, "/echo/swr/x", None, &[])), "MISS");
+    // Past the route's 1 s ttl. A wait, not a poll: any request now would start the refresh
+    // this test is about.
     std::thread::sleep(Duration::from_millis(1200));
     // Expired but within the revalidate window: one request refreshes (slowly), the others
     // get the stale answer at once.
@@ -330,12 +342,9 @@ fn stale_while_revalidate_refreshes_in_one_request() {
     assert!(results.iter().any(|x| x == "STALE"), "{results:?}");
     let before = mock.count("GET /echo");
     assert_eq!(before, 2, "one refresh for five requests");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        x_cache(&get(&gw, "/echo/swr/x", None, &[])),
-        "HIT",
-        "refreshed by then"
-    );
+    wait_until("the refreshed entry", Duration::from_secs(2), || {
+        x_cache(&get(&gw, "/echo/swr/x", None, &[])) == "HIT"
+    });
     assert_eq!(mock.count("GET /echo"), before);
 }
 

@@ -146,6 +146,8 @@ struct Load {
     stop: Arc<AtomicBool>,
     violations: Arc<Mutex<Vec<String>>>,
     sent: Arc<AtomicUsize>,
+    /// Requests answered (or failed), so a fault can be held for a number of answers.
+    answered: Arc<AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -153,12 +155,14 @@ fn start_load(url: String, tokens: Arc<Vec<(Class, Option<String>)>>) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let violations = Arc::new(Mutex::new(Vec::new()));
     let sent = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
     let threads = (0..3)
         .map(|t| {
-            let (stop, violations, sent, tokens, url) = (
+            let (stop, violations, sent, answered, tokens, url) = (
                 stop.clone(),
                 violations.clone(),
                 sent.clone(),
+                answered.clone(),
                 tokens.clone(),
                 url.clone(),
             );
@@ -194,6 +198,7 @@ fn start_load(url: String, tokens: Arc<Vec<(Class, Option<String>)>>) -> Load {
                             .unwrap()
                             .push(format!("{class:?} -> transport error {e}")),
                     }
+                    answered.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
@@ -202,11 +207,21 @@ fn start_load(url: String, tokens: Arc<Vec<(Class, Option<String>)>>) -> Load {
         stop,
         violations,
         sent,
+        answered,
         threads,
     }
 }
 
 impl Load {
+    /// Returns once `answers` more requests have been answered: a fault is held for that many
+    /// decisions, however fast or slow the machine is, not for a fixed time.
+    fn through(&self, what: &str, answers: usize) {
+        let from = self.answered.load(Ordering::Relaxed);
+        wait_until(what, Duration::from_secs(30), || {
+            self.answered.load(Ordering::Relaxed) >= from + answers
+        });
+    }
+
     fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
@@ -309,27 +324,30 @@ fn faults_under_load_never_flip_an_auth_decision() {
     recovers(&gw, &tokens, Duration::from_secs(5));
     let load = start_load(gw.url("/echo/load"), tokens.clone());
 
+    // Each fault is held for a number of answers under load, not for a fixed time.
+    const HOLD: usize = 60;
+    load.through("load before the faults", HOLD);
+
     // Redis killed, then back on the same port.
-    std::thread::sleep(Duration::from_millis(500));
     redis.proc.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    load.through("answers without Redis", HOLD);
     let _redis2 = Redis::start_on(redis_port);
-    std::thread::sleep(Duration::from_secs(1));
+    load.through("answers after Redis is back", HOLD);
 
     // The upstream killed, then back on the same port (the JWKS and introspection go with it).
     mock.proc.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    load.through("answers without the upstream", HOLD);
     mock = Mock::start_on("m", mock_port, &[]);
     // Tokens minted by the old mock are unknown to the new one; mint the opaque one again so
     // "good" stays good after the restart (its cached identity is still valid meanwhile).
-    std::thread::sleep(Duration::from_secs(1));
+    load.through("answers after the upstream is back", HOLD);
 
     // The JWKS endpoint failing: keys already loaded keep working.
     client()
         .post(mock.url("/__mock/jwks/fail?on=true"))
         .send()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    load.through("answers while the JWKS fails", HOLD);
     client()
         .post(mock.url("/__mock/jwks/fail?on=false"))
         .send()
@@ -337,13 +355,23 @@ fn faults_under_load_never_flip_an_auth_decision() {
 
     // The introspection endpoint slower than the provider's timeout.
     relay.slow.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(2));
+    load.through("answers while introspection is slow", HOLD / 2);
     relay.slow.store(false, Ordering::Relaxed);
 
-    // A reload every second.
-    for _ in 0..3 {
+    // Reloads under load.
+    let reloaded = || {
+        metric(
+            &gw.metrics(),
+            "authgate_config_reloads_total",
+            &[("result", "ok")],
+        )
+    };
+    for n in 1..=3 {
         gw.proc.signal(nix::sys::signal::Signal::SIGHUP);
-        std::thread::sleep(Duration::from_secs(1));
+        wait_until("the reload", Duration::from_secs(10), || {
+            reloaded() >= f64::from(n)
+        });
+        load.through("answers after a reload", HOLD);
     }
     let (sent, violations) = load.finish();
     assert!(sent > 100, "only {sent} requests were sent");
@@ -362,10 +390,5 @@ fn faults_under_load_never_flip_an_auth_decision() {
         .collect();
     after.push((Class::GoodOpaque, Some(opaque(&mock, "8"))));
     recovers(&gw, &after, Duration::from_secs(10));
-    let reloads = metric(
-        &gw.metrics(),
-        "authgate_config_reloads_total",
-        &[("result", "ok")],
-    );
-    assert_eq!(reloads, 3.0);
+    assert_eq!(reloaded(), 3.0);
 }

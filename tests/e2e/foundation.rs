@@ -458,13 +458,17 @@ fn metrics_count_requests_by_route_method_and_status() {
 
 #[test]
 fn sigterm_finishes_in_flight_requests_then_exits() {
-    let (_mock, mut gw) = start();
+    let (mock, mut gw) = start();
     let url = gw.url("/echo/slow?delay_ms=1500");
     let slow = std::thread::spawn(move || {
         let r = client().get(url).send().expect("slow request completes");
         (r.status().as_u16(), Instant::now())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        "the slow request at the upstream",
+        Duration::from_secs(5),
+        || mock.count("GET /echo") >= 1,
+    );
     let signalled = Instant::now();
     gw.proc.signal(nix::sys::signal::Signal::SIGTERM);
     // New connections are refused soon after the signal.

@@ -28,12 +28,13 @@ auth:
       algorithms: [HS256, HS384, HS512]
       keys: [{{ secret_env: JWT_SECRET }}]
       subject_claim: user_id
-      leeway: 10s
+      leeway: 3s
     issuer:
       type: jwt
       algorithms: [RS256, ES256, EdDSA]
       jwks_url: http://{mock}/.well-known/jwks.json
       jwks_refresh: {jwks_refresh}
+      jwks_min_refetch: 1s
       issuer: {ISS}
       audience: [lms-api]
     pem:
@@ -126,8 +127,16 @@ fn simplejwt_login_expiry_and_refresh_flow() {
         "a forged X-Auth-Subject must not reach the upstream"
     );
 
-    // The 2 s token plus the 10 s leeway runs out.
-    std::thread::sleep(Duration::from_millis(12_500));
+    // The 2 s token plus the 3 s leeway runs out (and not long after: a cached identity
+    // never outlives it).
+    let issued = Instant::now();
+    wait_until("the access token to expire", Duration::from_secs(8), || {
+        get(&gw, "/api/users/42/profile/", &access).status() == 401
+    });
+    assert!(
+        issued.elapsed() >= Duration::from_secs(3),
+        "expired before exp + leeway"
+    );
     let r = get(&gw, "/api/users/42/profile/", &access);
     assert_eq!(r.status(), 401);
     let www = r.headers()["www-authenticate"]
@@ -372,7 +381,7 @@ fn hostile_tokens_are_refused_with_the_right_error() {
                 Algorithm::HS256,
                 MOCK_JWT_SECRET,
                 None,
-                &simple_claims(json!({"exp": t - 13})),
+                &simple_claims(json!({"exp": t - 6})),
             ),
             "/echo/any/x",
             "token_expired",
@@ -422,7 +431,7 @@ fn hostile_tokens_are_refused_with_the_right_error() {
         Algorithm::HS256,
         MOCK_JWT_SECRET,
         None,
-        &simple_claims(json!({"exp": t - 7})),
+        &simple_claims(json!({"exp": t - 1})),
     );
     assert_eq!(get(&gw, "/echo/any/x", &inside).status(), 200);
 }
@@ -569,16 +578,20 @@ fn jwks_rotation_outage_and_kid_flood() {
         &issuer_claims(json!({})),
     );
 
-    // Rotation: a new kid is picked up without a restart (once the re-fetch limit allows).
-    std::thread::sleep(Duration::from_millis(5200));
+    // Rotation: a new kid is picked up without a restart, by its own requests, as soon as the
+    // re-fetch limit (1 s here) allows; until then it is refused without asking the issuer.
     client()
         .post(mock.url("/__mock/jwks/rotate"))
         .send()
         .unwrap();
-    assert_eq!(
-        get(&gw, "/echo/jwks/x", &rsa2).status(),
-        200,
-        "rotated key accepted"
+    wait_until(
+        "the rotated key to be accepted",
+        Duration::from_secs(5),
+        || {
+            let status = get(&gw, "/echo/jwks/x", &rsa2).status();
+            assert!(status == 200 || status == 401, "{status}");
+            status == 200
+        },
     );
     assert_eq!(jwks_fetches(), 2);
 
@@ -596,7 +609,7 @@ fn jwks_rotation_outage_and_kid_flood() {
         assert!(r.status() == 401 || r.status() == 503, "{}", r.status());
     }
     let extra = jwks_fetches() - before;
-    let allowed = 1 + started.elapsed().as_secs() / 5;
+    let allowed = 1 + started.elapsed().as_secs();
     assert!(
         extra <= allowed,
         "{extra} JWKS fetches for 200 random kids in {:?}",
@@ -614,15 +627,21 @@ fn jwks_rotation_outage_and_kid_flood() {
         Some("rsa-1"),
         &issuer_claims(json!({})),
     );
-    std::thread::sleep(Duration::from_millis(5200));
     assert_eq!(get(&gw, "/echo/jwks/x", &rsa1).status(), 200);
-    // ...and a kid that might be new is not the client's fault: 503 with Retry-After.
+    // ...and a kid that might be new is not the client's fault once the issuer could not be
+    // asked: 503 with Retry-After (401 only while the limit holds and nothing was asked).
     let unknown = sign(
         Algorithm::RS256,
         "rsa-1",
         Some("brand-new"),
         &issuer_claims(json!({})),
     );
+    wait_until("a failed fetch", Duration::from_secs(5), || {
+        let status = get(&gw, "/echo/jwks/x", &unknown).status();
+        assert!(status == 503 || status == 401, "{status}");
+        status == 503
+    });
+    assert_eq!(get(&gw, "/echo/jwks/x", &rsa1).status(), 200);
     let r = get(&gw, "/echo/jwks/x", &unknown);
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));

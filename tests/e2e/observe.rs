@@ -290,6 +290,8 @@ fn reload_under_load_switches_upstreams_without_failures() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let failures = std::sync::atomic::AtomicUsize::new(0);
     let seen_b = std::sync::atomic::AtomicBool::new(false);
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let served_n = || served.load(std::sync::atomic::Ordering::Relaxed);
     std::thread::scope(|scope| {
         for _ in 0..4 {
             scope.spawn(|| {
@@ -297,6 +299,7 @@ fn reload_under_load_switches_upstreams_without_failures() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     match c.get(s.gw.url("/echo/load")).bearer_auth(&t).send() {
                         Ok(r) if r.status() == 200 => {
+                            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if r.headers()["x-mock-name"] == "b" {
                                 seen_b.store(true, std::sync::atomic::Ordering::Relaxed);
                             }
@@ -308,14 +311,24 @@ fn reload_under_load_switches_upstreams_without_failures() {
                 }
             });
         }
-        std::thread::sleep(Duration::from_millis(500));
+        wait_until(
+            "load on the first upstream",
+            Duration::from_secs(10),
+            || served_n() >= 40,
+        );
         std::fs::write(&s.gw.config, config("b")).unwrap();
         s.gw.proc.signal(nix::sys::signal::Signal::SIGHUP);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !seen_b.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // And the new version carries load too.
+        let at_switch = served_n();
+        wait_until(
+            "load on the second upstream",
+            Duration::from_secs(10),
+            || served_n() >= at_switch + 40,
+        );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     assert!(seen_b.into_inner(), "the reload never took effect");

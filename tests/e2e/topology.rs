@@ -108,6 +108,7 @@ fn assert_revocation_reaches(writer: &Gateway, reader: &Gateway, uid: u64, jti: 
 struct Load {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<BTreeSet<u16>>>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -115,11 +116,12 @@ impl Load {
     fn start(urls: Vec<String>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let threads = urls
             .into_iter()
             .enumerate()
             .map(|(n, url)| {
-                let (stop, seen) = (stop.clone(), seen.clone());
+                let (stop, seen, answered) = (stop.clone(), seen.clone(), answered.clone());
                 std::thread::spawn(move || {
                     let c = client_with_timeout(Duration::from_secs(5));
                     let mut i = 0u64;
@@ -133,6 +135,7 @@ impl Load {
                             .map(|r| r.status().as_u16())
                             .unwrap_or(0);
                         seen.lock().expect("seen").insert(status);
+                        answered.fetch_add(1, Ordering::Relaxed);
                     }
                 })
             })
@@ -140,8 +143,16 @@ impl Load {
         Load {
             stop,
             seen,
+            answered,
             threads,
         }
+    }
+
+    /// Returns once the load has had `n` answers: it is running, not just started.
+    fn running(&self, n: usize) {
+        wait_until("the load to run", Duration::from_secs(20), || {
+            self.answered.load(Ordering::Relaxed) >= n
+        });
     }
 
     fn finish(mut self) -> BTreeSet<u16> {
@@ -188,7 +199,7 @@ fn sentinel_every_use_then_a_failover_under_load() {
 
     // The master dies while both gateways are busy.
     let load = Load::start(vec![a.url("/echo/load/x"), b.url("/echo/load/x")]);
-    std::thread::sleep(Duration::from_millis(300));
+    load.running(20);
     s.master.proc.kill();
     // A revocation while there is no master: kept, and stored once there is one again.
     let old_token = token(77, "issued-before");
@@ -317,7 +328,7 @@ fn cluster_every_use_across_slots_then_a_master_lost_under_load() {
 
     // One master dies under load; its replica takes over its slots.
     let load = Load::start(vec![a.url("/echo/load/x"), b.url("/echo/load/x")]);
-    std::thread::sleep(Duration::from_millis(300));
+    load.running(20);
     let victim = cluster.masters()[0];
     cluster.nodes[victim].proc.kill();
     wait_until("a replica to take over", Duration::from_secs(20), || {

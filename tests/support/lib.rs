@@ -77,6 +77,19 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Checks that `f` stays true for all of `window`: for "nothing more happens" (no retry, no
+/// second call), where there is no event to wait for.
+pub fn holds_for(what: &str, window: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + window;
+    loop {
+        assert!(f(), "{what} stopped holding");
+        if Instant::now() >= end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 pub fn wait_port(addr: SocketAddr, timeout: Duration) {
     wait_until(&format!("{addr} to accept"), timeout, || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()

@@ -135,6 +135,7 @@ fn verifier(alg: &str, args: &Args) -> Result<JwtVerifier, String> {
         jwks_url: None,
         discovery: false,
         jwks_refresh: Duration::from_secs(300),
+        jwks_min_refetch: Duration::from_secs(5),
         issuer: None,
         audience: Vec::new(),
         leeway: Duration::from_secs(30),

@@ -17,7 +17,7 @@ fn config(secret: &str) -> Config {
 upstreams: { u: { endpoints: ["127.0.0.1:9"] } }
 auth:
   providers:
-    jwt: { type: jwt, algorithms: [HS256], keys: [{ secret_env: S }], subject_claim: user_id }
+    jwt: { type: jwt, algorithms: [HS256], keys: [{ kid: k1, secret_env: S }], subject_claim: user_id }
     keys:
       type: api_key
       scheme: Api-Key
@@ -263,4 +263,29 @@ async fn the_chain_gives_each_credential_to_the_provider_that_reads_it() {
 
     let d = a.present("Basic YWxpY2U6cHc=").await;
     assert!(d.result.is_err(), "a scheme no provider reads");
+}
+
+#[tokio::test]
+async fn an_unknown_kid_is_not_remembered_as_a_refusal() {
+    // The key store decides when to ask the issuer again; a cached refusal would keep a key
+    // rotated in since refused for negative_ttl.
+    let tier = tier();
+    let a = Replica::new(S1, &tier);
+    let header = jsonwebtoken::Header {
+        kid: Some("not-configured".into()),
+        ..Default::default()
+    };
+    let t = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"user_id": 1, "exp": now_s() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(S1.as_bytes()),
+    )
+    .expect("token");
+    for _ in 0..2 {
+        let d = a.bearer(&t).await;
+        assert_eq!(
+            (d.denial, d.tier),
+            (Some(Denial::UnknownKid), Some(Tier::Miss))
+        );
+    }
 }

@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// Fewest seconds between two fetches triggered by tokens, so a flood of random `kid`s
+/// Fewest seconds between two fetches triggered by tokens unless `jwks_min_refetch` says
+/// otherwise (never under `MIN_REFETCH_FLOOR`), so a flood of random `kid`s
 /// cannot hammer the issuer.
 pub const MIN_REFETCH: Duration = Duration::from_secs(5);
+pub const MIN_REFETCH_FLOOR: Duration = Duration::from_secs(1);
 /// How long a `kid` that stayed unknown after a fetch is not looked for again.
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 const NEGATIVE_MAX: usize = 10_000;
@@ -79,6 +81,21 @@ pub enum Lookup {
     NotLoaded,
 }
 
+/// How often a store asks its issuer: every `refresh` in the background, and on an unknown
+/// `kid` no more than once per `min_refetch` (`jwks_refresh`, `jwks_min_refetch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timers {
+    pub refresh: Duration,
+    pub min_refetch: Duration,
+}
+
+impl Timers {
+    pub const DEFAULT: Timers = Timers {
+        refresh: Duration::from_secs(300),
+        min_refetch: MIN_REFETCH,
+    };
+}
+
 pub struct JwksStore {
     pub provider: Arc<str>,
     pub url: String,
@@ -86,6 +103,7 @@ pub struct JwksStore {
     /// fetched on every refresh, so a moved key set is followed.
     discovery: Option<String>,
     pub refresh: Duration,
+    min_refetch: Duration,
     keys: ArcSwapOption<KeySet>,
     /// Digest of the key set last loaded (two halves; written only by a fetch): cached
     /// identities verified under another key set are misses, so a retired key stops working
@@ -96,6 +114,8 @@ pub struct JwksStore {
     clock: Arc<dyn Clock>,
     fetch_lock: tokio::sync::Mutex<()>,
     last_fetch: Mutex<Option<Instant>>,
+    /// Fetches begun, so a caller can tell whether one ran while it waited for the lock.
+    fetches_begun: std::sync::atomic::AtomicU64,
     last_fetch_failed: AtomicBool,
     unknown_kids: Mutex<HashMap<String, Instant>>,
     ok: IntCounter,
@@ -107,14 +127,14 @@ impl JwksStore {
         provider: &str,
         url: &str,
         discovery: Option<&str>,
-        refresh: Duration,
+        timers: Timers,
         ca: Option<&crate::tls::CaBundle>,
         ok: IntCounter,
         error: IntCounter,
     ) -> Result<Self, String> {
         let source = Box::new(HttpSource::new(ca)?);
         Ok(Self::with_source(
-            provider, url, discovery, refresh, source, ok, error,
+            provider, url, discovery, timers, source, ok, error,
         ))
     }
 
@@ -124,7 +144,7 @@ impl JwksStore {
         provider: &str,
         url: &str,
         discovery: Option<&str>,
-        refresh: Duration,
+        timers: Timers,
         source: Box<dyn JwksSource>,
         ok: IntCounter,
         error: IntCounter,
@@ -133,7 +153,8 @@ impl JwksStore {
             provider: provider.into(),
             url: url.to_string(),
             discovery: discovery.map(str::to_owned),
-            refresh,
+            refresh: timers.refresh,
+            min_refetch: timers.min_refetch,
             keys: ArcSwapOption::empty(),
             key_set_hi: std::sync::atomic::AtomicU64::new(0),
             key_set_lo: std::sync::atomic::AtomicU64::new(0),
@@ -141,6 +162,7 @@ impl JwksStore {
             clock: Arc::new(SystemClock),
             fetch_lock: tokio::sync::Mutex::new(()),
             last_fetch: Mutex::new(None),
+            fetches_begun: std::sync::atomic::AtomicU64::new(0),
             last_fetch_failed: AtomicBool::new(false),
             unknown_kids: Mutex::new(HashMap::new()),
             ok,
@@ -175,12 +197,15 @@ impl JwksStore {
                 return self.unknown_or_unavailable();
             }
         }
-        self.refetch_limited().await;
+        let asked_issuer = self.refetch_limited().await;
         match self.find(kid, family) {
             Some(found) => found,
             None if self.keys.load().is_none() => Lookup::NotLoaded,
             None => {
-                if let Some(kid) = kid {
+                // Only a kid the issuer was asked about is remembered: one that came while
+                // the re-fetch limit held may be a key rotated in since, and its own next
+                // request after the limit must fetch it, not wait out NEGATIVE_TTL.
+                if let Some(kid) = kid.filter(|_| asked_issuer) {
                     self.remember_unknown(kid);
                 }
                 self.unknown_or_unavailable()
@@ -227,17 +252,22 @@ impl JwksStore {
         map.insert(kid.to_string(), now);
     }
 
-    /// One fetch at a time, and none if the last was under `MIN_REFETCH` ago; callers that
-    /// waited behind a fetch see its result.
-    async fn refetch_limited(&self) {
+    /// One fetch at a time, and none if the last was under `min_refetch` ago; callers that
+    /// waited behind a fetch see its result. `true` when the issuer was asked since this call
+    /// began (by it, or by the fetch it waited behind).
+    async fn refetch_limited(&self) -> bool {
+        let begun = self.fetches_begun.load(Ordering::Acquire);
         let _single_flight = self.fetch_lock.lock().await;
-        let recent = self
-            .last_fetch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| self.clock.since(t) < MIN_REFETCH);
-        if !recent {
-            let _ = self.fetch_now().await;
+        if self.fetches_begun.load(Ordering::Acquire) != begun {
+            return true;
+        }
+        let last = *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+        match last {
+            Some(t) if self.clock.since(t) < self.min_refetch => false,
+            _ => {
+                let _ = self.fetch_now().await;
+                true
+            }
         }
     }
 
@@ -248,6 +278,7 @@ impl JwksStore {
     }
 
     async fn fetch_now(&self) -> Result<usize, String> {
+        self.fetches_begun.fetch_add(1, Ordering::AcqRel);
         *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.clock.now());
         let result = self.download().await;
         match &result {
@@ -423,7 +454,7 @@ mod tests {
             "idp",
             URL,
             discovery,
-            Duration::from_secs(300),
+            Timers::DEFAULT,
             Box::new(source.clone()),
             counter("ok"),
             counter("error"),
@@ -471,6 +502,26 @@ mod tests {
         clock.advance(MIN_REFETCH);
         assert!(!found(&store.lookup(Some("c"), KeyFamily::Rsa).await));
         assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+        assert!(found(&store.lookup(Some("b"), KeyFamily::Rsa).await));
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_kid_first_seen_within_the_limit_is_fetched_once_the_limit_allows() {
+        let (store, source, clock) = store(None);
+        source.serve(URL, jwk_set(&["a"]));
+        assert_eq!(store.fetch().await, Ok(1));
+        // Rotated just after the fetch; only tokens with the new kid come.
+        source.serve(URL, jwk_set(&["a", "b"]));
+        for _ in 0..3 {
+            assert!(matches!(
+                store.lookup(Some("b"), KeyFamily::Rsa).await,
+                Lookup::Unknown
+            ));
+        }
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+        // Its own next request past the limit fetches it (not NEGATIVE_TTL later).
+        clock.advance(MIN_REFETCH);
         assert!(found(&store.lookup(Some("b"), KeyFamily::Rsa).await));
         assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
     }

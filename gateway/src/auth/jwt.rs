@@ -433,6 +433,7 @@ mod tests {
             jwks_url: None,
             discovery: false,
             jwks_refresh: Duration::from_secs(300),
+            jwks_min_refetch: Duration::from_secs(5),
             issuer: Some("https://issuer".into()),
             audience: vec!["api".into()],
             leeway: Duration::from_secs(30),

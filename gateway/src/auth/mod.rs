@@ -427,8 +427,16 @@ impl Presented<'_> {
     }
 }
 
-/// Provider name, JWKS URL and CA bundle fingerprint.
-pub type StoreKey = (String, String, Option<[u8; 32]>);
+/// What makes a JWKS store: a reload that changes any of it gets a new store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoreKey {
+    pub provider: String,
+    /// The URL, and with discovery the issuer it is for.
+    pub source: String,
+    /// The CA bundle's fingerprint.
+    pub ca: Option<[u8; 32]>,
+    pub timers: jwks::Timers,
+}
 
 /// Key stores outlive configuration versions: a reload that keeps a provider's JWKS URL keeps
 /// its loaded keys and background refresh. Building a version only reads this registry; only
@@ -447,7 +455,6 @@ impl KeyStores {
         key: &StoreKey,
         url: &str,
         discovery: Option<&str>,
-        refresh: Duration,
         ca: Option<&crate::tls::CaBundle>,
         metrics: &Metrics,
     ) -> Result<(Arc<JwksStore>, bool), String> {
@@ -455,12 +462,12 @@ impl KeyStores {
         if let Some(s) = map.get(key) {
             return Ok((s.clone(), false));
         }
-        let (provider, _, _) = key;
+        let provider = key.provider.as_str();
         let store = Arc::new(JwksStore::new(
             provider,
             url,
             discovery,
-            refresh,
+            key.timers,
             ca,
             metrics
                 .jwks_refresh_total
@@ -605,19 +612,22 @@ impl Authenticator {
                             // With discovery the issuer the metadata must name is part of
                             // what the store is (two spellings of one issuer are two stores).
                             let discovery = j.issuer.as_deref().filter(|_| j.discovery);
-                            let key: StoreKey = (
-                                spec.name.clone(),
-                                match discovery {
+                            let key = StoreKey {
+                                provider: spec.name.clone(),
+                                source: match discovery {
                                     Some(iss) => format!("{url} (discovery, issuer {iss})"),
                                     None => url.clone(),
                                 },
-                                j.ca.as_ref().map(|c| c.fingerprint),
-                            );
+                                ca: j.ca.as_ref().map(|c| c.fingerprint),
+                                timers: jwks::Timers {
+                                    refresh: j.jwks_refresh,
+                                    min_refetch: j.jwks_min_refetch,
+                                },
+                            };
                             let (s, new) = stores.find_or_new(
                                 &key,
                                 url,
                                 discovery,
-                                j.jwks_refresh,
                                 j.ca.as_deref(),
                                 metrics,
                             )?;
@@ -1130,6 +1140,10 @@ impl Authenticator {
             }
             // Nobody could tell: never remembered.
             Err(AuthError::Unavailable { .. }) => {}
+            // A kid not (yet) in the key set is not remembered here: the key store has its
+            // own negative cache for kids the issuer was asked about, and a key rotated in
+            // must be accepted by its own next request, not after negative_ttl.
+            Err(rejection) if rejection.denial() == Some(Denial::UnknownKid) => {}
             Err(rejection) => {
                 if let Some(mask) = mask {
                     self.cache.put_local(

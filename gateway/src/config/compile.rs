@@ -863,6 +863,15 @@ impl Compiler<'_> {
             if j.jwks_refresh.0 < Duration::from_secs(1) {
                 self.err(format!("{path}.jwks_refresh"), "must be at least 1s");
             }
+            // Below a second, a flood of made-up kids would have the gateway hammer the IdP.
+            if !(crate::auth::jwks::MIN_REFETCH_FLOOR..=Duration::from_secs(3600))
+                .contains(&j.jwks_min_refetch.0)
+            {
+                self.err(
+                    format!("{path}.jwks_min_refetch"),
+                    "must be between 1s and 1h",
+                );
+            }
             if families.contains(&KeyFamily::Hmac) && families.len() == 1 {
                 self.err(
                     format!("{path}.jwks_url"),
@@ -911,6 +920,7 @@ impl Compiler<'_> {
             jwks_url,
             discovery: j.discovery,
             jwks_refresh: j.jwks_refresh.0,
+            jwks_min_refetch: j.jwks_min_refetch.0,
             issuer: j.issuer.clone(),
             audience,
             leeway,

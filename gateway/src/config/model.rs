@@ -271,6 +271,8 @@ pub struct JwtSpec {
     /// `discovery: true`: `jwks_url` is `<issuer>/.well-known/openid-configuration`.
     pub discovery: bool,
     pub jwks_refresh: Duration,
+    /// Fewest time between two fetches for an unknown `kid` (`jwks_min_refetch`).
+    pub jwks_min_refetch: Duration,
     pub issuer: Option<String>,
     pub audience: Vec<String>,
     pub leeway: Duration,

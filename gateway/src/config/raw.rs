@@ -386,6 +386,9 @@ pub struct JwtProviderConfig {
     pub jwks_url: Option<String>,
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh: Dur,
+    /// Fewest time between fetches that tokens with an unknown `kid` may cause.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch: Dur,
     #[serde(default)]
     pub issuer: Option<String>,
     #[serde(default)]
@@ -421,6 +424,10 @@ pub struct JwtProviderConfig {
 
 fn default_jwks_refresh() -> Dur {
     Dur::secs(300)
+}
+
+fn default_jwks_min_refetch() -> Dur {
+    Dur::secs(5)
 }
 
 /// One static key. Exactly one of the sources must be given.

@@ -583,3 +583,36 @@ routes: [{ name: a, path_prefix: /, upstream: lms }]
     assert_eq!(plain.mode, model::DpopMode::Off);
     assert_eq!(plain.window, std::time::Duration::from_secs(60));
 }
+
+#[test]
+fn the_jwks_refetch_limit_may_be_shortened_but_not_below_a_second() {
+    let with = |v: &str| {
+        format!(
+            "
+upstreams: {{ lms: {{ endpoints: ['127.0.0.1:8000'] }} }}
+auth:
+  providers:
+    idp: {{ type: jwt, algorithms: [RS256], jwks_url: 'https://idp.example/jwks.json', {v} }}
+routes:
+  - {{ name: api, path_prefix: /api/, auth: required, upstream: lms }}
+"
+        )
+    };
+    let spec = |c: &Config| match &c.auth.providers[0].kind {
+        model::ProviderKind::Jwt(j) => j.jwks_min_refetch,
+        _ => panic!("a jwt provider"),
+    };
+    let c = load(&with("jwks_refresh: 5m")).expect("loads");
+    assert_eq!(spec(&c), std::time::Duration::from_secs(5), "the default");
+    let c = load(&with("jwks_min_refetch: 1s")).expect("loads");
+    assert_eq!(spec(&c), std::time::Duration::from_secs(1));
+    for bad in ["jwks_min_refetch: 500ms", "jwks_min_refetch: 2h"] {
+        let e = errors(&with(bad));
+        assert!(
+            e.iter()
+                .any(|e| e.path == "auth.providers.idp.jwks_min_refetch"),
+            "{bad}: {}",
+            ConfigErrors(e)
+        );
+    }
+}
