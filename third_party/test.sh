@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
-for crate in pingora-timeout pingora-http; do
+for crate in pingora-timeout pingora-http pingora-rustls; do
     cp -R "third_party/$crate" "$SCRATCH/$crate"
     cp Cargo.lock "$SCRATCH/$crate/Cargo.lock"
     python3 - "$SCRATCH/$crate/Cargo.toml" <<'PY'

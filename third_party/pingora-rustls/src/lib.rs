@@ -45,7 +45,7 @@ pub fn install_default_crypto_provider() {
     let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
 }
 pub use rustls_native_certs::load_native_certs;
-use rustls_pemfile::Item;
+use rustls_pki_types::pem::{self, PemObject, SectionKind};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 pub use tokio_rustls::client::TlsStream as ClientTlsStream;
 pub use tokio_rustls::server::TlsStream as ServerTlsStream;
@@ -65,19 +65,21 @@ where
         .map(BufReader::new)
 }
 
-/// Read the pem file at the given path from disk
-fn load_pem_file<P>(path: P) -> Result<Vec<Item>>
+/// Read the pem file at the given path from disk: every section, in order, with its kind
+/// (sections of kinds rustls-pki-types does not know are skipped, as rustls-pemfile did)
+fn load_pem_file<P>(path: P) -> Result<Vec<(SectionKind, Vec<u8>)>>
 where
     P: AsRef<Path>,
 {
-    rustls_pemfile::read_all(&mut load_file(path)?)
-        .map(|item_res| {
-            item_res.or_err(
-                ErrorType::InvalidCert,
-                "Certificate in pem file could not be read",
-            )
-        })
-        .collect()
+    let mut reader = load_file(path)?;
+    let mut items = Vec::new();
+    while let Some(item) = pem::from_buf(&mut reader).or_err(
+        ErrorType::InvalidCert,
+        "Certificate in pem file could not be read",
+    )? {
+        items.push(item);
+    }
+    Ok(items)
 }
 
 /// Load the certificates from the given pem file path into the given
@@ -86,15 +88,15 @@ pub fn load_ca_file_into_store<P>(path: P, cert_store: &mut RootCertStore) -> Re
 where
     P: AsRef<Path>,
 {
-    for pem_item in load_pem_file(path)? {
+    for (kind, der) in load_pem_file(path)? {
         // only loading certificates, handling a CA file
-        let Item::X509Certificate(content) = pem_item else {
+        if kind != SectionKind::Certificate {
             return Error::e_explain(
                 ErrorType::InvalidCert,
                 "Pem file contains un-loadable certificate type",
             );
-        };
-        cert_store.add(content).or_err(
+        }
+        cert_store.add(CertificateDer::from(der)).or_err(
             ErrorType::InvalidCert,
             "Failed to load X509 certificate into root store",
         )?;
@@ -106,10 +108,15 @@ where
 /// Attempt to load the native cas into the given root-certificate store
 pub fn load_platform_certs_incl_env_into_store(ca_certs: &mut RootCertStore) -> Result<()> {
     // this includes handling of ENV vars SSL_CERT_FILE & SSL_CERT_DIR
-    for cert in load_native_certs()
-        .or_err(ErrorType::InvalidCert, "Failed to load native certificates")?
-        .into_iter()
-    {
+    // rustls-native-certs 0.8 reports what it could not read beside what it could: as 0.7
+    // did, an error only when nothing could be loaded.
+    let native = load_native_certs();
+    if native.certs.is_empty() {
+        if let Some(e) = native.errors.into_iter().next() {
+            return Err(e).or_err(ErrorType::InvalidCert, "Failed to load native certificates");
+        }
+    }
+    for cert in native.certs {
         ca_certs.add(cert).or_err(
             ErrorType::InvalidCert,
             "Failed to load native certificate into root store",
@@ -129,26 +136,20 @@ pub fn load_certs_and_key_files<'a>(
 
     let certs = certs_file
         .into_iter()
-        .filter_map(|item| {
-            if let Item::X509Certificate(cert) = item {
-                Some(cert)
-            } else {
-                None
-            }
-        })
+        .filter(|(kind, _)| *kind == SectionKind::Certificate)
+        .map(|(_, der)| CertificateDer::from(der))
         .collect::<Vec<_>>();
 
     // These are the currently supported pk types -
     // [https://doc.servo.org/rustls/key/struct.PrivateKey.html]
     let private_key_opt = key_file
         .into_iter()
-        .filter_map(|key_item| match key_item {
-            Item::Pkcs1Key(key) => Some(PrivateKeyDer::from(key)),
-            Item::Pkcs8Key(key) => Some(PrivateKeyDer::from(key)),
-            Item::Sec1Key(key) => Some(PrivateKeyDer::from(key)),
+        .find_map(|(kind, der)| match kind {
+            SectionKind::RsaPrivateKey
+            | SectionKind::PrivateKey
+            | SectionKind::EcPrivateKey => PrivateKeyDer::from_pem(kind, der),
             _ => None,
-        })
-        .next();
+        });
 
     if let (Some(private_key), false) = (private_key_opt, certs.is_empty()) {
         Ok(Some((certs, private_key)))
@@ -159,8 +160,7 @@ pub fn load_certs_and_key_files<'a>(
 
 /// Load the certificate
 pub fn load_pem_file_ca(path: &String) -> Result<Vec<u8>> {
-    let mut reader = load_file(path)?;
-    let cas_file_items = rustls_pemfile::certs(&mut reader)
+    let cas_file_items = CertificateDer::pem_reader_iter(load_file(path)?)
         .map(|item_res| {
             item_res.or_err(
                 ErrorType::InvalidCert,
@@ -176,16 +176,83 @@ pub fn load_pem_file_ca(path: &String) -> Result<Vec<u8>> {
 }
 
 pub fn load_pem_file_private_key(path: &String) -> Result<Vec<u8>> {
-    Ok(rustls_pemfile::private_key(&mut load_file(path)?)
-        .or_err(
+    // No key in the file is an empty answer, not an error (as rustls-pemfile's `private_key`).
+    match PrivateKeyDer::from_pem_reader(load_file(path)?) {
+        Ok(key) => Ok(key.secret_der().to_vec()),
+        Err(pem::Error::NoItemsFound) => Ok(Vec::new()),
+        Err(e) => Err(e).or_err(
             ErrorType::InvalidCert,
             "Failed to load private key from file",
-        )?
-        .map(|key| key.secret_der().to_vec())
-        .unwrap_or_default())
+        ),
+    }
 }
 
 pub fn hash_certificate(cert: &CertificateDer) -> Vec<u8> {
     let hash = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
     hash.as_ref().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    // PEM reading through rustls-pki-types (in place of rustls-pemfile): the same answers for
+    // every kind of file this crate reads. Keys and certificates in tests/data are test-only,
+    // made with openssl.
+    use super::*;
+
+    fn data(name: &str) -> String {
+        format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn certificates_and_each_supported_key_kind_load() {
+        for key in ["rsa-pkcs1.key", "ec-sec1.key", "pkcs8.key"] {
+            let (certs, k) = load_certs_and_key_files(&data("chain.pem"), &data(key))
+                .expect("read")
+                .expect("a certificate and a key");
+            assert_eq!(certs.len(), 2, "{key}: both certificates of the chain, in order");
+            let kind_ok = matches!(
+                (key, &k),
+                ("rsa-pkcs1.key", PrivateKeyDer::Pkcs1(_))
+                    | ("ec-sec1.key", PrivateKeyDer::Sec1(_))
+                    | ("pkcs8.key", PrivateKeyDer::Pkcs8(_))
+            );
+            assert!(kind_ok, "{key}: read as the wrong kind");
+        }
+        // A key file with a certificate in front of the key: the key is found.
+        let (_, k) = load_certs_and_key_files(&data("cert.pem"), &data("cert-and-key.pem"))
+            .expect("read")
+            .expect("found");
+        assert!(matches!(k, PrivateKeyDer::Sec1(_)));
+        // No key: nothing, not an error.
+        assert!(load_certs_and_key_files(&data("cert.pem"), &data("cert2.pem"))
+            .expect("read")
+            .is_none());
+        assert!(load_certs_and_key_files(&data("missing.pem"), &data("pkcs8.key")).is_err());
+    }
+
+    #[test]
+    fn a_ca_file_holds_certificates_only() {
+        let mut store = RootCertStore::empty();
+        load_ca_file_into_store(data("chain.pem"), &mut store).expect("a chain loads");
+        assert_eq!(store.len(), 2);
+        let mut store = RootCertStore::empty();
+        assert!(
+            load_ca_file_into_store(data("cert-and-key.pem"), &mut store).is_err(),
+            "a key in a CA file is refused"
+        );
+    }
+
+    #[test]
+    fn the_first_certificate_and_the_key_as_der() {
+        let first = load_pem_file_ca(&data("chain.pem")).expect("read");
+        let cert = CertificateDer::from_pem_file(data("cert.pem")).expect("cert");
+        assert_eq!(first, cert.as_ref());
+        let key = load_pem_file_private_key(&data("pkcs8.key")).expect("read");
+        assert!(!key.is_empty());
+        assert_eq!(
+            load_pem_file_private_key(&data("cert.pem")).expect("no key is no error"),
+            Vec::<u8>::new()
+        );
+        assert!(load_pem_file_ca(&data("missing.pem")).is_err());
+    }
 }
