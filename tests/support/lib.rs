@@ -50,20 +50,25 @@ pub fn repo() -> PathBuf {
 /// A port free right now on 127.0.0.1, and never one this process was handed before: the
 /// kernel may give a just-released ephemeral port out again at once, and two parts of one test
 /// (a gateway's listener and its admin port) must never get the same one.
+/// A port for a test server: below the kernel's ephemeral range (32768 and up on Linux), so
+/// no outgoing connection of this or any process is given it between this check and the
+/// server's bind; never the same twice in this process, and probed with a bind, which other
+/// test processes' servers would hold. Each process starts at its own offset.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut offset = next.unwrap_or((std::process::id() % u32::from(SPAN)) as u16);
+    for _ in 0..SPAN {
+        let port = FIRST + offset;
+        offset = (offset + 1) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(offset);
             return port;
         }
     }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
