@@ -28,7 +28,7 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
     pub router: Router,
-    pub routes: Vec<RouteRuntime>,
+    pub routes: Vec<RoutePipeline>,
     pub upstreams: Vec<Arc<UpstreamPool>>,
     pub auth_texts: AuthTexts,
     pub auth: Authenticator,
@@ -43,8 +43,10 @@ pub struct Snapshot {
     pub assertion: Option<crate::assertion::Signer>,
 }
 
-/// A route with its resolved parts and metric handles.
-pub struct RouteRuntime {
+/// A route compiled for one configuration version: its spec, upstream pool, limit phases,
+/// the constant header values it answers with, and its metric handles. Admission
+/// (`crate::pipeline`) and forwarding (`crate::proxy::forward`) read it; nothing changes it.
+pub struct RoutePipeline {
     pub spec: Arc<RouteSpec>,
     pub upstream: Arc<UpstreamPool>,
     pub metrics: RouteMetrics,
@@ -58,6 +60,75 @@ pub struct RouteRuntime {
     pub ratelimit_policy: Option<http::HeaderValue>,
     /// `authgate_auth_shadow_total{route, outcome}` by `Outcome`, on `mode: shadow` routes.
     pub shadow: Option<[IntCounter; 7]>,
+}
+
+impl RoutePipeline {
+    /// Everything one route needs per request, resolved once per configuration version: its
+    /// policies split by phase with their counters, the constant `RateLimit-Policy` value, and
+    /// the metric handles, so the hot path never builds a label set.
+    fn build(
+        spec: &Arc<RouteSpec>,
+        config: &Config,
+        upstream: Arc<UpstreamPool>,
+        metrics: &Metrics,
+    ) -> Self {
+        let counter = |i: usize| {
+            metrics
+                .rate_limited_total
+                .with_label_values(&[&*spec.name, &*config.rate_limits[i].name])
+        };
+        let mut limits = LimitPhases {
+            failures_counter: config.auth.failure_limit.as_ref().map(|f| {
+                metrics
+                    .rate_limited_total
+                    .with_label_values(&[&*spec.name, &*f.name])
+            }),
+            ..LimitPhases::default()
+        };
+        for &i in &spec.rate_limits {
+            if config.rate_limits[i].key.before_auth() {
+                limits.before_auth.push(i);
+                limits.before_auth_counters.push(counter(i));
+            } else {
+                limits.after_auth.push(i);
+                limits.after_auth_counters.push(counter(i));
+            }
+        }
+        RoutePipeline {
+            shadow: (spec.auth_mode == crate::config::model::AuthMode::Shadow).then(|| {
+                crate::auth::Outcome::ALL.map(|o| {
+                    metrics
+                        .auth_shadow_total
+                        .with_label_values(&[&spec.name, o.as_str()])
+                })
+            }),
+            ratelimit_policy: crate::ratelimit::policy_header(
+                spec.rate_limits.iter().map(|&i| &*config.rate_limits[i]),
+            ),
+            limits,
+            metrics: metrics.route(&spec.name),
+            upstream_duration: metrics
+                .upstream_duration
+                .with_label_values(&[&spec.name, &upstream.spec.name]),
+            timeouts: metrics
+                .upstream_timeouts_total
+                .with_label_values(&[&spec.name]),
+            cache_results: if spec.cache.is_some() {
+                CacheResult::ALL
+                    .iter()
+                    .map(|r| {
+                        metrics
+                            .response_cache_total
+                            .with_label_values(&[&spec.name, r.label()])
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            upstream,
+            spec: spec.clone(),
+        }
+    }
 }
 
 /// A route's policies (indices into the snapshot's), split by when they are spent, each with
@@ -222,63 +293,7 @@ impl Snapshot {
             .routes
             .iter()
             .map(|spec| {
-                let upstream = upstreams[spec.upstream].clone();
-                let counter = |i: usize| {
-                    metrics
-                        .rate_limited_total
-                        .with_label_values(&[&*spec.name, &*config.rate_limits[i].name])
-                };
-                let mut limits = LimitPhases {
-                    failures_counter: config.auth.failure_limit.as_ref().map(|f| {
-                        metrics
-                            .rate_limited_total
-                            .with_label_values(&[&*spec.name, &*f.name])
-                    }),
-                    ..LimitPhases::default()
-                };
-                for &i in &spec.rate_limits {
-                    if config.rate_limits[i].key.before_auth() {
-                        limits.before_auth.push(i);
-                        limits.before_auth_counters.push(counter(i));
-                    } else {
-                        limits.after_auth.push(i);
-                        limits.after_auth_counters.push(counter(i));
-                    }
-                }
-                RouteRuntime {
-                    shadow: (spec.auth_mode == crate::config::model::AuthMode::Shadow).then(|| {
-                        crate::auth::Outcome::ALL.map(|o| {
-                            metrics
-                                .auth_shadow_total
-                                .with_label_values(&[&spec.name, o.as_str()])
-                        })
-                    }),
-                    ratelimit_policy: crate::ratelimit::policy_header(
-                        spec.rate_limits.iter().map(|&i| &*config.rate_limits[i]),
-                    ),
-                    limits,
-                    metrics: metrics.route(&spec.name),
-                    upstream_duration: metrics
-                        .upstream_duration
-                        .with_label_values(&[&spec.name, &upstream.spec.name]),
-                    timeouts: metrics
-                        .upstream_timeouts_total
-                        .with_label_values(&[&spec.name]),
-                    cache_results: if spec.cache.is_some() {
-                        CacheResult::ALL
-                            .iter()
-                            .map(|r| {
-                                metrics
-                                    .response_cache_total
-                                    .with_label_values(&[&spec.name, r.label()])
-                            })
-                            .collect()
-                    } else {
-                        Vec::new()
-                    },
-                    upstream,
-                    spec: spec.clone(),
-                }
+                RoutePipeline::build(spec, &config, upstreams[spec.upstream].clone(), metrics)
             })
             .collect();
         let auth_texts = AuthTexts {

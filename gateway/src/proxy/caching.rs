@@ -62,11 +62,11 @@ pub async fn lookup(
     let principal = ctx.principal();
     let vary = policy::vary_values(&spec.vary, principal, &req.headers);
     let host = policy::cache_host(
-        super::gateway::host_of(req),
-        super::gateway::over_tls(session),
+        super::forward::host_of(req),
+        super::forward::over_tls(session),
     );
     // A token parameter is not part of what the answer is for (nor kept in a key).
-    let query = match super::gateway::upstream_query(ctx, req.uri.query()) {
+    let query = match super::forward::upstream_query(ctx, req.uri.query()) {
         Some(q) => q,
         None => req.uri.query().map(std::borrow::Cow::Borrowed),
     };
@@ -81,7 +81,7 @@ pub async fn lookup(
         },
         &vary,
     );
-    let upstream_view = super::gateway::upstream_view(session, ctx);
+    let upstream_view = super::forward::upstream_view(session, ctx);
     let mut state = Box::new(CacheCtx {
         primary,
         upstream_view,
@@ -189,9 +189,9 @@ pub async fn serve(
     h.insert(http::header::AGE, HeaderValue::from(entry.age().as_secs()));
     h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
     if let Some(info) = ctx.rate_limit() {
-        super::gateway::rate_limit_headers(h, info);
+        super::respond::rate_limit_headers(h, info);
     }
-    super::gateway::decorate_headers(session, ctx, h);
+    super::respond::decorate_headers(session, ctx, h);
     let h = ResponseHeader::from(parts);
     count(ctx, result);
     let no_body = head || entry.body.is_empty();
@@ -321,4 +321,27 @@ pub fn stale_for_error(ctx: &RequestCtx) -> Option<Arc<CachedResponse>> {
         .stale
         .clone()
         .filter(|s| s.usable_if_error())
+}
+
+/// When the upstream failed (or could not be reached) and the route keeps answers for
+/// `stale_if_error`: the last good one is served, and its status returned.
+pub async fn rescue(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    e: &pingora_core::Error,
+) -> Option<u16> {
+    use crate::answer::Rejection;
+    let upstream_failed = e.esource() == &pingora_core::ErrorSource::Upstream
+        || matches!(e.etype(), ErrorType::HTTPStatus(c) if *c >= 500)
+        || matches!(
+            ctx.rejection,
+            Some(Rejection::UpstreamUnavailable | Rejection::UpstreamTimeout { .. })
+        );
+    if !upstream_failed || session.response_written().is_some() {
+        return None;
+    }
+    let stale = stale_for_error(ctx)?;
+    serve(session, ctx, &stale, CacheResult::Stale).await.ok()?;
+    ctx.rejection = None;
+    Some(stale.status)
 }

@@ -67,7 +67,7 @@ impl RequestCtx {
     }
 
     /// The matched route, admitted or denied.
-    pub fn route(&self) -> Option<&crate::snapshot::RouteRuntime> {
+    pub fn route(&self) -> Option<&crate::snapshot::RoutePipeline> {
         let index = match &self.stage {
             Stage::Admitted(a) => a.route(),
             Stage::Denied(d) => d.route?,
