@@ -82,7 +82,7 @@ impl Reloader {
                 Ok(s) => s,
                 Err(reason) => return ReloadOutcome::Rejected { reason },
             };
-        crate::runtime::load_new_key_sets(&snapshot);
+        snapshot.load_new_key_sets();
         if let Err(reason) = self.shared.install(snapshot) {
             return ReloadOutcome::Rejected { reason };
         }

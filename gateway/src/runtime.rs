@@ -54,7 +54,7 @@ pub fn run(source: Source) -> Result<(), String> {
         Shared::new(
             |metrics, reuse| {
                 let snapshot = Snapshot::build(config, 1, metrics, reuse)?;
-                load_new_key_sets(&snapshot);
+                snapshot.load_new_key_sets();
                 Ok(snapshot)
             },
             metrics,
@@ -119,30 +119,6 @@ pub fn run(source: Source) -> Result<(), String> {
     });
     crate::logging::flush(Duration::from_secs(1));
     std::process::exit(0)
-}
-
-/// Fetches the key sets of JWKS stores this version created, once, before it serves. An
-/// identity provider that cannot be reached does not stop the gateway (contract, "Token
-/// semantics"): the store's background refresh keeps trying, `/readyz` says 503 until its keys
-/// arrive, and its tokens get 503 `auth_unavailable` meanwhile (static keys keep working).
-pub fn load_new_key_sets(snapshot: &Snapshot) {
-    if snapshot.auth.new_stores.is_empty() {
-        return;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start a runtime for JWKS fetches; the background refresh will load them");
-            return;
-        }
-    };
-    for store in &snapshot.auth.new_stores {
-        // A failure is logged (with its cause) by `fetch`; the store stays not ready.
-        let _ = rt.block_on(store.fetch());
-    }
 }
 
 /// Background work: starts health checks for new upstream pools and reloads on SIGHUP.

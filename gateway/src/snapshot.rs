@@ -256,6 +256,30 @@ impl Reusable {
 }
 
 impl Snapshot {
+    /// Fetches the key sets of JWKS stores this version created, once, before it serves. An
+    /// identity provider that cannot be reached does not stop the gateway (contract, "Token
+    /// semantics"): the store's background refresh keeps trying, `/readyz` says 503 until its keys
+    /// arrive, and its tokens get 503 `auth_unavailable` meanwhile (static keys keep working).
+    pub fn load_new_key_sets(&self) {
+        if self.auth.new_stores.is_empty() {
+            return;
+        }
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a runtime for JWKS fetches; the background refresh will load them");
+                return;
+            }
+        };
+        for store in &self.auth.new_stores {
+            // A failure is logged (with its cause) by `fetch`; the store stays not ready.
+            let _ = rt.block_on(store.fetch());
+        }
+    }
+
     /// What replicas share, when Redis is configured.
     pub fn shared(&self) -> Option<&dyn SharedTier> {
         self.redis.as_deref().map(|r| r as &dyn SharedTier)

@@ -191,7 +191,8 @@ const DPOP_TOKEN: &str = "bench-token";
 /// `authgate::auth::dpop::verify_proof` on one proof: what a DPoP request costs on top of a
 /// cached token (every check of RFC 9449 4.3 but the replay set, which is one hash-set insert).
 fn time_proof(alg: &str, proof: &str, args: &Args) -> Result<(), String> {
-    use authgate::auth::dpop::{verify_proof, Expected, DEFAULT_ALGORITHMS};
+    use authgate::auth::dpop::{verify_proof, Expected};
+    use authgate::config::model::DEFAULT_DPOP_ALGORITHMS as DEFAULT_ALGORITHMS;
     let check = |p: &str| {
         verify_proof(
             std::hint::black_box(p),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-pub type TokenHash = [u8; 32];
+pub use crate::tier::TokenHash;
 
 /// Where an answer came from, for metrics and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

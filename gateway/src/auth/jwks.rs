@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Fewest seconds between two fetches triggered by tokens unless `jwks_min_refetch` says
-/// otherwise (never under `MIN_REFETCH_FLOOR`), so a flood of random `kid`s
+/// otherwise (never under a second, which config enforces), so a flood of random `kid`s
 /// cannot hammer the issuer.
 pub const MIN_REFETCH: Duration = Duration::from_secs(5);
-pub const MIN_REFETCH_FLOOR: Duration = Duration::from_secs(1);
 /// How long a `kid` that stayed unknown after a fetch is not looked for again.
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 const NEGATIVE_MAX: usize = 10_000;

@@ -7,7 +7,6 @@ use crate::redis_link::{RedisLink, RedisOp};
 use crate::tier::SharedTier;
 use arc_swap::ArcSwapOption;
 use moka::sync::Cache;
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -29,26 +28,7 @@ pub fn ttl_for(p: &Principal, unknown: Duration) -> Duration {
     }
 }
 
-/// One revocation, as published on the events channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Revocation {
-    /// Lowercase hex SHA-256 of the token.
-    Token {
-        id: String,
-        ttl_ms: u64,
-    },
-    Jti {
-        id: String,
-        ttl_ms: u64,
-    },
-    /// Tokens of the subject issued before `not_before_ms` (Unix ms) are refused.
-    Subject {
-        id: String,
-        not_before_ms: u64,
-        ttl_ms: u64,
-    },
-}
+pub use crate::tier::Revocation;
 
 #[derive(Clone)]
 struct Held {

@@ -864,8 +864,7 @@ impl Compiler<'_> {
                 self.err(format!("{path}.jwks_refresh"), "must be at least 1s");
             }
             // Below a second, a flood of made-up kids would have the gateway hammer the IdP.
-            if !(crate::auth::jwks::MIN_REFETCH_FLOOR..=Duration::from_secs(3600))
-                .contains(&j.jwks_min_refetch.0)
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&j.jwks_min_refetch.0)
             {
                 self.err(
                     format!("{path}.jwks_min_refetch"),
@@ -956,11 +955,10 @@ impl Compiler<'_> {
                 DpopMode::Off
             }
         };
-        let named = keys.algorithms.clone().unwrap_or_else(|| {
-            crate::auth::dpop::DEFAULT_ALGORITHMS
-                .map(|a| format!("{a:?}"))
-                .to_vec()
-        });
+        let named = keys
+            .algorithms
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DPOP_ALGORITHMS.map(|a| format!("{a:?}")).to_vec());
         if named.is_empty() {
             self.err(
                 format!("{path}.dpop_algorithms"),

@@ -297,6 +297,14 @@ pub enum DpopMode {
     Required,
 }
 
+/// `dpop_algorithms` when not given.
+pub const DEFAULT_DPOP_ALGORITHMS: [jsonwebtoken::Algorithm; 4] = [
+    jsonwebtoken::Algorithm::ES256,
+    jsonwebtoken::Algorithm::EdDSA,
+    jsonwebtoken::Algorithm::PS256,
+    jsonwebtoken::Algorithm::RS256,
+];
+
 /// A provider's DPoP settings, compiled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpopSpec {

@@ -1,5 +1,5 @@
 //! Shared limits without a round trip per request: a replica reserves several tokens at once
-//! from the Redis GCRA bucket ([`super::shared::reserve`]) and spends them here.
+//! from the shared GCRA bucket ([`crate::tier::SharedTier::reserve`]) and spends them here.
 //!
 //! Why this never admits more than the limit allows, across all replicas: every request
 //! admitted spends a token the bucket handed out, and each token is void once the bucket
@@ -29,19 +29,8 @@ use std::time::{Duration, Instant};
 
 /// What a replica asks for: no cap of its own beyond Redis's quarter of the bucket.
 pub const WANT: u32 = 1 << 30;
-/// Below this many tokens left in the bucket, each request takes one token from Redis.
-pub const BATCH_FROM: u32 = 40;
-
-/// What Redis granted: `granted` tokens (0: limited), valid for `valid` from when it was asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grant {
-    pub granted: u32,
-    /// Left in the bucket after the grant.
-    pub remaining: u32,
-    pub retry_after: Duration,
-    /// Until the bucket is full again; a reservation is void from then.
-    pub reset: Duration,
-}
+pub use crate::tier::Grant;
+pub use crate::tier::BATCH_FROM;
 
 /// Grants one key keeps apart (concurrent requests that all found nothing held each bring
 /// one back); more are merged.

@@ -4,7 +4,6 @@
 
 pub mod lease;
 pub mod local;
-pub mod shared;
 
 use crate::auth::Principal;
 use crate::config::model::{LimitKey, RatePolicy};

@@ -6,6 +6,7 @@
 //! turns a Redis failure into an allow.
 
 mod conn;
+mod gcra;
 mod sentinel;
 mod tier;
 

@@ -1,10 +1,7 @@
 //! Redis as the shared tier: the commands behind each [`SharedTier`] method.
 
 use super::{RedisLink, RedisOp};
-use crate::auth::cache::TokenHash;
-use crate::auth::revoke::Revocation;
-use crate::ratelimit::lease::Grant;
-use crate::tier::{Bucket, Revoked, SharedTier};
+use crate::tier::{Bucket, Grant, Revocation, Revoked, SharedTier, TokenHash};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -141,12 +138,12 @@ impl SharedTier for RedisLink {
 
     async fn reserve(&self, bucket: Bucket<'_>, want: u32) -> Option<Grant> {
         let key = self.key("rl", bucket.name);
-        crate::ratelimit::shared::reserve(self, &key, bucket.interval, bucket.burst, want).await
+        super::gcra::reserve(self, &key, bucket.interval, bucket.burst, want).await
     }
 
     async fn peek(&self, bucket: Bucket<'_>) -> Option<u32> {
         let key = self.key("rl", bucket.name);
-        crate::ratelimit::shared::peek(self, &key, bucket.interval, bucket.burst).await
+        super::gcra::peek(self, &key, bucket.interval, bucket.burst).await
     }
 
     async fn first_use(&self, jti: &str, ttl: Duration) -> Option<bool> {

@@ -2,11 +2,8 @@
 //! script's arithmetic) on a [`Clock`], shared by as many "replicas" as a test builds, and a
 //! switch that makes it stop answering as Redis does when it goes away.
 
-use super::{Bucket, Revoked, SharedTier};
-use crate::auth::cache::TokenHash;
-use crate::auth::revoke::Revocation;
+use super::{Bucket, Grant, Revocation, Revoked, SharedTier, TokenHash, BATCH_FROM};
 use crate::clock::Clock;
-use crate::ratelimit::lease::{Grant, BATCH_FROM};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -79,7 +76,7 @@ impl MemoryTier {
     }
 }
 
-/// The GCRA script of `ratelimit::shared`, in µs: a model of the Redis bucket.
+/// The GCRA script of `redis_link::gcra`, in µs: a model of the Redis bucket.
 pub fn gcra_reserve(tat: &mut u64, now: u64, interval: u64, burst: u64, want: u64) -> Grant {
     let tau = interval * burst;
     let t = (*tat).max(now);

@@ -4,15 +4,53 @@
 //! fail, so the provider chain, the token cache and revocation can be tested across replicas
 //! without a server.
 //!
-//! Keys here are the domain's (a token's hash, a `jti`, a subject, a limiter's name); the
-//! implementation decides how they are spelled (Redis: the configured prefix). Every method
-//! answers `None` when the tier could not answer; callers fall back, never to an allow.
+//! The types here are the tier's vocabulary, so it depends on nothing else in the crate; auth
+//! and ratelimit re-export them. Keys are the domain's (a token's hash, a `jti`, a subject, a
+//! limiter's name); the implementation decides how they are spelled (Redis: the configured
+//! prefix). Every method answers `None` when the tier could not answer; callers fall back,
+//! never to an allow.
 
-use crate::auth::cache::TokenHash;
-use crate::auth::revoke::Revocation;
-use crate::ratelimit::lease::Grant;
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// Lowercase-hex-able SHA-256 of a presented token: the only form a token is kept in.
+pub type TokenHash = [u8; 32];
+
+/// One revocation, as published on the events channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Revocation {
+    /// Lowercase hex SHA-256 of the token.
+    Token {
+        id: String,
+        ttl_ms: u64,
+    },
+    Jti {
+        id: String,
+        ttl_ms: u64,
+    },
+    /// Tokens of the subject issued before `not_before_ms` (Unix ms) are refused.
+    Subject {
+        id: String,
+        not_before_ms: u64,
+        ttl_ms: u64,
+    },
+}
+
+/// Below this many tokens left in the bucket, each request takes one token from Redis.
+pub const BATCH_FROM: u32 = 40;
+
+/// What Redis granted: `granted` tokens (0: limited), valid for `valid` from when it was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: u32,
+    /// Left in the bucket after the grant.
+    pub remaining: u32,
+    pub retry_after: Duration,
+    /// Until the bucket is full again; a reservation is void from then.
+    pub reset: Duration,
+}
 
 #[cfg(test)]
 pub mod memory;

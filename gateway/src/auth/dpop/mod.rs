@@ -16,14 +16,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `dpop_algorithms` when not given.
-pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
-    Algorithm::ES256,
-    Algorithm::EdDSA,
-    Algorithm::PS256,
-    Algorithm::RS256,
-];
-
 /// The request header that carries the proof.
 pub const HEADER: http::HeaderName = http::HeaderName::from_static("dpop");
 

@@ -2,16 +2,16 @@
 //! per reservation of one or more tokens. It reads the server's clock (`TIME`), so replicas with skewed clocks still share
 //! one limit, and it runs atomically, so concurrent replicas cannot both take the last token.
 
-use super::lease::Grant;
-use crate::redis_link::{RedisLink, RedisOp};
+use super::{RedisLink, RedisOp};
+use crate::tier::{Grant, BATCH_FROM};
 use std::sync::LazyLock;
 use std::time::Duration;
 
 /// KEYS[1]: the bucket. ARGV[1]: emission interval in µs. ARGV[2]: burst. ARGV[3]: tokens
 /// wanted. ARGV[4]: from how many tokens left a grant may be more than one. Grants a quarter of
-/// what the bucket holds from there, one below it (see `lease`).
+/// what the bucket holds from there, one below it (see `ratelimit::lease`).
 /// Returns {granted, remaining, retry_after_us, reset_us}; `reset_us` is also when the bucket
-/// could be full again, after which the granted tokens are void (see `lease`).
+/// could be full again, after which the granted tokens are void (see `ratelimit::lease`).
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -52,7 +52,12 @@ return room
 static PEEK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PEEK));
 
 /// What the bucket allows now, spending nothing; `None` when Redis does not answer.
-pub async fn peek(link: &RedisLink, key: &str, interval: Duration, burst: u32) -> Option<u32> {
+pub(super) async fn peek(
+    link: &RedisLink,
+    key: &str,
+    interval: Duration,
+    burst: u32,
+) -> Option<u32> {
     let interval_us = interval.as_micros().max(1) as u64;
     let room: i64 = link
         .run(RedisOp::RateLimit, |mut conn| async move {
@@ -69,7 +74,7 @@ pub async fn peek(link: &RedisLink, key: &str, interval: Duration, burst: u32) -
 
 /// Up to `want` tokens of the bucket; `None` when Redis could not answer in time (the caller
 /// then uses the local limiter).
-pub async fn reserve(
+pub(super) async fn reserve(
     link: &RedisLink,
     key: &str,
     interval: Duration,
@@ -84,7 +89,7 @@ pub async fn reserve(
                 .arg(interval_us)
                 .arg(burst)
                 .arg(want.max(1))
-                .arg(super::lease::BATCH_FROM)
+                .arg(BATCH_FROM)
                 .invoke_async(&mut conn)
                 .await
         })
