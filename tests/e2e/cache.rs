@@ -252,6 +252,7 @@ fn upstream_directives_are_honoured() {
     }
     assert_eq!(mock.count("GET /echo"), 5);
     // max-age shorter than the route's ttl wins.
+    let stored = std::time::Instant::now();
     assert_eq!(
         x_cache(&get(
             &gw,
@@ -261,7 +262,6 @@ fn upstream_directives_are_honoured() {
         )),
         "MISS"
     );
-    let stored = std::time::Instant::now();
     assert_eq!(x_cache(&get(&gw, "/echo/short", None, &[])), "HIT");
     // max-age=1 (whole seconds): a miss again soon after, never before.
     wait_until("the entry to expire", Duration::from_secs(3), || {

@@ -216,9 +216,17 @@ impl Load {
     /// Returns once `answers` more requests have been answered: a fault is held for that many
     /// decisions, however fast or slow the machine is, not for a fixed time.
     fn through(&self, what: &str, answers: usize) {
+        self.through_until(what, answers, || true);
+    }
+
+    /// As [`Load::through`], and until `effect` holds too: the fault has shown in the gateway
+    /// (a Redis error counted, a JWKS fetch failed), so the window was not empty.
+    fn through_until(&self, what: &str, answers: usize, mut effect: impl FnMut() -> bool) {
         let from = self.answered.load(Ordering::Relaxed);
+        let mut seen = false;
         wait_until(what, Duration::from_secs(30), || {
-            self.answered.load(Ordering::Relaxed) >= from + answers
+            seen = seen || effect();
+            seen && self.answered.load(Ordering::Relaxed) >= from + answers
         });
     }
 
@@ -324,22 +332,41 @@ fn faults_under_load_never_flip_an_auth_decision() {
     recovers(&gw, &tokens, Duration::from_secs(5));
     let load = start_load(gw.url("/echo/load"), tokens.clone());
 
-    // Each fault is held for a number of answers under load, not for a fixed time.
+    // Each fault is held until the gateway has felt it (a counter of its own moved) and for a
+    // number of answers under load, not for a fixed time.
     const HOLD: usize = 60;
+    let total = |name: &str, labels: &[(&str, &str)]| sum_metric(&gw.metrics(), name, labels);
+    let rose = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let before = total(name, labels);
+        move || total(name, labels) > before
+    };
     load.through("load before the faults", HOLD);
 
     // Redis killed, then back on the same port.
+    let redis_errors = rose("authgate_redis_errors_total", &[]);
     redis.proc.kill();
-    load.through("answers without Redis", HOLD);
+    load.through_until("answers without Redis", HOLD, redis_errors);
     let _redis2 = Redis::start_on(redis_port);
     load.through("answers after Redis is back", HOLD);
 
     // The upstream killed, then back on the same port (the JWKS and introspection go with it).
+    let upstream_errors = rose("authgate_upstream_errors_total", &[("upstream", "lms")]);
     mock.proc.kill();
-    load.through("answers without the upstream", HOLD);
-    mock = Mock::start_on("m", mock_port, &[]);
-    // Tokens minted by the old mock are unknown to the new one; mint the opaque one again so
-    // "good" stays good after the restart (its cached identity is still valid meanwhile).
+    load.through_until("answers without the upstream", HOLD, upstream_errors);
+    // The identity provider comes back with its token store, as knox's database would: the
+    // good opaque token is still good there. (Without it, a token cache cleared meanwhile,
+    // as Redis's return clears it when the revocation channel is subscribed again, would
+    // rightly make it 401.)
+    let good_opaque = tokens
+        .iter()
+        .find_map(|(c, t)| matches!(c, Class::GoodOpaque).then(|| t.clone()))
+        .flatten()
+        .expect("a good opaque token");
+    mock = Mock::start_on(
+        "m",
+        mock_port,
+        &["--opaque-token", &format!("{good_opaque}:7")],
+    );
     load.through("answers after the upstream is back", HOLD);
 
     // The JWKS endpoint failing: keys already loaded keep working.
@@ -347,15 +374,29 @@ fn faults_under_load_never_flip_an_auth_decision() {
         .post(mock.url("/__mock/jwks/fail?on=true"))
         .send()
         .unwrap();
-    load.through("answers while the JWKS fails", HOLD);
+    let jwks_failed = rose(
+        "authgate_jwks_refresh_total",
+        &[("provider", "issuer"), ("result", "error")],
+    );
+    load.through_until("answers while the JWKS fails", HOLD, jwks_failed);
     client()
         .post(mock.url("/__mock/jwks/fail?on=false"))
         .send()
         .unwrap();
 
     // The introspection endpoint slower than the provider's timeout.
+    // The unknown opaque token's refusal is cached for negative_ttl (1 s); past it, it is
+    // introspected again, through the stalled relay.
+    let introspection_unavailable = rose(
+        "authgate_auth_total",
+        &[("provider", "knox"), ("outcome", "auth_unavailable")],
+    );
     relay.slow.store(true, Ordering::Relaxed);
-    load.through("answers while introspection is slow", HOLD / 2);
+    load.through_until(
+        "answers while introspection is slow",
+        HOLD / 2,
+        introspection_unavailable,
+    );
     relay.slow.store(false, Ordering::Relaxed);
 
     // Reloads under load.
@@ -391,4 +432,20 @@ fn faults_under_load_never_flip_an_auth_decision() {
     after.push((Class::GoodOpaque, Some(opaque(&mock, "8"))));
     recovers(&gw, &after, Duration::from_secs(10));
     assert_eq!(reloaded(), 3.0);
+}
+
+/// The sum of every series of `name` whose labels include `labels`.
+fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
 }

@@ -101,6 +101,7 @@ fn get(gw: &Gateway, path: &str, token: &str) -> reqwest::blocking::Response {
 fn simplejwt_login_expiry_and_refresh_flow() {
     let (_mock, gw) = start_with(&["--access-ttl", "2"], "1h");
     let c = client();
+    let issued = Instant::now();
     let pair: Value = c
         .post(gw.url("/api/token/"))
         .json(&json!({"username": "alice", "password": "alice-pass"}))
@@ -129,7 +130,6 @@ fn simplejwt_login_expiry_and_refresh_flow() {
 
     // The 2 s token plus the 3 s leeway runs out (and not long after: a cached identity
     // never outlives it).
-    let issued = Instant::now();
     wait_until("the access token to expire", Duration::from_secs(8), || {
         get(&gw, "/api/users/42/profile/", &access).status() == 401
     });
@@ -431,7 +431,7 @@ fn hostile_tokens_are_refused_with_the_right_error() {
         Algorithm::HS256,
         MOCK_JWT_SECRET,
         None,
-        &simple_claims(json!({"exp": t - 1})),
+        &simple_claims(json!({"exp": now() - 1})),
     );
     assert_eq!(get(&gw, "/echo/any/x", &inside).status(), 200);
 }

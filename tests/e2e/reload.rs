@@ -79,6 +79,56 @@ fn a_rejected_reload_leaves_no_half_built_jwks_provider_behind() {
     assert_eq!(r.status(), 200);
 }
 
+#[test]
+fn a_reload_that_changes_only_jwks_timers_keeps_the_keys_while_the_issuer_is_down() {
+    let mock = Mock::start("m");
+    let issuer = |refresh: &str| {
+        format!(
+            r#"issuer: {{ type: jwt, algorithms: [RS256], jwks_url: "http://{}/.well-known/jwks.json", jwks_refresh: {refresh}, audience: [api] }}"#,
+            mock.addr
+        )
+    };
+    let gw = Gateway::start(
+        &config(&mock, &issuer("1h"), &mock.addr.to_string()),
+        &[("JWT_SECRET", MOCK_JWT_SECRET)],
+    );
+    gw.wait_ready();
+    let t = tokens::sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &json!({"sub": "k", "aud": "api", "exp": tokens::now() + 600}),
+    );
+    let status = || {
+        client()
+            .get(gw.url("/echo/jwks/x"))
+            .bearer_auth(&t)
+            .send()
+            .expect("send")
+            .status()
+    };
+    assert_eq!(status(), 200);
+    client()
+        .post(mock.url("/__mock/jwks/fail?on=true"))
+        .send()
+        .expect("fail the JWKS");
+    // A new store (timers are fixed per store), seeded with the running one's keys: the
+    // issuer being down at reload time costs nothing.
+    std::fs::write(
+        &gw.config,
+        config(&mock, &issuer("30m"), &mock.addr.to_string()),
+    )
+    .expect("write");
+    let (code, body) = reload(&gw);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(), 200, "the keys were kept across the reload");
+    let ready = client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .expect("readyz");
+    assert_eq!(ready.status(), 200, "still ready: the keys are loaded");
+}
+
 fn tls_config(dir: &Path, tls_port: u16, upstream: &str) -> String {
     format!(
         r#"

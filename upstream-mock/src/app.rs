@@ -46,6 +46,27 @@ impl AppState {
         let name_header = HeaderValue::from_str(&args.name)
             .map_err(|_| format!("--name {:?} is not a valid header value", args.name))?;
         let keys = KeySet::load(args.keys_dir.as_deref())?;
+        let knox = KnoxStore::default();
+        for seed in &args.opaque_token {
+            let Some((token, sub)) = seed
+                .rsplit_once(':')
+                .filter(|(t, s)| !t.is_empty() && !s.is_empty())
+            else {
+                return Err(format!("--opaque-token {seed:?}: expected TOKEN:SUB"));
+            };
+            let now = crate::tokens::now_ms();
+            let entry = crate::tokens::knox::OpaqueToken {
+                sub: sub.to_owned(),
+                username: None,
+                scope: crate::tokens::knox::LOGIN_SCOPE.to_owned(),
+                client_id: crate::tokens::knox::LOGIN_CLIENT_ID.to_owned(),
+                issued_at_ms: now,
+                expires_at_ms: now + 3_600_000,
+                omit_sub: false,
+                extra: serde_json::Map::new(),
+            };
+            knox.issue_as(token.to_owned(), entry, now);
+        }
         Ok(Self {
             name: args.name.clone(),
             name_header,
@@ -56,7 +77,7 @@ impl AppState {
                 args.refresh_ttl,
             ),
             access_ttl: args.access_ttl,
-            knox: KnoxStore::default(),
+            knox,
             introspection_client: args.introspection_client.clone(),
             jwks: Jwks::new(keys),
             catalog: Catalog::generate(catalog::CATALOG_SIZE, catalog::SEED),

@@ -98,6 +98,11 @@ pub struct ServeArgs {
     /// Folder with `<kid>.key.pem` and `<kid>.jwk.json` files replacing the compiled-in test keys.
     #[arg(long, value_name = "DIR")]
     pub keys_dir: Option<PathBuf>,
+
+    /// An opaque token the knox store holds from the start, `TOKEN:SUB` (an hour's lifetime,
+    /// the login scope); repeatable. An identity provider restarted with its database, in tests.
+    #[arg(long, value_name = "TOKEN:SUB")]
+    pub opaque_token: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -169,6 +169,21 @@ impl JwksStore {
         }
     }
 
+    /// Starts with the key set `other` holds (a reload that changed only this store's timers
+    /// keeps serving the keys it had while the new store's first fetch runs).
+    pub fn seeded_from(self, other: &JwksStore) -> Self {
+        if let Some(set) = other.keys.load_full() {
+            self.keys.store(Some(set));
+            for (to, from) in [
+                (&self.key_set_hi, &other.key_set_hi),
+                (&self.key_set_lo, &other.key_set_lo),
+            ] {
+                to.store(from.load(Ordering::Acquire), Ordering::Release);
+            }
+        }
+        self
+    }
+
     /// The same store measuring its re-fetch limit and negative cache on `clock`.
     pub fn on_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -581,6 +596,19 @@ mod tests {
         );
         assert!(store.fetch().await.is_err());
         assert!(!store.is_loaded());
+    }
+
+    #[tokio::test]
+    async fn a_store_seeded_from_another_serves_its_keys_before_fetching() {
+        let (old, source, _) = store(None);
+        source.serve(URL, jwk_set(&["a"]));
+        assert_eq!(old.fetch().await, Ok(1));
+        let (new, fresh_source, _) = store(None);
+        let new = new.seeded_from(&old);
+        assert!(new.is_loaded());
+        assert_eq!(new.key_set_digest(), old.key_set_digest());
+        assert!(found(&new.lookup(Some("a"), KeyFamily::Rsa).await));
+        assert_eq!(fresh_source.fetches.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

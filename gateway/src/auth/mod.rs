@@ -462,8 +462,13 @@ impl KeyStores {
         if let Some(s) = map.get(key) {
             return Ok((s.clone(), false));
         }
+        // Only the timers changed: a new store (they are fixed per store), with the keys the
+        // running one holds, so an issuer down at reload time costs nothing.
+        let running = map.iter().find_map(|(k, s)| {
+            (k.provider == key.provider && k.source == key.source && k.ca == key.ca).then_some(s)
+        });
         let provider = key.provider.as_str();
-        let store = Arc::new(JwksStore::new(
+        let store = JwksStore::new(
             provider,
             url,
             discovery,
@@ -475,8 +480,12 @@ impl KeyStores {
             metrics
                 .jwks_refresh_total
                 .with_label_values(&[provider, "error"]),
-        )?);
-        Ok((store, true))
+        )?;
+        let store = match running {
+            Some(r) => store.seeded_from(r),
+            None => store,
+        };
+        Ok((Arc::new(store), true))
     }
 
     /// Makes an installed version's stores the running ones, and drops those no

@@ -61,7 +61,12 @@ impl KnoxStore {
 
     /// Stores `entry` under a fresh random token and returns the token.
     pub fn issue(&self, entry: OpaqueToken, now_ms: u64) -> String {
-        let token = random_token();
+        self.issue_as(random_token(), entry, now_ms)
+    }
+
+    /// As [`Self::issue`], under a token value given by the caller (an IdP restarted with its
+    /// token store, in tests).
+    pub fn issue_as(&self, token: String, entry: OpaqueToken, now_ms: u64) -> String {
         let mut inner = self.lock();
         inner.inserts += 1;
         if inner.inserts % PURGE_EVERY == 0 {
