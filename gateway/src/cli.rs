@@ -41,14 +41,27 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The file compiled (the listener's certificate loaded with it), then built as start-up
+/// would build it, offline (`Snapshot::check`: no DNS, no Redis, no identity provider asked):
+/// what start-up or a reload would refuse, this refuses.
 fn check(source: &Source) -> ExitCode {
     match config::load(source, &ProcessEnv) {
         Ok(cfg) => {
-            println!("{}: {}", source.describe(), cfg.summary());
+            let summary = cfg.summary();
             for w in &cfg.warnings {
                 eprintln!("  warning: {w}");
             }
-            ExitCode::SUCCESS
+            match crate::snapshot::Snapshot::check(cfg) {
+                Ok(()) => {
+                    println!("{}: {summary}", source.describe());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: 1 problem(s)", source.describe());
+                    eprintln!("  {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(errors) => {
             eprintln!("{}: {} problem(s)", source.describe(), errors.0.len());

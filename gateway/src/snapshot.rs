@@ -43,6 +43,13 @@ pub struct Snapshot {
     pub assertion: Option<crate::assertion::Signer>,
 }
 
+/// Whether a version is built to serve, or only to be checked (`authgate check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Build {
+    Serving,
+    Offline,
+}
+
 /// A route compiled for one configuration version: its spec, upstream pool, limit phases,
 /// the constant header values it answers with, and its metric handles. Admission
 /// (`crate::pipeline`) and forwarding (`crate::proxy::forward`) read it; nothing changes it.
@@ -291,8 +298,30 @@ impl Snapshot {
         metrics: &Metrics,
         reuse: &Reusable,
     ) -> Result<Self, String> {
+        Self::build_as(config, generation, metrics, reuse, Build::Serving)
+    }
+
+    /// What `authgate check` runs: the same build as start-up and reload, offline. Every key,
+    /// CA bundle, HTTP client, provider, limiter, route and upstream pool is made as it would
+    /// be (and refused as it would be), except what needs the network: upstream host names
+    /// are not resolved (IP endpoints are used as given) and no Redis link is made.
+    pub fn check(config: Config) -> Result<(), String> {
+        let reuse = Reusable::default();
+        Self::build_as(config, 0, &Metrics::new(), &reuse, Build::Offline).map(drop)
+    }
+
+    fn build_as(
+        config: Config,
+        generation: u64,
+        metrics: &Metrics,
+        reuse: &Reusable,
+        mode: Build,
+    ) -> Result<Self, String> {
         let config = Arc::new(config);
-        let (redis_fingerprint, redis) = reuse.redis(&config, metrics)?.unzip();
+        let (redis_fingerprint, redis) = match mode {
+            Build::Serving => reuse.redis(&config, metrics)?.unzip(),
+            Build::Offline => (None, None),
+        };
         let auth = Authenticator::build(
             &config.auth,
             &config.routes,
@@ -311,7 +340,15 @@ impl Snapshot {
         );
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for spec in &config.upstreams {
-            upstreams.push(Arc::new(UpstreamPool::build(spec.clone(), metrics)?));
+            let resolve = match mode {
+                Build::Serving => crate::upstream::Resolve::Dns,
+                Build::Offline => crate::upstream::Resolve::Offline,
+            };
+            upstreams.push(Arc::new(UpstreamPool::build(
+                spec.clone(),
+                metrics,
+                resolve,
+            )?));
         }
         let routes = config
             .routes

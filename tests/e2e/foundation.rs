@@ -496,8 +496,58 @@ fn check(file: &std::path::Path) -> std::process::Output {
     std::process::Command::new(bin("authgate"))
         .args(["check", "--config"])
         .arg(file)
+        // For files written for `Gateway::start`, which sets these.
+        .env("AG_LISTEN", "127.0.0.1:1")
+        .env("AG_ADMIN", "127.0.0.1:2")
         .output()
         .unwrap()
+}
+
+#[test]
+fn check_refuses_what_start_up_would_refuse() {
+    // Files that compile, and that start-up then refuses while building the version: `check`
+    // builds it too (offline), so it refuses them with the same words.
+    let dir = TestDir::new("check-build");
+    authgate_tests::certs::self_signed(&dir.path(""), false);
+    std::fs::rename(dir.path("server.key"), dir.path("first.key")).unwrap();
+    std::fs::rename(dir.path("server.pem"), dir.path("first.pem")).unwrap();
+    authgate_tests::certs::self_signed(&dir.path(""), false);
+    let cases = [
+        (
+            "a health-check path no request line can carry",
+            "upstreams: { lms: { endpoints: ['127.0.0.1:9'], health_check: { path: '/health/ x', interval: 5s } } }\nroutes: [{ name: a, path_prefix: /, auth: none, upstream: lms }]\n".to_string(),
+            "health check path",
+        ),
+        (
+            "a listener key that is not its certificate's",
+            format!(
+                "server: {{ listen: ['${{AG_LISTEN}}'], tls: {{ listen: '127.0.0.1:{}', cert_file: {}, key_file: {} }} }}\nadmin: {{ listen: '${{AG_ADMIN}}' }}\nupstreams: {{ lms: {{ endpoints: ['127.0.0.1:9'] }} }}\nroutes: [{{ name: a, path_prefix: /, auth: none, upstream: lms }}]\n",
+                free_port(),
+                dir.path("first.pem").display(),
+                dir.path("server.key").display()
+            ),
+            "is not the key of the certificate",
+        ),
+    ];
+    for (what, yaml, says) in cases {
+        let file = dir.path("case.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        let out = check(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        let err = Gateway::try_start(&yaml, &[]).err().expect(what);
+        assert!(err.contains(says), "{what}: start-up says {err}");
+    }
+    // The boundary: `check` is offline, so a host name it cannot resolve here is not its
+    // business (start-up resolves it where it runs).
+    let file = dir.path("dns.yaml");
+    std::fs::write(
+        &file,
+        "upstreams: { lms: { endpoints: ['lms.internal.invalid:8000'] } }\nroutes: [{ name: a, path_prefix: /, auth: none, upstream: lms }]\n",
+    )
+    .unwrap();
+    assert!(check(&file).status.success());
 }
 
 #[test]

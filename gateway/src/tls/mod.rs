@@ -60,7 +60,17 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Stri
         .key_provider
         .load_private_key(key_der)
         .map_err(|e| format!("server.tls.key_file: unsupported private key: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+    let pair = CertifiedKey::new(certs, signing);
+    // A key that is not the certificate's would start a listener whose every handshake fails.
+    // (A key type rustls cannot compare is let through, as before.)
+    if let Err(e @ rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        pair.keys_match()
+    {
+        return Err(format!(
+            "the private key in {k} is not the key of the certificate in {c} ({e})"
+        ));
+    }
+    Ok(Arc::new(pair))
 }
 
 /// A bundle's certificates as pingora's per-peer CA list.

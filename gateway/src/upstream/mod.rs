@@ -129,12 +129,23 @@ impl std::fmt::Debug for UpstreamPool {
     }
 }
 
+/// How a pool's endpoints become addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// Through DNS, once, when the pool is built.
+    Dns,
+    /// Without the network (`authgate check`): IP endpoints as given, host names as a
+    /// placeholder address that is never connected to.
+    Offline,
+}
+
 impl UpstreamPool {
     /// Resolves the endpoints (once, here: DNS is never on the request path) and builds the
     /// balancer with its health check.
     pub fn build(
         spec: Arc<UpstreamSpec>,
         metrics: &crate::metrics::Metrics,
+        resolve: Resolve,
     ) -> Result<Self, String> {
         let healthy_gauge = metrics.gauge_for(&spec.name);
         let errors = ErrorKind::ALL.map(|k| {
@@ -143,7 +154,12 @@ impl UpstreamPool {
                 .with_label_values(&[&spec.name, k.as_str()])
         });
         let mut addrs: Vec<SocketAddr> = Vec::new();
-        for ep in &spec.endpoints {
+        for (i, ep) in spec.endpoints.iter().enumerate() {
+            if resolve == Resolve::Offline {
+                let placeholder = || SocketAddr::from(([0, 0, 0, 0], i as u16 + 1));
+                addrs.push(ep.parse().unwrap_or_else(|_| placeholder()));
+                continue;
+            }
             let resolved = ep
                 .to_socket_addrs()
                 .map_err(|e| format!("upstream {}: cannot resolve {ep}: {e}", spec.name))?;
@@ -404,7 +420,7 @@ mod tests {
             read_timeout: Duration::from_secs(5),
             health_check: None,
         };
-        UpstreamPool::build(Arc::new(spec), &Metrics::new()).expect("pool builds")
+        UpstreamPool::build(Arc::new(spec), &Metrics::new(), Resolve::Dns).expect("pool builds")
     }
 
     fn addr(s: &str) -> SocketAddr {
