@@ -6,7 +6,7 @@ use authgate::config::compile::KeyFamily;
 use authgate::config::env::Env;
 use authgate::config::model::{JwtSpec, KeyMaterial, Secret, StaticKey};
 use authgate::config::units::{parse_duration, ByteSize, Rate};
-use authgate::route::path::normalize_path;
+use authgate::path::normalize_path;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;

@@ -63,7 +63,7 @@ pub async fn explain(snapshot: &Snapshot, req: ExplainRequest) -> Result<Value, 
     if !raw_path.starts_with('/') {
         return Err("path must start with /");
     }
-    let path = match crate::route::path::normalize_path_with(
+    let path = match crate::path::normalize_path_with(
         raw_path.as_bytes(),
         snapshot.config.server.encoded_slashes,
     ) {

@@ -6,9 +6,7 @@
 //! One assertion is reused for the same identity and upstream while more than half of its
 //! lifetime is left, so the cost per request is a cache lookup, not a signature.
 
-mod key;
-
-pub use key::{AssertionAlg, SigningKey};
+pub use crate::signing::{AssertionAlg, SigningKey};
 
 use crate::auth::Principal;
 use crate::config::model::AssertionSpec;

@@ -5,7 +5,7 @@ use super::env::Env;
 use super::error::ConfigError;
 use super::model::*;
 use super::raw::{self, ConfigFile, LimitScope, ProviderConfig, RouteAuthConfig};
-use crate::route::path::normalize_path;
+use crate::path::normalize_path;
 use base64::Engine;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -247,15 +247,15 @@ impl Compiler<'_> {
             }
         }?;
         let alg = match a.algorithm {
-            raw::AssertionAlgorithm::EdDSA => crate::assertion::AssertionAlg::EdDSA,
-            raw::AssertionAlgorithm::ES256 => crate::assertion::AssertionAlg::ES256,
+            raw::AssertionAlgorithm::EdDSA => crate::signing::AssertionAlg::EdDSA,
+            raw::AssertionAlgorithm::ES256 => crate::signing::AssertionAlg::ES256,
         };
         let key_path = if a.key_file.is_some() {
             "key_file"
         } else {
             "key_env"
         };
-        let key = match crate::assertion::SigningKey::from_pem(alg, &pem) {
+        let key = match crate::signing::SigningKey::from_pem(alg, &pem) {
             Ok(k) => Arc::new(k),
             Err(e) => {
                 self.err(format!("{P}.{key_path}"), e);

@@ -50,7 +50,7 @@ pub struct Config {
 #[derive(Debug)]
 pub struct AssertionSpec {
     pub header: http::HeaderName,
-    pub key: Arc<crate::assertion::SigningKey>,
+    pub key: Arc<crate::signing::SigningKey>,
     pub issuer: String,
     pub ttl: Duration,
 }

@@ -142,13 +142,7 @@ fn default_idle_timeout() -> Dur {
     Dur::secs(60)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EncodedSlashes {
-    #[default]
-    Reject,
-    Keep,
-}
+pub use crate::path::EncodedSlashes;
 
 fn default_listen() -> Vec<String> {
     vec!["0.0.0.0:8080".into()]

@@ -1,7 +1,5 @@
 //! Route selection: first match wins over host, method and the normalised path.
 
-pub mod path;
-
 use crate::config::model::{HostMatch, PathMatch, RouteMatcher, RouteSpec};
 use http::Method;
 use std::sync::Arc;

@@ -4,8 +4,20 @@
 //! the upstream must receive the exact path that was matched. Otherwise `/public/../admin` or
 //! `/%61dmin` could be judged under one route's policy and served by another upstream handler.
 
-pub use crate::config::model::EncodedSlashes;
+use serde::Deserialize;
 use std::borrow::Cow;
+
+/// `server.encoded_slashes`: what a `%2F` in a path segment does (defined here, not in
+/// config, so that path rules depend on nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    /// 400: a segment that hides a `/` is refused.
+    #[default]
+    Reject,
+    /// Kept encoded, inside its segment.
+    Keep,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
