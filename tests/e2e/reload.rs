@@ -34,6 +34,25 @@ routes:
     )
 }
 
+/// A token the mock's JWKS key `rsa-1` signed, for the `issuer` provider.
+fn issuer_token() -> String {
+    tokens::sign(
+        Algorithm::RS256,
+        "rsa-1",
+        Some("rsa-1"),
+        &json!({"sub": "k", "aud": "api", "exp": tokens::now() + 600}),
+    )
+}
+
+fn jwks_route_status(gw: &Gateway, token: &str) -> reqwest::StatusCode {
+    client()
+        .get(gw.url("/echo/jwks/x"))
+        .bearer_auth(token)
+        .send()
+        .expect("send")
+        .status()
+}
+
 #[test]
 fn a_rejected_reload_leaves_no_half_built_jwks_provider_behind() {
     let mock = Mock::start("m");
@@ -65,18 +84,7 @@ fn a_rejected_reload_leaves_no_half_built_jwks_provider_behind() {
     let (status, body) = reload(&gw);
     assert_eq!(status, 200, "{body}");
     gw.wait_ready();
-    let t = tokens::sign(
-        Algorithm::RS256,
-        "rsa-1",
-        Some("rsa-1"),
-        &json!({"sub": "k", "aud": "api", "exp": tokens::now() + 600}),
-    );
-    let r = client()
-        .get(gw.url("/echo/jwks/x"))
-        .bearer_auth(&t)
-        .send()
-        .expect("send");
-    assert_eq!(r.status(), 200);
+    assert_eq!(jwks_route_status(&gw, &issuer_token()), 200);
 }
 
 #[test]
@@ -93,21 +101,8 @@ fn a_reload_that_changes_only_jwks_timers_keeps_the_keys_while_the_issuer_is_dow
         &[("JWT_SECRET", MOCK_JWT_SECRET)],
     );
     gw.wait_ready();
-    let t = tokens::sign(
-        Algorithm::RS256,
-        "rsa-1",
-        Some("rsa-1"),
-        &json!({"sub": "k", "aud": "api", "exp": tokens::now() + 600}),
-    );
-    let status = || {
-        client()
-            .get(gw.url("/echo/jwks/x"))
-            .bearer_auth(&t)
-            .send()
-            .expect("send")
-            .status()
-    };
-    assert_eq!(status(), 200);
+    let t = issuer_token();
+    assert_eq!(jwks_route_status(&gw, &t), 200);
     client()
         .post(mock.url("/__mock/jwks/fail?on=true"))
         .send()
@@ -121,7 +116,11 @@ fn a_reload_that_changes_only_jwks_timers_keeps_the_keys_while_the_issuer_is_dow
     .expect("write");
     let (code, body) = reload(&gw);
     assert_eq!(code, 200, "{body}");
-    assert_eq!(status(), 200, "the keys were kept across the reload");
+    assert_eq!(
+        jwks_route_status(&gw, &t),
+        200,
+        "the keys were kept across the reload"
+    );
     let ready = client()
         .get(gw.admin_url("/readyz"))
         .send()

@@ -108,6 +108,14 @@ fn subject(d: &Decision) -> Option<&str> {
         .map(|p| p.subject.as_str())
 }
 
+/// The revocation of one token (by hash), for a minute.
+fn token_revocation(token: &str) -> Revocation {
+    Revocation::Token {
+        id: hex::encode(Sha256::digest(token.as_bytes())),
+        ttl_ms: 60_000,
+    }
+}
+
 fn tier_key(token: &str) -> String {
     format!("tok:{}", hex::encode(Sha256::digest(token.as_bytes())))
 }
@@ -149,13 +157,9 @@ async fn a_revocation_reaches_a_replica_that_never_heard_of_it() {
     let tier = tier();
     let (a, b) = (Replica::new(S1, &tier), Replica::new(S1, &tier));
     let t = jwt(S1, 7, now_s());
-    let hash: TokenHash = Sha256::digest(t.as_bytes()).into();
     assert_eq!(subject(&a.bearer(&t).await), Some("7"));
 
-    let r = Revocation::Token {
-        id: hex::encode(hash),
-        ttl_ms: 60_000,
-    };
+    let r = token_revocation(&t);
     let reach = a.auth.revocations.revoke(r.clone(), Some(&*tier)).await;
     assert_eq!(reach, Reach::All);
     assert_eq!(*tier.published.lock().expect("lock"), [r], "announced once");
@@ -211,11 +215,7 @@ async fn with_the_shared_tier_down_tokens_verify_and_revocations_wait_for_it() {
     let d = a.bearer(&t).await;
     assert_eq!((subject(&d), d.tier), (Some("7"), Some(Tier::Miss)));
 
-    let hash: TokenHash = Sha256::digest(t.as_bytes()).into();
-    let r = Revocation::Token {
-        id: hex::encode(hash),
-        ttl_ms: 60_000,
-    };
+    let r = token_revocation(&t);
     assert_eq!(
         a.auth.revocations.revoke(r, Some(&*tier)).await,
         Reach::Pending

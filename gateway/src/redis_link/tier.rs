@@ -42,20 +42,9 @@ impl SharedTier for RedisLink {
     }
 
     async fn revoke(&self, r: &Revocation) -> Option<()> {
-        let (key, value, ttl_ms) = match r {
-            Revocation::Token { id, ttl_ms } | Revocation::Jti { id, ttl_ms } => {
-                (self.key("revoked", id), "1".to_string(), *ttl_ms)
-            }
-            Revocation::Subject {
-                id,
-                not_before_ms,
-                ttl_ms,
-            } => (
-                self.key("revoked-subject", id),
-                not_before_ms.to_string(),
-                *ttl_ms,
-            ),
-        };
+        let stored = r.stored();
+        let (key, value) = (self.key(stored.kind, stored.id), stored.value);
+        let ttl_ms = stored.ttl.as_millis() as u64;
         let event = serde_json::to_string(r).ok()?;
         let channel = format!("{}events", self.prefix);
         // A revoked token's shared cache entry goes too.
@@ -72,7 +61,7 @@ impl SharedTier for RedisLink {
                 .arg(key)
                 .arg(value)
                 .arg("PX")
-                .arg(ttl_ms.max(1))
+                .arg(ttl_ms)
                 .exec_async(&mut c)
                 .await?;
             if let Some(k) = cached {

@@ -104,23 +104,6 @@ pub fn gcra_reserve(tat: &mut u64, now: u64, interval: u64, burst: u64, want: u6
     }
 }
 
-fn revocation_key(r: &Revocation) -> (String, Vec<u8>, u64) {
-    match r {
-        Revocation::Token { id, ttl_ms } | Revocation::Jti { id, ttl_ms } => {
-            (format!("revoked:{id}"), b"1".to_vec(), *ttl_ms)
-        }
-        Revocation::Subject {
-            id,
-            not_before_ms,
-            ttl_ms,
-        } => (
-            format!("revoked-subject:{id}"),
-            not_before_ms.to_string().into_bytes(),
-            *ttl_ms,
-        ),
-    }
-}
-
 #[async_trait]
 impl SharedTier for MemoryTier {
     async fn cached(&self, token: &TokenHash) -> Option<(Vec<u8>, Duration)> {
@@ -136,8 +119,9 @@ impl SharedTier for MemoryTier {
 
     async fn revoke(&self, r: &Revocation) -> Option<()> {
         self.up()?;
-        let (key, value, ttl_ms) = revocation_key(r);
-        self.set(key, value, Duration::from_millis(ttl_ms));
+        let stored = r.stored();
+        let key = format!("{}:{}", stored.kind, stored.id);
+        self.set(key, stored.value.into_bytes(), stored.ttl);
         if let Revocation::Token { id, .. } = r {
             self.keys.lock().expect("lock").remove(&format!("tok:{id}"));
         }

@@ -38,6 +38,37 @@ pub enum Revocation {
     },
 }
 
+/// How a revocation is kept in the tier: one record per revocation, whatever the store.
+pub struct StoredRevocation<'a> {
+    /// `revoked` (a token's hash or a `jti`) or `revoked-subject`.
+    pub kind: &'static str,
+    pub id: &'a str,
+    /// `1`, or a subject's not-before time (ms since the epoch).
+    pub value: String,
+    pub ttl: Duration,
+}
+
+impl Revocation {
+    pub fn stored(&self) -> StoredRevocation<'_> {
+        let (kind, id, value, ttl_ms) = match self {
+            Revocation::Token { id, ttl_ms } | Revocation::Jti { id, ttl_ms } => {
+                ("revoked", id, "1".to_string(), *ttl_ms)
+            }
+            Revocation::Subject {
+                id,
+                not_before_ms,
+                ttl_ms,
+            } => ("revoked-subject", id, not_before_ms.to_string(), *ttl_ms),
+        };
+        StoredRevocation {
+            kind,
+            id,
+            value,
+            ttl: Duration::from_millis(ttl_ms.max(1)),
+        }
+    }
+}
+
 /// Below this many tokens left in the bucket, each request takes one token from Redis.
 pub const BATCH_FROM: u32 = 40;
 
