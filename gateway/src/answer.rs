@@ -348,13 +348,38 @@ fn build_header(
     h
 }
 
-/// RFC 3339 UTC with milliseconds, for log lines.
-pub fn rfc3339_millis(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_millis());
-    let s = rfc3339(t);
-    format!("{}.{ms:03}Z", &s[..s.len() - 1])
+/// RFC 3339 UTC with milliseconds ("2026-12-03T07:50:21.123Z"), for log lines: written into
+/// a stack buffer, so a line's timestamp costs no allocation and no formatter.
+pub struct LogTime([u8; 24]);
+
+impl LogTime {
+    pub fn new(t: SystemTime) -> Self {
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs() as i64;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        let rem = secs.rem_euclid(86_400) as u32;
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut digits = |at: usize, width: usize, mut v: u32| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        // Years past 9999 are not RFC 3339; a clock that far off shows as 9999.
+        digits(0, 4, y.clamp(0, 9999) as u32);
+        digits(5, 2, m);
+        digits(8, 2, d);
+        digits(11, 2, rem / 3600);
+        digits(14, 2, rem % 3600 / 60);
+        digits(17, 2, rem % 60);
+        digits(20, 3, since.subsec_millis());
+        LogTime(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and the literal separators are ever written.
+        std::str::from_utf8(&self.0).expect("ASCII")
+    }
 }
 
 /// RFC 3339 UTC, second precision.
@@ -509,6 +534,26 @@ mod tests {
         .render("r", &t);
         assert_eq!(header(&au, "retry-after"), Some("2"));
         assert!(Rejection::NotFound.render("r", &t).keepalive);
+    }
+
+    #[test]
+    fn log_time_has_milliseconds_and_matches_the_seconds_form() {
+        use std::time::Duration;
+        assert_eq!(
+            LogTime::new(SystemTime::UNIX_EPOCH).as_str(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        // 2000-02-29 (a leap day) 23:59:59.987
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(951_868_799_987);
+        assert_eq!(LogTime::new(t).as_str(), "2000-02-29T23:59:59.987Z");
+        for secs in [0u64, 86_399, 951_782_400, 1_796_284_221, 4_102_444_800] {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(5);
+            let seconds = rfc3339(t);
+            assert_eq!(
+                LogTime::new(t).as_str(),
+                format!("{}.005Z", &seconds[..seconds.len() - 1])
+            );
+        }
     }
 
     #[test]

@@ -268,6 +268,20 @@ fn one_access_line_per_request_without_secrets() {
             "field {field} missing"
         );
     }
+    // RFC 3339 in UTC with exactly three fractional digits, and this machine's time.
+    let now = chrono::Utc::now();
+    for l in &lines {
+        let ts = l["ts"].as_str().expect("ts is a string");
+        let parsed = chrono::DateTime::parse_from_rfc3339(ts).expect("ts is RFC 3339");
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+            "{ts}"
+        );
+        let off = (now - parsed.with_timezone(&chrono::Utc))
+            .num_seconds()
+            .abs();
+        assert!(off < 120, "ts {ts} is {off} s from now ({now})");
+    }
     let ok = lines
         .iter()
         .find(|l| l["status"] == 200)

@@ -1,7 +1,7 @@
 //! What each finished request leaves behind: its metrics and one access-log line.
 
 use super::ctx::RequestCtx;
-use crate::answer::rfc3339_millis;
+use crate::answer::LogTime;
 use pingora_proxy::Session;
 use std::time::SystemTime;
 
@@ -15,9 +15,11 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
     }
     // The level check is one atomic load; nothing is formatted when the log is off.
     if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        let ts = LogTime::new(SystemTime::now());
         write_access_line(&access_line(
             session,
             ctx,
+            &ts,
             status,
             elapsed.as_secs_f64() * 1000.0,
         ));
@@ -29,7 +31,7 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
 /// no allocation per field.
 #[derive(serde::Serialize)]
 struct AccessLine<'a> {
-    ts: String,
+    ts: &'a str,
     level: &'static str,
     kind: &'static str,
     request_id: &'a str,
@@ -52,6 +54,7 @@ struct AccessLine<'a> {
 fn access_line<'a>(
     session: &'a Session,
     ctx: &'a RequestCtx,
+    ts: &'a LogTime,
     status: u16,
     duration_ms: f64,
 ) -> AccessLine<'a> {
@@ -70,7 +73,7 @@ fn access_line<'a>(
     };
     let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
     AccessLine {
-        ts: rfc3339_millis(SystemTime::now()),
+        ts: ts.as_str(),
         level: "INFO",
         kind: "access",
         request_id: ctx.request_id.as_str(),

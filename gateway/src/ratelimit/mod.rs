@@ -420,18 +420,24 @@ pub fn policy_header<'a>(
 /// `RateLimit` for the policies a request was checked against, in the route's order:
 /// `"name";r=<remaining>;t=<seconds until full>`.
 pub fn state_header(route_order: &[usize], states: &[RateLimitInfo]) -> Option<http::HeaderValue> {
-    use std::fmt::Write;
-    let mut out = String::new();
+    // Built on every limited answer: bytes and itoa, not the formatter (a third of the cost).
+    let mut out = Vec::with_capacity(64);
+    let mut n = itoa::Buffer::new();
     for &i in route_order {
         if let Some(s) = states.iter().find(|s| s.index == i) {
             if !out.is_empty() {
-                out.push_str(", ");
+                out.extend_from_slice(b", ");
             }
-            let _ = write!(out, "\"{}\";r={};t={}", s.policy, s.remaining, s.reset_s);
+            out.push(b'"');
+            out.extend_from_slice(s.policy.as_bytes());
+            out.extend_from_slice(b"\";r=");
+            out.extend_from_slice(n.format(s.remaining).as_bytes());
+            out.extend_from_slice(b";t=");
+            out.extend_from_slice(n.format(s.reset_s).as_bytes());
         }
     }
     (!out.is_empty())
-        .then(|| http::HeaderValue::from_str(&out).ok())
+        .then(|| http::HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok())
         .flatten()
 }
 
