@@ -175,7 +175,45 @@ impl ConnectionNominations {
     }
 }
 
+/// The hop-by-hop fields [`strip_standard_hop_by_hop_headers`] removes.
+const STANDARD_HOP_BY_HOP: [&str; 10] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    HTTP2_SETTINGS,
+];
+
+/// The fields an HTTP/1 upgrade is negotiated with.
+const UPGRADE_FIELDS: [&str; 3] = ["connection", "upgrade", HTTP2_SETTINGS];
+
+/// Whether `req` has a field named in `names` (lowercase). Most requests have none of the
+/// fields a proxy strips: one pass comparing the names they do have is cheaper than hashing
+/// and probing the map for each name to remove.
+fn has_any_field(req: &RequestHeader, names: &[&str]) -> bool {
+    req.headers
+        .keys()
+        .any(|name| names.contains(&name.as_str()))
+}
+
+fn strip_upgrade_headers(req: &mut RequestHeader) {
+    if !has_any_field(req, &UPGRADE_FIELDS) {
+        return;
+    }
+    req.remove_header(&header::CONNECTION);
+    req.remove_header(&header::UPGRADE);
+    req.remove_header(HTTP2_SETTINGS);
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
+    if !has_any_field(req, &STANDARD_HOP_BY_HOP) {
+        return;
+    }
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
     req.remove_header(&header::PROXY_AUTHENTICATE);
@@ -360,19 +398,13 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            strip_upgrade_headers(req);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
-        }
+        H1UpgradePolicy::Deny => strip_upgrade_headers(req),
         H1UpgradePolicy::Preserve => {}
     }
 
@@ -559,6 +591,28 @@ mod tests {
                 .unwrap();
         }
         request
+    }
+
+    #[test]
+    fn every_standard_hop_by_hop_field_is_stripped_and_others_kept() {
+        for name in STANDARD_HOP_BY_HOP {
+            let upper = name.to_ascii_uppercase();
+            let mut request =
+                request_with_headers(&[("Host", "a"), (upper.as_str(), "x"), ("Accept", "*/*")]);
+            strip_standard_hop_by_hop_headers(&mut request);
+            assert!(request.headers.get(name).is_none(), "{name} kept");
+            assert_eq!(request.headers.len(), 2, "{name}: another field went");
+        }
+        let mut request = request_with_headers(&[("Host", "a"), ("Accept", "*/*"), ("X-A", "1")]);
+        strip_standard_hop_by_hop_headers(&mut request);
+        strip_upgrade_headers(&mut request);
+        assert_eq!(request.headers.len(), 3);
+        for name in UPGRADE_FIELDS {
+            let mut request = request_with_headers(&[("Host", "a"), (name, "x")]);
+            strip_upgrade_headers(&mut request);
+            assert!(request.headers.get(name).is_none(), "{name} kept");
+            assert_eq!(request.headers.len(), 1);
+        }
     }
 
     #[test]
