@@ -294,7 +294,7 @@ impl HttpSession {
                             ResponseHeader::build_no_case
                         };
                         let mut response_header =
-                            match build(resp.code.unwrap(), Some(resp.headers.len())) {
+                            match build(resp.code.unwrap(), Some(resp.headers.len() + PARSED_HEAD_HEADROOM)) {
                                 Ok(header) => Box::new(header),
                                 Err(e) => return self.fail_response_header_read(e),
                             };

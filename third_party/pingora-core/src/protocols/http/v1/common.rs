@@ -31,6 +31,11 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// Room a parsed head's header map keeps beyond the fields read: a proxy adds some to nearly
+/// every head (forwarding and identity fields to a request; `Date`, `Connection` and its own to
+/// a response), and a map sized to the fields read grows, rehashing all of them, on the first.
+pub(super) const PARSED_HEAD_HEADROOM: usize = 8;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";
