@@ -114,21 +114,22 @@ async fn discarding_header_case_keeps_one_map_and_canonical_names() {
     assert_eq!(wire_resp(&resp), "x-trace: t\r\nContent-Length: 0\r\n");
 }
 
-/// Patch 1: a pooled connection is reused without asking the kernel for its peer, and one
-/// the server closed meanwhile is still refused (the liveness read is untouched).
 /// Patch 9: a parsed head has room for eight more fields, so the ones a proxy adds (authgate
 /// adds up to eight to a request and to a response) need no growth of the map.
 #[tokio::test]
 async fn parsed_heads_have_room_for_the_fields_a_proxy_adds() {
+    fn has_room(what: &str, headers: &http::HeaderMap) {
+        assert!(
+            headers.capacity() >= headers.len() + 8,
+            "{what}: {} fields, room for {}",
+            headers.len(),
+            headers.capacity()
+        );
+    }
     for preserve_case in [false, true] {
         let req = parse_request("Host: a\r\nAccept: */*\r\n", preserve_case).await;
         assert_eq!(req.headers.len(), 2);
-        assert!(
-            req.headers.capacity() >= req.headers.len() + 8,
-            "request: {} fields, room for {}",
-            req.headers.len(),
-            req.headers.capacity()
-        );
+        has_room("request", &req.headers);
         let resp = parse_response(
             "HTTP/1.1 200 OK\r\nServer: n\r\nDate: x\r\nContent-Type: a/b\r\n\
              Content-Length: 0\r\nConnection: keep-alive\r\n\r\n",
@@ -136,15 +137,12 @@ async fn parsed_heads_have_room_for_the_fields_a_proxy_adds() {
         )
         .await;
         assert_eq!(resp.headers.len(), 5);
-        assert!(
-            resp.headers.capacity() >= resp.headers.len() + 8,
-            "response: {} fields, room for {}",
-            resp.headers.len(),
-            resp.headers.capacity()
-        );
+        has_room("response", &resp.headers);
     }
 }
 
+/// Patch 1: a pooled connection is reused without asking the kernel for its peer, and one
+/// the server closed meanwhile is still refused (the liveness read is untouched).
 #[tokio::test]
 async fn pooled_connections_are_reused_and_dead_ones_refused() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
