@@ -117,7 +117,10 @@ fn token_revocation(token: &str) -> Revocation {
 }
 
 fn tier_key(token: &str) -> String {
-    format!("tok:{}", hex::encode(Sha256::digest(token.as_bytes())))
+    MemoryTier::key(
+        crate::tier::kind::CACHED,
+        &hex::encode(Sha256::digest(token.as_bytes())),
+    )
 }
 
 fn tier() -> Arc<MemoryTier> {

@@ -1,14 +1,14 @@
 //! Redis as the shared tier: the commands behind each [`SharedTier`] method.
 
 use super::{RedisLink, RedisOp};
-use crate::tier::{Bucket, Grant, Revocation, Revoked, SharedTier, TokenHash};
+use crate::tier::{kind, Bucket, Grant, Revocation, Revoked, SharedTier, TokenHash};
 use async_trait::async_trait;
 use std::time::Duration;
 
 #[async_trait]
 impl SharedTier for RedisLink {
     async fn cached(&self, token: &TokenHash) -> Option<(Vec<u8>, Duration)> {
-        let rkey = self.key("tok", &hex::encode(token));
+        let rkey = self.key(kind::CACHED, &hex::encode(token));
         // One round trip: the value and its remaining lifetime.
         let (value, pttl): (Option<Vec<u8>>, i64) = self
             .run(RedisOp::CacheGet, |mut c| async move {
@@ -26,7 +26,7 @@ impl SharedTier for RedisLink {
     }
 
     async fn cache(&self, token: &TokenHash, value: Vec<u8>, ttl: Duration) {
-        let rkey = self.key("tok", &hex::encode(token));
+        let rkey = self.key(kind::CACHED, &hex::encode(token));
         let ms = ttl.as_millis().max(1) as u64;
         let _: Option<()> = self
             .run(RedisOp::CacheSet, |mut c| async move {
@@ -49,7 +49,7 @@ impl SharedTier for RedisLink {
         let channel = format!("{}events", self.prefix);
         // A revoked token's shared cache entry goes too.
         let cached = match r {
-            Revocation::Token { id, .. } => Some(self.key("tok", id)),
+            Revocation::Token { id, .. } => Some(self.key(kind::CACHED, id)),
             _ => None,
         };
         // One command per key (a cluster may keep them on three nodes): the revocation is
@@ -82,9 +82,9 @@ impl SharedTier for RedisLink {
         jti: Option<&str>,
         subject: &str,
     ) -> Option<Revoked> {
-        let token_key = self.key("revoked", &hex::encode(token));
-        let jti_key = jti.map(|j| self.key("revoked", j));
-        let subject_key = self.key("revoked-subject", subject);
+        let token_key = self.key(kind::REVOKED, &hex::encode(token));
+        let jti_key = jti.map(|j| self.key(kind::REVOKED, j));
+        let subject_key = self.key(kind::REVOKED_SUBJECT, subject);
         let cluster = self.is_cluster();
         let values: Vec<Option<String>> = self
             .run(RedisOp::RevokeCheck, |mut c| async move {
@@ -126,17 +126,17 @@ impl SharedTier for RedisLink {
     }
 
     async fn reserve(&self, bucket: Bucket<'_>, want: u32) -> Option<Grant> {
-        let key = self.key("rl", bucket.name);
+        let key = self.key(kind::BUCKET, bucket.name);
         super::gcra::reserve(self, &key, bucket.interval, bucket.burst, want).await
     }
 
     async fn peek(&self, bucket: Bucket<'_>) -> Option<u32> {
-        let key = self.key("rl", bucket.name);
+        let key = self.key(kind::BUCKET, bucket.name);
         super::gcra::peek(self, &key, bucket.interval, bucket.burst).await
     }
 
     async fn first_use(&self, jti: &str, ttl: Duration) -> Option<bool> {
-        let key = self.key("dpop", jti);
+        let key = self.key(kind::DPOP_PROOF, jti);
         let ms = ttl.as_millis().max(1) as u64;
         let set: Option<String> = self
             .run(RedisOp::DpopReplay, |mut c| async move {

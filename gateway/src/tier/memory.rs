@@ -2,7 +2,7 @@
 //! script's arithmetic) on a [`Clock`], shared by as many "replicas" as a test builds, and a
 //! switch that makes it stop answering as Redis does when it goes away.
 
-use super::{Bucket, Grant, Revocation, Revoked, SharedTier, TokenHash, BATCH_FROM};
+use super::{kind, Bucket, Grant, Revocation, Revoked, SharedTier, TokenHash, BATCH_FROM};
 use crate::clock::Clock;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -66,6 +66,11 @@ impl MemoryTier {
         self.keys.lock().expect("lock").insert(key, (value, until));
     }
 
+    /// The key of `id` under `kind` (what Redis spells after its prefix).
+    pub fn key(kind: &str, id: &str) -> String {
+        format!("{kind}:{id}")
+    }
+
     /// Whether `key` is held now.
     pub fn holds(&self, key: &str) -> bool {
         self.get(key).is_some()
@@ -108,22 +113,28 @@ pub fn gcra_reserve(tat: &mut u64, now: u64, interval: u64, burst: u64, want: u6
 impl SharedTier for MemoryTier {
     async fn cached(&self, token: &TokenHash) -> Option<(Vec<u8>, Duration)> {
         self.up()?;
-        self.get(&format!("tok:{}", hex::encode(token)))
+        self.get(&Self::key(kind::CACHED, &hex::encode(token)))
     }
 
     async fn cache(&self, token: &TokenHash, value: Vec<u8>, ttl: Duration) {
         if self.up().is_some() {
-            self.set(format!("tok:{}", hex::encode(token)), value, ttl);
+            self.set(Self::key(kind::CACHED, &hex::encode(token)), value, ttl);
         }
     }
 
     async fn revoke(&self, r: &Revocation) -> Option<()> {
         self.up()?;
         let stored = r.stored();
-        let key = format!("{}:{}", stored.kind, stored.id);
-        self.set(key, stored.value.into_bytes(), stored.ttl);
+        self.set(
+            Self::key(stored.kind, stored.id),
+            stored.value.into_bytes(),
+            stored.ttl,
+        );
         if let Revocation::Token { id, .. } = r {
-            self.keys.lock().expect("lock").remove(&format!("tok:{id}"));
+            self.keys
+                .lock()
+                .expect("lock")
+                .remove(&Self::key(kind::CACHED, id));
         }
         self.published.lock().expect("lock").push(r.clone());
         Some(())
@@ -137,10 +148,10 @@ impl SharedTier for MemoryTier {
     ) -> Option<Revoked> {
         self.up()?;
         Some(Revoked {
-            token: self.holds(&format!("revoked:{}", hex::encode(token))),
-            jti: jti.is_some_and(|j| self.holds(&format!("revoked:{j}"))),
+            token: self.holds(&Self::key(kind::REVOKED, &hex::encode(token))),
+            jti: jti.is_some_and(|j| self.holds(&Self::key(kind::REVOKED, j))),
             subject_not_before_ms: self
-                .get(&format!("revoked-subject:{subject}"))
+                .get(&Self::key(kind::REVOKED_SUBJECT, subject))
                 .and_then(|(v, _)| String::from_utf8(v).ok()?.parse().ok()),
         })
     }
@@ -178,7 +189,7 @@ impl SharedTier for MemoryTier {
 
     async fn first_use(&self, jti: &str, ttl: Duration) -> Option<bool> {
         self.up()?;
-        let key = format!("dpop:{jti}");
+        let key = Self::key(kind::DPOP_PROOF, jti);
         if self.holds(&key) {
             return Some(false);
         }

@@ -14,6 +14,21 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The kinds of key the tier keeps (the contract's Redis key names after the prefix), named
+/// once so what is written and what is read back cannot drift apart.
+pub mod kind {
+    /// A cached decision, by the token's hash.
+    pub const CACHED: &str = "tok";
+    /// A revoked token (by hash) or `jti`.
+    pub const REVOKED: &str = "revoked";
+    /// A subject's not-before time.
+    pub const REVOKED_SUBJECT: &str = "revoked-subject";
+    /// A limiter's bucket (GCRA state).
+    pub const BUCKET: &str = "rl";
+    /// A DPoP proof's `jti`, seen once.
+    pub const DPOP_PROOF: &str = "dpop";
+}
+
 /// Lowercase-hex-able SHA-256 of a presented token: the only form a token is kept in.
 pub type TokenHash = [u8; 32];
 
@@ -40,7 +55,7 @@ pub enum Revocation {
 
 /// How a revocation is kept in the tier: one record per revocation, whatever the store.
 pub struct StoredRevocation<'a> {
-    /// `revoked` (a token's hash or a `jti`) or `revoked-subject`.
+    /// [`kind::REVOKED`] (a token's hash or a `jti`) or [`kind::REVOKED_SUBJECT`].
     pub kind: &'static str,
     pub id: &'a str,
     /// `1`, or a subject's not-before time (ms since the epoch).
@@ -52,13 +67,18 @@ impl Revocation {
     pub fn stored(&self) -> StoredRevocation<'_> {
         let (kind, id, value, ttl_ms) = match self {
             Revocation::Token { id, ttl_ms } | Revocation::Jti { id, ttl_ms } => {
-                ("revoked", id, "1".to_string(), *ttl_ms)
+                (kind::REVOKED, id, "1".to_string(), *ttl_ms)
             }
             Revocation::Subject {
                 id,
                 not_before_ms,
                 ttl_ms,
-            } => ("revoked-subject", id, not_before_ms.to_string(), *ttl_ms),
+            } => (
+                kind::REVOKED_SUBJECT,
+                id,
+                not_before_ms.to_string(),
+                *ttl_ms,
+            ),
         };
         StoredRevocation {
             kind,
