@@ -3,14 +3,14 @@
 # (PATCHES.md, "Running pingora's own tests"): each crate is copied to a scratch directory as
 # its own workspace, with the root Cargo.lock (so it builds the versions authgate uses; cargo
 # adds what only the tests need from the registry) and without its benchmark-only
-# dev-dependency and bench targets. pingora-proxy builds on the other patched crates, so its
-# copy patches them in as the root workspace does.
+# dev-dependency and bench targets. pingora-proxy and pingora-pool build on other patched
+# crates, so their copies patch those in as the root workspace does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
-for crate in pingora-timeout pingora-http pingora-rustls pingora-proxy; do
+for crate in pingora-timeout pingora-pool pingora-http pingora-rustls pingora-proxy; do
     cp -R "third_party/$crate" "$SCRATCH/$crate"
     cp Cargo.lock "$SCRATCH/$crate/Cargo.lock"
     python3 - "$SCRATCH/$crate/Cargo.toml" <<'PY'
@@ -21,10 +21,15 @@ s = re.sub(r'\[dev-dependencies\.bencher\][^\[]*', '', s)
 s = re.sub(r'\[\[bench\]\][^\[]*', '', s)
 open(p, 'w').write(s + '\n[workspace]\n')
 PY
-    if [[ $crate == pingora-proxy ]]; then
+    case $crate in
+        pingora-proxy) deps="pingora-core pingora-http pingora-pool pingora-timeout pingora-rustls" ;;
+        pingora-pool) deps="pingora-timeout" ;;
+        *) deps="" ;;
+    esac
+    if [[ -n $deps ]]; then
         {
             echo '[patch.crates-io]'
-            for dep in pingora-core pingora-http pingora-timeout pingora-rustls; do
+            for dep in $deps; do
                 echo "$dep = { path = \"$ROOT/third_party/$dep\" }"
             done
         } >>"$SCRATCH/$crate/Cargo.toml"
