@@ -86,6 +86,13 @@ pub struct PoolNode<T> {
 // Keep the queue size small because eviction is O(n) in the queue
 const HOT_QUEUE_SIZE: usize = 16;
 
+/// How many nodes the index of a pool of `size` connections may hold before creating one
+/// sweeps out the empty ones. At most `size` nodes hold a connection, so a sweep leaves at
+/// least `size` places free: the O(nodes) sweep runs at most once per `size` new keys.
+fn node_limit(size: usize) -> usize {
+    size.saturating_mul(2).max(HOT_QUEUE_SIZE)
+}
+
 impl<T> PoolNode<T> {
     /// Create a new [PoolNode]
     pub fn new() -> Self {
@@ -188,6 +195,8 @@ pub struct ConnectionPool<S> {
     // Concurrent per-key pool index; each value handles per-key connection storage.
     pools: DashMap<GroupKey, Arc<Pool<S>>>,
     lru: Lru<ID, ConnectionMeta>,
+    // Creating a node while the index holds this many sweeps out the empty ones first.
+    node_limit: usize,
 }
 
 impl<S> ConnectionPool<S> {
@@ -199,14 +208,29 @@ impl<S> ConnectionPool<S> {
         ConnectionPool {
             pools: DashMap::with_capacity(size),
             lru: Lru::new(size),
+            node_limit: node_limit(size),
         }
     }
 
-    /// Insert a connection under `key` while the DashMap entry guard is held.
+    /// Insert a connection under `key` while a DashMap guard on its entry is held.
     ///
     /// Holding the guard through [`PoolNode::insert`] prevents empty-node cleanup
-    /// from removing the map entry between looking it up and repopulating it.
+    /// from removing the map entry between looking it up and repopulating it
+    /// (removal needs the shard's write lock, which a read guard also excludes).
+    ///
+    /// A node is usually already there: [`Self::get`] leaves a node that it empties in
+    /// place for the connection that will be released next under the same key. A new
+    /// node is only made for a key not seen recently; if the index has reached its
+    /// limit, the empty nodes are swept out first, which keeps the index bounded by
+    /// about twice the pool size however many keys come and go.
     fn insert_pool_connection(&self, key: GroupKey, id: ID, connection: PoolConnection<S>) {
+        if let Some(pool_node) = self.pools.get(&key) {
+            pool_node.insert(id, connection);
+            return;
+        }
+        if self.pools.len() >= self.node_limit {
+            self.pools.retain(|_, node| !node.is_empty());
+        }
         let pool_node = self
             .pools
             .entry(key)
@@ -274,23 +298,13 @@ impl<S> ConnectionPool<S> {
     pub fn get(&self, key: &GroupKey) -> Option<S> {
         let pool_node = self.pools.get(key)?.value().clone();
 
-        if let Some((id, connection)) = pool_node.get_any() {
-            self.lru.pop(&id); // the notified is not needed
-
-            // Clean up the now-empty node. This path is important because when a
-            // connection is retrieved (not evicted), the idle_poll/idle_timeout
-            // tasks exit via the watch_use channel and never call pop_closed(),
-            // so pop_evicted's cleanup would never run for this key.
-            if pool_node.is_empty() {
-                self.try_remove_empty_node(*key);
-            }
-
-            Some(connection.release())
-        } else {
-            // The node exists but has no connections. Clean it up.
-            self.try_remove_empty_node(*key);
-            None
-        }
+        // A node this leaves empty stays: the connection taken is usually released to
+        // the same key when its request is done, and removing the node here would make
+        // that release allocate a new one (and take the index's write lock twice) per
+        // request. Empty nodes are bounded by the sweep in `insert_pool_connection`.
+        let (id, connection) = pool_node.get_any()?;
+        self.lru.pop(&id); // the notified is not needed
+        Some(connection.release())
     }
 
     /// Release a connection to this pool for reuse
@@ -1026,25 +1040,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn test_empty_node_removed_after_get() {
-        // When the last connection is retrieved via get(), the PoolNode should
-        // be cleaned up. This path is distinct from pop_closed because the
-        // idle_poll/idle_timeout tasks exit via the watch_use channel and never
-        // call pop_closed.
+    async fn test_empty_node_kept_after_get_for_the_next_put() {
+        // When get() takes the last connection, the node stays for the connection
+        // that is usually released to the same key next: that put finds it instead
+        // of allocating a new one.
         let meta = ConnectionMeta::new(101, 1);
         let cp: ConnectionPool<String> = ConnectionPool::new(2);
         cp.put(&meta, "v1".to_string());
+        let node = cp.pools.get(&meta.key).unwrap().value().clone();
 
-        assert_eq!(pool_len(&cp), 1);
+        assert_eq!(cp.get(&meta.key), Some("v1".to_string()));
+        assert_eq!(pool_len(&cp), 1, "the emptied node stays");
+        assert_eq!(cp.get(&meta.key), None, "an empty node gives nothing");
 
-        let conn = cp.get(&meta.key);
-        assert!(conn.is_some());
+        cp.put(&meta, "v2".to_string());
+        let after = cp.pools.get(&meta.key).unwrap().value().clone();
+        assert!(Arc::ptr_eq(&node, &after), "the next put reuses the node");
+        assert_eq!(cp.get(&meta.key), Some("v2".to_string()));
+    }
 
-        assert_eq!(
-            pool_len(&cp),
-            0,
-            "empty PoolNode should be removed after get() takes the last connection"
-        );
+    #[tokio::test]
+    async fn test_empty_nodes_bounded_when_keys_come_and_go() {
+        // GitHub issue #748 is about empty nodes piling up, one per key ever seen.
+        // Nodes emptied by get() stay, but creating a node once the index is at its
+        // limit sweeps the empty ones out.
+        let size = 8;
+        let cp: ConnectionPool<String> = ConnectionPool::new(size);
+        let limit = node_limit(size);
+        for id in 0..10_000 {
+            let meta = ConnectionMeta::new(id as GroupKey, id);
+            cp.put(&meta, format!("v{id}"));
+            assert_eq!(cp.get(&meta.key), Some(format!("v{id}")));
+            assert!(pool_len(&cp) <= limit, "{} nodes > {limit}", pool_len(&cp));
+        }
+
+        // A sweep keeps every node that holds a connection (half the pool's size
+        // here, so that the LRU itself evicts none of them).
+        let held: Vec<_> = (0..(size / 2) as ID)
+            .map(|id| ConnectionMeta::new(1_000_000 + id as GroupKey, 1_000_000 + id))
+            .collect();
+        for meta in &held {
+            cp.put(meta, format!("held{}", meta.id));
+        }
+        for id in 20_000..20_000 + 4 * limit as ID {
+            let meta = ConnectionMeta::new(id as GroupKey, id);
+            cp.put(&meta, "x".to_string());
+            cp.get(&meta.key);
+        }
+        for meta in &held {
+            assert_eq!(cp.get(&meta.key), Some(format!("held{}", meta.id)));
+        }
     }
 
     #[tokio::test]
@@ -1193,8 +1238,8 @@ mod tests {
 
         assert_eq!(
             pool_len(&cp),
-            0,
-            "node should be cleaned up again after get"
+            1,
+            "the node emptied by get stays for the next put"
         );
     }
 }
