@@ -3,8 +3,9 @@
 # time on this shared machine is not. Counts user-space instructions only (the kernel's
 # loopback TCP work, about half of the CPU time, is not in them).
 #
-#   bench/callgrind.sh             authgate (a) public route, stock pingora and pingora tuned as
-#                                  authgate is (mimalloc, no work stealing), 2000 requests each
+#   bench/callgrind.sh             authgate (a) public route, stock pingora, pingora tuned as
+#                                  authgate is (mimalloc, no work stealing), and that tuned proxy
+#                                  on the patched pingora (pingora-floor), 2000 requests each
 #   REQUESTS=5000 bench/callgrind.sh
 #   AUTHGATE=/tmp/authgate-before bench/callgrind.sh      another authgate binary
 #   AUTHGATE_LOG=info bench/callgrind.sh                  with the access log on
@@ -31,7 +32,7 @@ AUTHGATE_LOG=${AUTHGATE_LOG:-warn}
 for bin in valgrind callgrind_control callgrind_annotate nginx curl; do
     command -v "$bin" >/dev/null || { echo "callgrind.sh: $bin is missing (apt-get install valgrind nginx-light curl)" >&2; exit 1; }
 done
-for bin in authgate pingora-plain pingora-tuned; do
+for bin in authgate pingora-plain pingora-tuned pingora-floor; do
     [[ -x target/release/$bin ]] || { echo "callgrind.sh: target/release/$bin missing; build release first" >&2; exit 1; }
 done
 
@@ -89,7 +90,7 @@ BENCH_LISTEN=127.0.0.1:$AG BENCH_ADMIN=127.0.0.1:$ADMIN BENCH_UPSTREAM=127.0.0.1
 PIDS+=($!)
 wait_http "$AG"
 results+=("$(measure authgate "$AG" "${PIDS[1]}")")
-for base in pingora-plain pingora-tuned; do
+for base in pingora-plain pingora-tuned pingora-floor; do
     port=$(free_port)
     valgrind --tool=callgrind --callgrind-out-file="$OUT/$base.%p" \
         "target/release/$base" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP" --threads 1 \
@@ -108,8 +109,9 @@ done
 read -r _ ag _ <<<"${results[0]}"
 read -r _ pp _ <<<"${results[1]}"
 read -r _ pt _ <<<"${results[2]}"
-awk -v a="$ag" -v p="$pp" -v t="$pt" 'BEGIN {
-    printf "  authgate / pingora-plain: %.3f\n  authgate / pingora-tuned: %.3f\n\n", a / p, a / t }'
+read -r _ pf _ <<<"${results[3]}"
+awk -v a="$ag" -v p="$pp" -v t="$pt" -v f="$pf" 'BEGIN {
+    printf "  authgate / pingora-plain: %.3f\n  authgate / pingora-tuned: %.3f\n  authgate / pingora-floor: %.3f\n  pingora-floor / pingora-tuned: %.3f\n\n", a / p, a / t, a / f, f / t }'
 read -r _ _ agf <<<"${results[0]}"
 echo "heaviest inclusive entries in authgate (instructions per request):"
 callgrind_annotate --inclusive=yes "$agf" 2>/dev/null | sed 's/,//g' |

@@ -119,7 +119,7 @@ if [[ $BUILD == 1 ]]; then
     cargo build "${profile_flag[@]}" --locked --manifest-path "$ROOT/bench/pingora-stock/Cargo.toml" \
         --target-dir "$TARGET_DIR"
 fi
-for b in authgate upstream-mock pingora-plain pingora-tuned authgate-memory authgate-verify; do
+for b in authgate upstream-mock pingora-plain pingora-tuned pingora-floor authgate-memory authgate-verify; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing (build first, or drop --no-build)"
 done
 
@@ -407,6 +407,9 @@ start_baseline pingora-plain
 PLAIN_PORT=$BASE_PORT PLAIN_PID=$BASE_PID
 start_baseline pingora-tuned
 TUNED_PORT=$BASE_PORT TUNED_PID=$BASE_PID
+# The tuned proxy on the workspace's patched pingora (bench/probes): any proxy's floor on it.
+start_baseline pingora-floor
+FLOOR_PORT=$BASE_PORT FLOOR_PID=$BASE_PID
 
 # ---------------------------------------------------------------- authgate scenarios
 # name:config:RUST_LOG
@@ -459,6 +462,7 @@ PORT[nginx]=$NGINX_PORT
 PORT[haproxy-jwt]=$HAPROXY_PORT
 PORT[pingora-plain]=$PLAIN_PORT
 PORT[pingora-tuned]=$TUNED_PORT
+PORT[pingora-floor]=$FLOOR_PORT
 HEADER[haproxy-jwt]=$TOKEN_HS256
 HEADER[ag-hs256]=$TOKEN_HS256
 HEADER[ag-hs256-assertion]=$TOKEN_HS256
@@ -483,6 +487,7 @@ else
 fi
 DESC[pingora-plain]="stock pingora 0.9 plain proxy, defaults"
 DESC[pingora-tuned]="the same pingora proxy with mimalloc and work stealing off (as authgate)"
+DESC[pingora-floor]="that tuned proxy on authgate's patched pingora, header case off (PATCHES.md): the floor of any proxy on it"
 DESC[ag-public]="authgate (a) public route"
 DESC[ag-local-limit]="authgate public route + local limit"
 DESC[ag-shared-limit]="authgate (e) public route + Redis-shared limit"
@@ -498,7 +503,7 @@ DESC[ag-opaque-uncached]="authgate (d) opaque token, a different token every req
 DESC[ag-search-uncached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, no response cache (-c$SEARCH_CONNECTIONS)"
 DESC[ag-search-cached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, response cache ttl 60s (-c$SEARCH_CONNECTIONS)"
 
-ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain pingora-tuned ag-public ag-local-limit ag-shared-limit ag-hs256 ag-hs256-assertion ag-hs256-ten-issuers ag-rs256
+ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain pingora-tuned pingora-floor ag-public ag-local-limit ag-shared-limit ag-hs256 ag-hs256-assertion ag-hs256-ten-issuers ag-rs256
     ag-opaque ag-all ag-all-nolog ag-rs256-uncached ag-opaque-uncached ag-search-uncached ag-search-cached)
 VERIFY=1
 if [[ -n ${TARGETS:-} ]]; then
@@ -521,6 +526,7 @@ pids_of() {
         haproxy-jwt) echo "$HAPROXY_PID" ;;
         pingora-plain) echo "$PLAIN_PID" ;;
         pingora-tuned) echo "$TUNED_PID" ;;
+        pingora-floor) echo "$FLOOR_PID" ;;
         *) echo "${PIDOF[$1]}" ;;
     esac
 }
@@ -928,6 +934,10 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     echo "| authgate public req/s ÷ pingora-plain req/s | $(ratio "${M_RPS[ag-public]:-}" "${M_RPS[pingora-plain]:-}") |"
     echo "| pingora-tuned CPU/req ÷ pingora-plain CPU/req (what mimalloc and no work stealing are worth) | $(ratio "${M_CPU[pingora-tuned]:-}" "${M_CPU[pingora-plain]:-}") |"
     echo "| authgate public CPU/req ÷ pingora-tuned CPU/req (what authgate's own phases cost) | $(ratio "${M_CPU[ag-public]:-}" "${M_CPU[pingora-tuned]:-}") |"
+    echo "| pingora-floor CPU/req ÷ pingora-tuned CPU/req (what the patches are worth to a plain proxy) | $(ratio "${M_CPU[pingora-floor]:-}" "${M_CPU[pingora-tuned]:-}") |"
+    echo "| pingora-floor CPU/req ÷ HAProxy-jwt CPU/req (the patched pingora's own cost against HAProxy's whole request) | $(ratio "${M_CPU[pingora-floor]:-}" "${M_CPU[haproxy-jwt]:-}") |"
+    echo "| authgate public CPU/req ÷ pingora-floor CPU/req (authgate's phases and timeouts on the same pingora) | $(ratio "${M_CPU[ag-public]:-}" "${M_CPU[pingora-floor]:-}") |"
+    echo "| authgate HS256 CPU/req ÷ pingora-floor CPU/req | $(ratio "${M_CPU[ag-hs256]:-}" "${M_CPU[pingora-floor]:-}") |"
     echo "| authgate all (f) CPU/req ÷ the same without the access log (what the log costs) | $(ratio "${M_CPU[ag-all]:-}" "${M_CPU[ag-all-nolog]:-}") |"
     echo "| authgate all (f) without the access log CPU/req ÷ HAProxy-jwt CPU/req | $(ratio "${M_CPU[ag-all-nolog]:-}" "${M_CPU[haproxy-jwt]:-}") |"
     echo "| authgate all (f) req/s ÷ HAProxy-jwt req/s | $(ratio "${M_RPS[ag-all]:-}" "${M_RPS[haproxy-jwt]:-}") |"
