@@ -25,8 +25,7 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     pub upstream_elapsed: Option<std::time::Duration>,
     pub upstream_addr: Option<std::net::SocketAddr>,
-    /// Response-cache state on routes with a cache; boxed because pingora copies the context
-    /// with its per-request future, and most routes have no cache.
+    /// Response-cache state on routes with a cache; boxed because most routes have none.
     pub cache: Option<Box<super::caching::CacheCtx>>,
     /// Whether the one retry on another endpoint has been used.
     pub retried: bool,

@@ -32,23 +32,22 @@ impl Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    /// Boxed: pingora keeps the context by value in its per-request future, and a 544-byte
+    /// context there made that future about 9 KB larger, copied whole on every request
+    /// (bench/ANALYSIS.md, 2026-12-03). One allocation is far cheaper.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
+    fn new_ctx(&self) -> Self::CTX {
         // pingora makes the context right after a request head has been read.
         head_timeout::head_received();
-        RequestCtx::new(self.shared.in_flight.clone())
+        Box::new(RequestCtx::new(self.shared.in_flight.clone()))
     }
 
     /// No downstream modules: pingora's default adds a (disabled) compression module whose
     /// per-request context and filter calls cost CPU on every request for nothing.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
-    async fn early_request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         // An HTTP/2 stream keeps its connection from the idle timeout while it is served.
         ctx.h2_stream = head_timeout::h2_stream_started(session);
         // HTTP/1.1 pipelining (RFC 9112 9.3.2): requests queued behind this one are served in
@@ -57,7 +56,7 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let snapshot = self.shared.snapshot();
         identify(session, ctx, &snapshot);
         let prefix = snapshot.config.server.client_ipv6_prefix;
@@ -89,7 +88,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         // Content-Length was checked at admission; this catches chunked bodies as they stream.
         if let (Some(chunk), Some(snap)) = (body.as_ref(), ctx.snapshot.as_ref()) {
@@ -106,7 +105,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         // Fail closed: without admission nothing is forwarded, whatever a bug upstream did.
         if ctx.admitted().is_none() {
@@ -127,7 +126,7 @@ impl ProxyHttp for Gateway {
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         digest: Option<&pingora_core::protocols::Digest>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         // Pinned upstream certificates are matched here, before the request is written.
         if let Some(route) = ctx.route() {
@@ -142,7 +141,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         let kind = ErrorKind::of(&e);
@@ -162,7 +161,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         if let Some(route) = ctx.route() {
@@ -190,7 +189,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         forward::prepare_upstream_request(session, req, ctx)
     }
@@ -199,7 +198,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         if let (Some(route), Some(elapsed)) = (ctx.route(), ctx.upstream_elapsed) {
@@ -225,7 +224,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         caching::on_upstream_body(ctx, body, end_of_stream);
         Ok(None)
@@ -235,7 +234,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         headers::edit_response(resp, |h| {
             h.insert(headers::X_REQUEST_ID, ctx.request_id.value());
@@ -260,7 +259,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         // An upstream that failed on a route with `stale_if_error`: the last good answer.
         if let Some(status) = caching::rescue(session, ctx, e).await {
@@ -283,7 +282,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
         // Answers the gateway chose to give (413, 502 with no endpoint) are not errors of ours;
         // an internal failure (a request that reached forwarding unadmitted) always is.
         ctx.rejection
@@ -293,7 +292,7 @@ impl ProxyHttp for Gateway {
 
     /// What pingora's own error and retry logs say of a request: method, path and host, never
     /// the query string (a route's `query_param` token travels there) nor other headers.
-    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
         let req = session.req_header();
         format!(
             "{} {}, Host: {}",
@@ -303,7 +302,7 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         super::access_log::record(session, ctx);
         head_timeout::awaiting_next_head();
     }
