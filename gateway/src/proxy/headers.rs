@@ -105,6 +105,10 @@ const REWRITES: [HeaderName; 7] = [
 /// routed as public `/api/token/` must not run `/admin/` upstream, nor a `GET` become a
 /// `DELETE`.
 pub fn remove_untrusted_rewrites(h: &mut HeaderMap) {
+    // The common request has none: one look over its few names instead of seven lookups.
+    if !h.keys().any(|k| REWRITES.contains(k)) {
+        return;
+    }
     for name in &REWRITES {
         h.remove(name);
     }
@@ -413,6 +417,19 @@ mod tests {
         remove_untrusted_rewrites(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn each_rewrite_header_alone_is_removed() {
+        // The removal first looks whether any is there; one alone must be seen.
+        for name in &REWRITES {
+            let mut h = HeaderMap::new();
+            h.insert("accept", HeaderValue::from_static("*/*"));
+            h.append(name.clone(), HeaderValue::from_static("x"));
+            remove_untrusted_rewrites(&mut h);
+            assert!(!h.contains_key(name), "{name} kept");
+            assert!(h.contains_key("accept"));
+        }
     }
 
     #[test]
