@@ -10,6 +10,7 @@
 #   AUTHGATE=/tmp/authgate-before bench/callgrind.sh      another authgate binary
 #   AUTHGATE_LOG=info bench/callgrind.sh                  with the access log on
 #   CONFIG=bench/configs/b-hs256.yaml bench/callgrind.sh   another authgate configuration
+#   ANCHORS=0 bench/callgrind.sh                   authgate alone (for an A/B of one change)
 #                                  (its token, if any, in AUTH_HEADER="Authorization: Bearer ...")
 #
 # Each proxy runs under callgrind with one worker in front of a one-worker nginx upstream;
@@ -29,10 +30,13 @@ AUTH_HEADER=${AUTH_HEADER:-}
 AUTHGATE=${AUTHGATE:-target/release/authgate}
 # authgate's RUST_LOG: `info` turns the access log on (written to the log file), to count it.
 AUTHGATE_LOG=${AUTHGATE_LOG:-warn}
+ANCHORS=${ANCHORS:-1}
+ANCHOR_BINS=(pingora-plain pingora-tuned pingora-floor)
+[[ $ANCHORS == 1 ]] || ANCHOR_BINS=()
 for bin in valgrind callgrind_control callgrind_annotate nginx curl; do
     command -v "$bin" >/dev/null || { echo "callgrind.sh: $bin is missing (apt-get install valgrind nginx-light curl)" >&2; exit 1; }
 done
-for bin in authgate pingora-plain pingora-tuned pingora-floor; do
+for bin in authgate "${ANCHOR_BINS[@]}"; do
     [[ -x target/release/$bin ]] || { echo "callgrind.sh: target/release/$bin missing; build release first" >&2; exit 1; }
 done
 
@@ -90,7 +94,7 @@ BENCH_LISTEN=127.0.0.1:$AG BENCH_ADMIN=127.0.0.1:$ADMIN BENCH_UPSTREAM=127.0.0.1
 PIDS+=($!)
 wait_http "$AG"
 results+=("$(measure authgate "$AG" "${PIDS[1]}")")
-for base in pingora-plain pingora-tuned pingora-floor; do
+for base in "${ANCHOR_BINS[@]}"; do
     port=$(free_port)
     valgrind --tool=callgrind --callgrind-out-file="$OUT/$base.%p" \
         "target/release/$base" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP" --threads 1 \
@@ -106,12 +110,14 @@ for r in "${results[@]}"; do
     read -r name per _ <<<"$r"
     printf '  %-14s %8d   status codes: %s\n' "$name" "$per" "$(tr '\n' ' ' <"$OUT/codes-$name.txt")"
 done
-read -r _ ag _ <<<"${results[0]}"
-read -r _ pp _ <<<"${results[1]}"
-read -r _ pt _ <<<"${results[2]}"
-read -r _ pf _ <<<"${results[3]}"
-awk -v a="$ag" -v p="$pp" -v t="$pt" -v f="$pf" 'BEGIN {
-    printf "  authgate / pingora-plain: %.3f\n  authgate / pingora-tuned: %.3f\n  authgate / pingora-floor: %.3f\n  pingora-floor / pingora-tuned: %.3f\n\n", a / p, a / t, a / f, f / t }'
+if [[ $ANCHORS == 1 ]]; then
+    read -r _ ag _ <<<"${results[0]}"
+    read -r _ pp _ <<<"${results[1]}"
+    read -r _ pt _ <<<"${results[2]}"
+    read -r _ pf _ <<<"${results[3]}"
+    awk -v a="$ag" -v p="$pp" -v t="$pt" -v f="$pf" 'BEGIN {
+        printf "  authgate / pingora-plain: %.3f\n  authgate / pingora-tuned: %.3f\n  authgate / pingora-floor: %.3f\n  pingora-floor / pingora-tuned: %.3f\n\n", a / p, a / t, a / f, f / t }'
+fi
 read -r _ _ agf <<<"${results[0]}"
 echo "heaviest inclusive entries in authgate (instructions per request):"
 callgrind_annotate --inclusive=yes "$agf" 2>/dev/null | sed 's/,//g' |
