@@ -177,7 +177,7 @@ async fn pooled_connections_are_reused_and_dead_ones_refused() {
     connector.release_stream(stream, peer.reuse_hash(), None);
     close_tx.send(()).unwrap();
     server.join().unwrap();
-    // The close reaches the pooled socket (and pingora's idle watcher) within moments.
+    // The close reaches the pooled socket within moments; the check at reuse sees it.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -194,6 +194,131 @@ async fn pooled_connections_are_reused_and_dead_ones_refused() {
     }
     let other = BasicPeer::new("127.0.0.1:9");
     assert!(connector.reused_stream(&other).await.is_none());
+}
+
+/// The next connection end the test server saw, waited for without blocking the runtime
+/// (whose tasks include the connector's sweep).
+async fn next_end(
+    rx: &std::sync::mpsc::Receiver<(usize, String, Duration)>,
+) -> (usize, String, Duration) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match rx.try_recv() {
+            Ok(end) => return end,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("no connection end seen within 10 s: {e}"),
+        }
+    }
+}
+
+/// Patch 11: pooled connections are not watched by a task each while they idle. One past its
+/// idle timeout is not reused (checked when it is taken) and is closed by the sweep if nobody
+/// takes it; one the peer closed is closed by the sweep too; a full pool still tells
+/// `keepalive_pool_callback` of the connection it evicts, and only of that one.
+#[tokio::test]
+async fn idle_pooled_connections_expire_and_the_sweep_closes_them() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // For each accepted connection, in order: how the server saw it end, and after how long.
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<(usize, String, Duration)>();
+    let (fin_tx, fin_rx) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let mut fin_rx = Some(fin_rx);
+        for n in 0..6 {
+            let (mut conn, _) = listener.accept().unwrap();
+            let ended_tx = ended_tx.clone();
+            // The third connection: the server closes its side once told to.
+            let fin = if n == 2 { fin_rx.take() } else { None };
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+                if let Some(fin) = fin {
+                    fin.recv().unwrap();
+                    conn.shutdown(std::net::Shutdown::Write).unwrap();
+                }
+                let started = std::time::Instant::now();
+                let mut buf = [0u8; 16];
+                let how = match conn.read(&mut buf) {
+                    Ok(0) => "closed".to_string(),
+                    Ok(k) => format!("{k} bytes"),
+                    Err(e) => format!("{:?}", e.kind()),
+                };
+                let _ = ended_tx.send((n, how, started.elapsed()));
+            });
+        }
+    });
+    let evicted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut options = pingora_core::connectors::ConnectorOptions::new(2);
+    let counter = evicted.clone();
+    options.keepalive_pool_callback = Some(std::sync::Arc::new(move |_idle| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }));
+    let connector = TransportConnector::new(Some(options));
+    let peer = BasicPeer::new(&addr.to_string());
+    let key = peer.reuse_hash();
+    let short = Some(Duration::from_millis(100));
+
+    // 0: past its idle timeout, well before the first sweep (1 s after the first release).
+    let first = connector.new_stream(&peer).await.unwrap();
+    connector.release_stream(first, key, short);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        connector.reused_stream(&peer).await.is_none(),
+        "a connection past its idle timeout was reused"
+    );
+    // 1: expires while nobody takes it; 2: no timeout, but the server closes it.
+    let second = connector.new_stream(&peer).await.unwrap();
+    connector.release_stream(second, key, short);
+    let third = connector.new_stream(&peer).await.unwrap();
+    connector.release_stream(third, key, None);
+    fin_tx.send(()).unwrap();
+
+    let mut ended = vec![];
+    for _ in 0..3 {
+        ended.push(next_end(&ended_rx).await);
+    }
+    ended.sort_by_key(|e| e.0);
+    for (n, how, after) in &ended {
+        assert_eq!(
+            how, "closed",
+            "connection {n} was not closed by the gateway side"
+        );
+        // Within the sweep interval and some slack; the read timeout (8 s) says "never".
+        assert!(
+            *after < Duration::from_secs(5),
+            "connection {n} closed after {after:?}"
+        );
+    }
+    assert_eq!(
+        evicted.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "expired or closed connections are not evictions"
+    );
+
+    // 3, 4, 5 released to a pool of two: 3, unused, is evicted (and closed) when 5 comes,
+    // and that is the one callback; 4 and 5 are reused.
+    for _ in 3..6 {
+        let s = connector.new_stream(&peer).await.unwrap();
+        connector.release_stream(s, key, None);
+    }
+    let (n, how, _) = next_end(&ended_rx).await;
+    assert_eq!((n, how.as_str()), (3, "closed"));
+    assert_eq!(evicted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let reused = [
+        connector.reused_stream(&peer).await,
+        connector.reused_stream(&peer).await,
+    ];
+    assert!(
+        reused.iter().all(Option::is_some),
+        "live idle connections were not reused"
+    );
+    assert_eq!(evicted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(reused);
+    for _ in 0..2 {
+        next_end(&ended_rx).await;
+    }
+    server.join().unwrap();
 }
 
 /// Patch 5: the connect path (TLS handshake included) is boxed, so the futures every proxied

@@ -51,12 +51,13 @@ impl ConnectionMeta {
 }
 
 struct PoolConnection<S> {
-    pub notify_use: oneshot::Sender<bool>,
+    /// `None` for a connection put without an idle watcher ([`ConnectionPool::put_unwatched`]).
+    pub notify_use: Option<oneshot::Sender<bool>>,
     pub connection: S,
 }
 
 impl<S> PoolConnection<S> {
-    pub fn new(notify_use: oneshot::Sender<bool>, connection: S) -> Self {
+    pub fn new(notify_use: Option<oneshot::Sender<bool>>, connection: S) -> Self {
         PoolConnection {
             notify_use,
             connection,
@@ -65,7 +66,9 @@ impl<S> PoolConnection<S> {
 
     pub fn release(self) -> S {
         // notify the idle watcher to release the connection
-        let _ = self.notify_use.send(true);
+        if let Some(notify_use) = self.notify_use {
+            let _ = notify_use.send(true);
+        }
         // wait for the watcher to release
         self.connection
     }
@@ -150,6 +153,17 @@ impl<T> PoolNode<T> {
         // Check the lock-free queue first (cheap atomic load) to avoid acquiring
         // the mutex in the common case where connections are present.
         self.hot_queue.is_empty() && self.connections.lock().is_empty()
+    }
+
+    /// Takes every item out of the node (for [`ConnectionPool::sweep`], which puts back the
+    /// ones it keeps).
+    fn drain(&self) -> Vec<(ID, T)> {
+        let _queue_lock = self.hot_queue_remove_lock.lock();
+        let mut items: Vec<(ID, T)> = self.connections.lock().drain().collect();
+        while let Some(item) = self.hot_queue.pop() {
+            items.push(item);
+        }
+        items
     }
 
     // This function acquires 2 locks and iterates over the entire hot queue.
@@ -321,9 +335,49 @@ impl<S> ConnectionPool<S> {
             self.pop_evicted(meta);
         }
         let (notify_use, watch_use) = oneshot::channel();
-        let connection = PoolConnection::new(notify_use, connection);
+        let connection = PoolConnection::new(Some(notify_use), connection);
         self.insert_pool_connection(meta.key, meta.id, connection);
         (notify_close, watch_use)
+    }
+
+    /// Release a connection to this pool for reuse, with no idle watcher: nothing waits on
+    /// it while it idles, so there is no task, channel or timer per release. The caller
+    /// checks a connection when [`Self::get`] hands it back (it may have expired or been
+    /// closed by the peer meanwhile) and calls [`Self::sweep`] now and then to close the
+    /// ones nobody takes. An LRU eviction drops the connection.
+    pub fn put_unwatched(&self, meta: &ConnectionMeta, connection: S) {
+        let (_notify_close, evicted) = self.lru.add(meta.id, meta.clone());
+        for meta in &evicted {
+            self.pop_evicted(meta);
+        }
+        let connection = PoolConnection::new(None, connection);
+        self.insert_pool_connection(meta.key, meta.id, connection);
+    }
+
+    /// Keeps the idle connections for which `keep` returns `true` and drops the others,
+    /// removing them from the LRU too; returns how many were dropped. For pools filled
+    /// with [`Self::put_unwatched`], whose connections are not watched while idle.
+    ///
+    /// Each node is emptied while its connections are tested, so a concurrent
+    /// [`Self::get`] on that key may find none and make a new connection.
+    pub fn sweep(&self, mut keep: impl FnMut(&mut S) -> bool) -> usize {
+        // Nodes are collected first so no index guard is held while `keep` runs.
+        // Emptied nodes stay, as in `get`; `insert_pool_connection` bounds them.
+        let nodes: Vec<Arc<Pool<S>>> = self.pools.iter().map(|e| e.value().clone()).collect();
+        let mut dropped = 0;
+        for node in nodes {
+            for (id, mut conn) in node.drain() {
+                if keep(&mut conn.connection) {
+                    node.insert(id, conn);
+                } else {
+                    // Out of the LRU before the connection (and its id) is released.
+                    self.lru.pop(&id);
+                    drop(conn);
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
     }
 
     /// Actively monitor the health of a connection that is already released to this pool
@@ -486,6 +540,52 @@ mod tests {
 
     fn pool_contains<S>(pool: &ConnectionPool<S>, key: GroupKey) -> bool {
         pool.pools.contains_key(&key)
+    }
+
+    #[test]
+    fn test_put_unwatched_then_get() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(2);
+        cp.put_unwatched(&ConnectionMeta::new(101, 1), "v1".to_string());
+        cp.put_unwatched(&ConnectionMeta::new(102, 2), "v2".to_string());
+        assert_eq!(cp.get(&102).as_deref(), Some("v2"));
+        assert_eq!(cp.get(&102), None);
+        // Over the pool's size the least recently used one is evicted (dropped).
+        cp.put_unwatched(&ConnectionMeta::new(103, 3), "v3".to_string());
+        cp.put_unwatched(&ConnectionMeta::new(104, 4), "v4".to_string());
+        assert_eq!(cp.get(&101), None);
+        assert_eq!(cp.get(&103).as_deref(), Some("v3"));
+        assert_eq!(cp.get(&104).as_deref(), Some("v4"));
+    }
+
+    #[test]
+    fn test_sweep_drops_what_it_does_not_keep() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(64);
+        // More than a node's hot queue holds, so both of a node's stores are swept.
+        for id in 0..40 {
+            let key = if id % 2 == 0 { 7 } else { 8 };
+            cp.put_unwatched(&ConnectionMeta::new(key, id), format!("c{id}"));
+        }
+        let mut seen = 0;
+        let dropped = cp.sweep(|c| {
+            seen += 1;
+            c.trim_start_matches('c').parse::<i32>().unwrap() % 4 == 0
+        });
+        assert_eq!((seen, dropped), (40, 30));
+        // The dropped ones left the LRU too: 54 more fill the pool of 64 without evicting
+        // the 10 kept (the oldest), which 30 stale LRU entries would have pushed out.
+        for id in 100..154 {
+            cp.put_unwatched(&ConnectionMeta::new(9, id), format!("c{id}"));
+        }
+        let mut kept = vec![];
+        while let Some(c) = cp.get(&7) {
+            kept.push(c);
+        }
+        assert_eq!(cp.get(&8), None);
+        kept.sort();
+        let mut want: Vec<String> = (0..40).step_by(4).map(|id| format!("c{id}")).collect();
+        want.sort();
+        assert_eq!(kept, want);
+        assert_eq!(cp.sweep(|_| true), 0);
     }
 
     #[tokio::test]

@@ -30,17 +30,16 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -170,7 +169,8 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<IdleStream>>,
+    idle_sweep_started: AtomicBool,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -182,6 +182,53 @@ pub struct TransportConnector {
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
+
+/// How often idle pooled connections are checked for their idle timeout and for the peer
+/// having closed them: the longest one outlives either.
+pub const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A connection idling in the pool: since when, and until when it may be reused.
+struct IdleStream {
+    /// `None` once taken out or closed by the sweep.
+    stream: Option<Stream>,
+    idle_since: Instant,
+    expires: Option<Instant>,
+    /// Told how long the connection idled if the pool evicts it unused (its LRU is full).
+    on_evicted: Option<PoolCallback>,
+}
+
+impl IdleStream {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|t| now >= t)
+    }
+
+    /// The stream, which only an idle stream the sweep closed (and dropped) lacks.
+    fn into_stream(mut self) -> Option<Stream> {
+        self.stream.take()
+    }
+
+    /// For the sweep: whether to keep it; one that is not is closed here.
+    fn still_reusable(&mut self, now: Instant, unexpected_data: &AtomicU64) -> bool {
+        let keep = !self.expired(now)
+            && self
+                .stream
+                .as_mut()
+                .is_some_and(|s| test_reusable_stream(s, unexpected_data));
+        if !keep {
+            self.stream = None;
+        }
+        keep
+    }
+}
+
+impl Drop for IdleStream {
+    fn drop(&mut self) {
+        // Still holding its stream: the pool evicted it (taken or swept ones are empty).
+        if let (Some(_), Some(callback)) = (&self.stream, &self.on_evicted) {
+            callback(self.idle_since.elapsed());
+        }
+    }
+}
 
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
@@ -204,6 +251,7 @@ impl TransportConnector {
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            idle_sweep_started: AtomicBool::new(false),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -258,57 +306,45 @@ impl TransportConnector {
     }
 
     /// Try to find a reusable connection to the given server [Peer]
+    ///
+    /// Idle connections are not watched while they wait (see [`Self::release_stream`]), so
+    /// one handed back by the pool is checked here: past its idle timeout, closed or written
+    /// to by the peer, or not the peer's, it is closed and the next one is tried.
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if (recorded_peer_matches(peer, &stream) == Some(true)
-                            || peer.matches_fd(stream.id()))
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
+        let key = peer.reuse_hash();
+        loop {
+            let Some(idle) = self.connection_pool.get(&key) else {
+                debug!("No reusable connection found for {peer}");
+                return None;
+            };
+            let expired = idle.expired(Instant::now());
+            let Some(mut stream) = idle.into_stream() else {
+                continue;
+            };
+            if expired {
+                debug!("Idle connection past its idle timeout, close it");
+                continue;
+            }
+            // test_reusable_stream: we assume server would never actively send data
+            // first on an idle stream.
+            #[cfg(unix)]
+            let reusable = (recorded_peer_matches(peer, &stream) == Some(true)
+                || peer.matches_fd(stream.id()))
+                && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count);
+            #[cfg(windows)]
+            let reusable = {
+                use std::os::windows::io::{AsRawSocket, RawSocket};
+                struct WrappedRawSocket(RawSocket);
+                impl AsRawSocket for WrappedRawSocket {
+                    fn as_raw_socket(&self) -> RawSocket {
+                        self.0
                     }
                 }
-            }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
+                peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+                    && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+            };
+            if reusable {
+                return Some(stream);
             }
         }
     }
@@ -320,6 +356,11 @@ impl TransportConnector {
     /// to be reused.
     ///
     /// If a [Stream] is dropped instead of being returned via this function. it will be closed.
+    ///
+    /// Nothing watches the stream while it idles: no task, timer or channel per release.
+    /// [`Self::reused_stream`] checks it when it is taken again, and a sweep (one task per
+    /// connector, every [`IDLE_SWEEP_INTERVAL`]) closes the ones past `idle_timeout` or
+    /// closed by the peer that nobody took.
     pub fn release_stream(
         &self,
         mut stream: Stream,
@@ -329,30 +370,33 @@ impl TransportConnector {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
-        let id = stream.id();
-        let meta = ConnectionMeta::new(key, id);
+        let meta = ConnectionMeta::new(key, stream.id());
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
-                }
+        let now = Instant::now();
+        let idle = IdleStream {
+            stream: Some(stream),
+            idle_since: now,
+            expires: idle_timeout.and_then(|t| now.checked_add(t)),
+            on_evicted: self.keepalive_pool_callback.clone(),
+        };
+        self.connection_pool.put_unwatched(&meta, idle);
+        self.start_idle_sweep();
+    }
+
+    /// Starts, on the first release, the task that closes idle connections nobody takes.
+    fn start_idle_sweep(&self) {
+        if self.idle_sweep_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(&self.connection_pool);
+        let unexpected = self.unexpected_data_conn_count.clone();
+        pingora_runtime::current_handle().spawn(async move {
+            loop {
+                pingora_timeout::sleep(IDLE_SWEEP_INTERVAL).await;
+                // The connector is gone: so is its pool.
+                let Some(pool) = pool.upgrade() else { return };
+                let now = Instant::now();
+                pool.sweep(|idle| idle.still_reusable(now, &unexpected));
             }
         });
     }
