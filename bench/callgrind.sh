@@ -10,8 +10,8 @@
 #   AUTHGATE=/tmp/authgate-before bench/callgrind.sh      another authgate binary
 #   AUTHGATE_LOG=info bench/callgrind.sh                  with the access log on
 #   CONFIG=bench/configs/b-hs256.yaml bench/callgrind.sh   another authgate configuration
-#   ANCHORS=0 bench/callgrind.sh                   authgate alone (for an A/B of one change)
 #                                  (its token, if any, in AUTH_HEADER="Authorization: Bearer ...")
+#   ANCHORS=0 bench/callgrind.sh   authgate alone (for an A/B of one change)
 #
 # Each proxy runs under callgrind with one worker in front of a one-worker nginx upstream;
 # after 200 warm-up requests the counters are zeroed, REQUESTS requests go over one
@@ -110,7 +110,7 @@ for r in "${results[@]}"; do
     read -r name per _ <<<"$r"
     printf '  %-14s %8d   status codes: %s\n' "$name" "$per" "$(tr '\n' ' ' <"$OUT/codes-$name.txt")"
 done
-if [[ $ANCHORS == 1 ]]; then
+if ((${#ANCHOR_BINS[@]})); then
     read -r _ ag _ <<<"${results[0]}"
     read -r _ pp _ <<<"${results[1]}"
     read -r _ pt _ <<<"${results[2]}"

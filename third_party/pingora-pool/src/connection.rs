@@ -330,13 +330,8 @@ impl<S> ConnectionPool<S> {
         meta: &ConnectionMeta,
         connection: S,
     ) -> (Arc<Notify>, oneshot::Receiver<bool>) {
-        let (notify_close, evicted) = self.lru.add(meta.id, meta.clone());
-        for meta in &evicted {
-            self.pop_evicted(meta);
-        }
         let (notify_use, watch_use) = oneshot::channel();
-        let connection = PoolConnection::new(Some(notify_use), connection);
-        self.insert_pool_connection(meta.key, meta.id, connection);
+        let notify_close = self.add(meta, PoolConnection::new(Some(notify_use), connection));
         (notify_close, watch_use)
     }
 
@@ -346,12 +341,17 @@ impl<S> ConnectionPool<S> {
     /// closed by the peer meanwhile) and calls [`Self::sweep`] now and then to close the
     /// ones nobody takes. An LRU eviction drops the connection.
     pub fn put_unwatched(&self, meta: &ConnectionMeta, connection: S) {
-        let (_notify_close, evicted) = self.lru.add(meta.id, meta.clone());
+        self.add(meta, PoolConnection::new(None, connection));
+    }
+
+    /// Both puts: into the LRU (evicting what it pushes out) and the node of its key.
+    fn add(&self, meta: &ConnectionMeta, connection: PoolConnection<S>) -> Arc<Notify> {
+        let (notify_close, evicted) = self.lru.add(meta.id, meta.clone());
         for meta in &evicted {
             self.pop_evicted(meta);
         }
-        let connection = PoolConnection::new(None, connection);
         self.insert_pool_connection(meta.key, meta.id, connection);
+        notify_close
     }
 
     /// Keeps the idle connections for which `keep` returns `true` and drops the others,

@@ -36,8 +36,8 @@ use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
 
@@ -170,7 +170,7 @@ impl ConnectorOptions {
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
     connection_pool: Arc<ConnectionPool<IdleStream>>,
-    idle_sweep_started: AtomicBool,
+    idle_sweep: Once,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -251,7 +251,7 @@ impl TransportConnector {
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
-            idle_sweep_started: AtomicBool::new(false),
+            idle_sweep: Once::new(),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -384,20 +384,20 @@ impl TransportConnector {
     }
 
     /// Starts, on the first release, the task that closes idle connections nobody takes.
+    /// After that, a load per release (`Once`), not a read-modify-write.
     fn start_idle_sweep(&self) {
-        if self.idle_sweep_started.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let pool = Arc::downgrade(&self.connection_pool);
-        let unexpected = self.unexpected_data_conn_count.clone();
-        pingora_runtime::current_handle().spawn(async move {
-            loop {
-                pingora_timeout::sleep(IDLE_SWEEP_INTERVAL).await;
-                // The connector is gone: so is its pool.
-                let Some(pool) = pool.upgrade() else { return };
-                let now = Instant::now();
-                pool.sweep(|idle| idle.still_reusable(now, &unexpected));
-            }
+        self.idle_sweep.call_once(|| {
+            let pool = Arc::downgrade(&self.connection_pool);
+            let unexpected = self.unexpected_data_conn_count.clone();
+            pingora_runtime::current_handle().spawn(async move {
+                loop {
+                    pingora_timeout::sleep(IDLE_SWEEP_INTERVAL).await;
+                    // The connector is gone: so is its pool.
+                    let Some(pool) = pool.upgrade() else { return };
+                    let now = Instant::now();
+                    pool.sweep(|idle| idle.still_reusable(now, &unexpected));
+                }
+            });
         });
     }
 
