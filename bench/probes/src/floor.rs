@@ -1,6 +1,6 @@
 //! The floor of a proxy on authgate's pingora: the plain proxy of the stock anchors
 //! (`bench/pingora-stock`: one `upstream_peer` phase, pooled upstream connections, mimalloc,
-//! work stealing off), built against the workspace's patched pingora (third_party/,
+//! work stealing off), with mimalloc through authgate-alloc as authgate has it, built against the workspace's patched pingora (third_party/,
 //! PATCHES.md) with header-case preservation off on both sides as authgate runs it (patch 2).
 //! No authentication, limits, metrics or timeouts: what any proxy on this pingora pays per
 //! request before doing anything of its own.
@@ -8,7 +8,6 @@
 //! `pingora-floor --listen 127.0.0.1:8083 --upstream 127.0.0.1:8000 --threads 1`
 
 use async_trait::async_trait;
-use mimalloc::MiMalloc;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
@@ -20,7 +19,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: authgate_alloc::MiMalloc = authgate_alloc::MiMalloc;
 
 struct Floor {
     upstream: SocketAddr,

@@ -20,13 +20,12 @@ use authgate::config::raw::LimitScope;
 use authgate::config::units::Rate;
 use authgate::metrics::Metrics;
 use authgate::ratelimit::local::LocalLimiter;
-use mimalloc::MiMalloc;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: authgate_alloc::MiMalloc = authgate_alloc::MiMalloc;
 
 const DEFAULT_KEYS: u64 = 1_000_000;
 const DEFAULT_TOKENS: u64 = 100_000;

@@ -27,7 +27,6 @@
 
 use authgate::auth::jwt::JwtVerifier;
 use authgate::config::model::{JwtSpec, KeyMaterial, Secret, StaticKey};
-use mimalloc::MiMalloc;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: authgate_alloc::MiMalloc = authgate_alloc::MiMalloc;
 
 /// Drives a future that is expected to complete without waiting on anything.
 fn block_on<F: Future>(fut: F) -> Result<F::Output, String> {
