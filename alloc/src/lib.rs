@@ -38,24 +38,30 @@ fn plain(layout: &Layout) -> bool {
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(&layout) {
-            // SAFETY: see above.
-            unsafe { mi::mi_malloc(layout.size()) as *mut u8 }
-        } else {
-            // SAFETY: see above.
-            unsafe { mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8 }
-        }
+        let (size, align) = (layout.size(), layout.align());
+        // SAFETY: see above.
+        let p = unsafe {
+            if plain(&layout) {
+                mi::mi_malloc(size)
+            } else {
+                mi::mi_malloc_aligned(size, align)
+            }
+        };
+        p as *mut u8
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(&layout) {
-            // SAFETY: see above.
-            unsafe { mi::mi_zalloc(layout.size()) as *mut u8 }
-        } else {
-            // SAFETY: see above.
-            unsafe { mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8 }
-        }
+        let (size, align) = (layout.size(), layout.align());
+        // SAFETY: see above.
+        let p = unsafe {
+            if plain(&layout) {
+                mi::mi_zalloc(size)
+            } else {
+                mi::mi_zalloc_aligned(size, align)
+            }
+        };
+        p as *mut u8
     }
 
     #[inline]
@@ -66,15 +72,16 @@ unsafe impl GlobalAlloc for MiMalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if plain(&layout) {
-            // SAFETY: see above.
-            unsafe { mi::mi_realloc(ptr as *mut c_void, new_size) as *mut u8 }
-        } else {
-            // SAFETY: see above.
-            unsafe {
-                mi::mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
+        let ptr = ptr as *mut c_void;
+        // SAFETY: see above.
+        let p = unsafe {
+            if plain(&layout) {
+                mi::mi_realloc(ptr, new_size)
+            } else {
+                mi::mi_realloc_aligned(ptr, new_size, layout.align())
             }
-        }
+        };
+        p as *mut u8
     }
 }
 
@@ -86,8 +93,7 @@ mod tests {
 
     /// Sizes around mimalloc's bin edges, its 1 KiB small limit and its larger classes.
     fn sizes() -> Vec<usize> {
-        let mut v: Vec<usize> = (1..=80).collect();
-        for s in [
+        const LARGER: [usize; 19] = [
             96,
             100,
             127,
@@ -107,10 +113,8 @@ mod tests {
             70_000,
             1 << 20,
             (1 << 20) + 8,
-        ] {
-            v.push(s);
-        }
-        v
+        ];
+        (1..=80).chain(LARGER).collect()
     }
 
     fn layout(size: usize, align: usize) -> Layout {

@@ -1,7 +1,8 @@
 //! The floor of a proxy on authgate's pingora: the plain proxy of the stock anchors
 //! (`bench/pingora-stock`: one `upstream_peer` phase, pooled upstream connections, mimalloc,
-//! work stealing off), with mimalloc through authgate-alloc as authgate has it, built against the workspace's patched pingora (third_party/,
-//! PATCHES.md) with header-case preservation off on both sides as authgate runs it (patch 2).
+//! work stealing off), built against the workspace's patched pingora (third_party/,
+//! PATCHES.md), with mimalloc through authgate-alloc and header-case preservation off on both
+//! sides, as authgate runs it (patch 2).
 //! No authentication, limits, metrics or timeouts: what any proxy on this pingora pays per
 //! request before doing anything of its own.
 //!
