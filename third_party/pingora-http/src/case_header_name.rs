@@ -38,6 +38,23 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// The name to key a header map with and, when `keep_case`, the spelling to keep for it.
+    ///
+    /// The default parses the case-sensitive name. A [HeaderName] is one already, so its
+    /// implementations skip the round trip through bytes and the parse back (and, when the
+    /// case is not kept, the titled spelling too).
+    fn into_header_names(
+        self,
+        keep_case: bool,
+    ) -> Result<(HeaderName, Option<CaseHeaderName>), header::InvalidHeaderName>
+    where
+        Self: Sized,
+    {
+        let case_header_name = self.into_case_header_name();
+        let header_name = HeaderName::try_from(case_header_name.as_slice())?;
+        Ok((header_name, keep_case.then_some(case_header_name)))
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -62,11 +79,26 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    fn into_header_names(
+        self,
+        keep_case: bool,
+    ) -> Result<(HeaderName, Option<CaseHeaderName>), header::InvalidHeaderName> {
+        let case = keep_case.then(|| CaseHeaderName(titled_header_name(&self)));
+        Ok((self, case))
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    fn into_header_names(
+        self,
+        keep_case: bool,
+    ) -> Result<(HeaderName, Option<CaseHeaderName>), header::InvalidHeaderName> {
+        self.clone().into_header_names(keep_case)
     }
 }
 

@@ -852,13 +852,11 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
+    let (header_name, case_header_name) = name
+        .into_header_names(name_map.is_some())
         .or_err(InvalidHTTPHeader, "invalid header name")?;
     // store the original case in the map
-    if let Some(name_map) = name_map {
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // Use the non-panicking `try_append`: the infallible `append` calls
         // `.expect("size overflows MAX_SIZE")` internally, which would abort the
         // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
@@ -881,12 +879,10 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
+    let (header_name, case_header_name) = name
+        .into_header_names(name_map.is_some())
         .or_err(InvalidHTTPHeader, "invalid header name")?;
-    if let Some(name_map) = name_map {
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
     }
@@ -1921,5 +1917,43 @@ mod tests {
         // `HeaderValue`.
         let hv = header_value_from_raw(bytes::Bytes::from_static(b"foo\rbar\0baz"));
         assert_eq!(hv.as_bytes(), b"foo bar baz");
+    }
+
+    #[test]
+    fn header_names_are_inserted_without_a_parse_and_keep_their_case() {
+        fn wire(resp: &ResponseHeader) -> Vec<u8> {
+            let mut buf = vec![];
+            resp.header_to_h1_wire(&mut buf);
+            buf
+        }
+        let custom = HeaderName::from_static("x-custom");
+        for case in [false, true] {
+            let mut resp = if case {
+                ResponseHeader::build(200, None).unwrap()
+            } else {
+                ResponseHeader::build_no_case(200, None).unwrap()
+            };
+            resp.insert_header(http::header::DATE, "d").unwrap();
+            resp.append_header(&http::header::VIA, "v").unwrap();
+            resp.insert_header(custom.clone(), "c").unwrap();
+            resp.append_header(&custom, "c2").unwrap();
+            resp.insert_header("X-Mixed", "m").unwrap();
+            assert_eq!(resp.has_case(), case);
+            assert_eq!(resp.headers.get_all("x-custom").iter().count(), 2);
+            let expected: &[u8] = if case {
+                b"Date: d\r\nvia: v\r\nx-custom: c\r\nx-custom: c2\r\nX-Mixed: m\r\n"
+            } else {
+                b"Date: d\r\nvia: v\r\nx-custom: c\r\nx-custom: c2\r\nx-mixed: m\r\n"
+            };
+            assert_eq!(
+                String::from_utf8_lossy(&wire(&resp)),
+                String::from_utf8_lossy(expected),
+                "case kept: {case}"
+            );
+        }
+        // An invalid name is still refused, through the default that parses.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        assert!(resp.insert_header("bad name", "x").is_err());
+        assert!(resp.append_header("bad\nname", "x").is_err());
     }
 }
