@@ -31,6 +31,9 @@ use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
 use crate::utils::{BufRef, KVRef};
 
+/// `Keep-Alive` (RFC 2068 19.7.1.1), parsed once: a lookup by `&str` parses the name each time.
+const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
+
 /// The HTTP 1.x client session
 pub struct HttpSession {
     buf: Bytes,
@@ -630,7 +633,7 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
+        let Some(keep_alive_header) = self.get_header(KEEP_ALIVE) else {
             return (None, None);
         };
 
