@@ -2,10 +2,11 @@
 //! `X-Request-Timeout-Ms`. A deadline bounds the time from the request's arrival until the
 //! upstream's response header.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::time::{Duration, Instant};
 
-pub const CLIENT_HEADER: &str = "x-request-timeout-ms";
+/// `X-Request-Timeout-Ms`, a name parsed once (a lookup by `&str` parses it on every request).
+pub const CLIENT_HEADER: HeaderName = HeaderName::from_static("x-request-timeout-ms");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline {

@@ -162,7 +162,7 @@ pub async fn admit(snapshot: &Snapshot, req: &Inbound<'_>) -> Result<Admitted, D
         .map_err(|r| denied(r, AuthTrace::default()))?;
     let deadline = Deadline::for_request(
         spec.deadline,
-        req.headers.get(deadline::CLIENT_HEADER),
+        req.headers.get(&deadline::CLIENT_HEADER),
         req.arrived,
     );
     // Policies keyed by what is known now (client address, a header) are spent first: a

@@ -22,8 +22,7 @@ pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-r
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub const X_REQUEST_TIMEOUT_MS: HeaderName =
-    HeaderName::from_static(crate::deadline::CLIENT_HEADER);
+pub const X_REQUEST_TIMEOUT_MS: HeaderName = crate::deadline::CLIENT_HEADER;
 
 /// Edits a request head through its `http` parts in one pass. pingora's `insert_header`
 /// parses the name and updates a second, case-preserving name map on every call; the edited
@@ -153,14 +152,14 @@ pub fn remove_any_spelling(h: &mut HeaderMap, name: &HeaderName) {
 /// Removes from an upstream's answer the headers its `Connection` header names (RFC 9110
 /// 7.6.1); `Connection` itself is pingora's to manage. A 101 keeps `Upgrade`.
 pub fn remove_connection_nominated(h: &mut HeaderMap, switching_protocols: bool) {
-    let Some(first) = h.get(http::header::CONNECTION) else {
-        return;
-    };
-    // Only "close" or "keep-alive", the usual values, name nothing else to drop.
-    if h.get_all(http::header::CONNECTION).iter().count() == 1
-        && matches!(first.as_bytes(), b"close" | b"keep-alive" | b"Keep-Alive")
-    {
-        return;
+    // One lookup for the usual answer: a single "close" or "keep-alive", naming nothing else.
+    let mut values = h.get_all(http::header::CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => return,
+        (Some(v), None) if matches!(v.as_bytes(), b"close" | b"keep-alive" | b"Keep-Alive") => {
+            return
+        }
+        _ => {}
     }
     let named: Vec<HeaderName> = h
         .get_all(http::header::CONNECTION)
@@ -232,7 +231,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     let mut candidate = peer;
     // Later X-Forwarded-For lines were appended later, so walk them right to left too.
     let values: Vec<&[u8]> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .map(|v| v.as_bytes())
         .collect();
@@ -268,10 +267,13 @@ pub fn forwarded_for(headers: &HeaderMap, peer: IpAddr) -> HeaderValue {
     push_ip(&mut cursor, peer);
     let ip_len = cursor.position() as usize;
     let ip = &ip_buf[..ip_len];
+    // One lookup; the usual client sends no chain, and the value is the address alone.
+    let sent = headers.get_all(X_FORWARDED_FOR);
+    if sent.iter().next().is_none() {
+        return HeaderValue::from_bytes(ip).unwrap_or(HeaderValue::from_static(""));
+    }
     let chain = || {
-        headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
+        sent.iter()
             .filter_map(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -449,6 +451,18 @@ mod tests {
         up.insert("upgrade", HeaderValue::from_static("websocket"));
         remove_connection_nominated(&mut up, true);
         assert!(up.contains_key("upgrade"), "a 101 keeps Upgrade");
+        // The usual single value is passed over; a second line after it is still read.
+        let mut two = HeaderMap::new();
+        two.insert("connection", HeaderValue::from_static("keep-alive"));
+        two.insert("x-debug", HeaderValue::from_static("1"));
+        remove_connection_nominated(&mut two, false);
+        assert!(two.contains_key("x-debug"));
+        two.append("connection", HeaderValue::from_static("x-debug"));
+        remove_connection_nominated(&mut two, false);
+        assert!(
+            !two.contains_key("x-debug"),
+            "the second Connection line was not read"
+        );
     }
 
     #[test]
