@@ -12,6 +12,7 @@
 #   CONFIG=bench/configs/b-hs256.yaml bench/callgrind.sh   another authgate configuration
 #                                  (its token, if any, in AUTH_HEADER="Authorization: Bearer ...")
 #   ANCHORS=0 bench/callgrind.sh   authgate alone (for an A/B of one change)
+#   VALGRIND_OPTS=--cache-sim=yes bench/callgrind.sh   also L1 cache misses per request
 #
 # Each proxy runs under callgrind with one worker in front of a one-worker nginx upstream;
 # after 200 warm-up requests the counters are zeroed, REQUESTS requests go over one
@@ -110,6 +111,17 @@ for r in "${results[@]}"; do
     read -r name per _ <<<"$r"
     printf '  %-14s %8d   status codes: %s\n' "$name" "$per" "$(tr '\n' ' ' <"$OUT/codes-$name.txt")"
 done
+# With VALGRIND_OPTS=--cache-sim=yes the profiles also count L1 misses (valgrind's model of
+# this CPU's caches, the process alone): instruction fetches, data reads, data writes.
+if grep -q '^events:.*I1mr' "$(cut -d' ' -f3 <<<"${results[0]}")"; then
+    echo "L1 misses per request (callgrind's cache simulation): instruction / data read / data write"
+    for r in "${results[@]}"; do
+        read -r name _ f <<<"$r"
+        awk -v n="$REQUESTS" -v name="$name" '
+            /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+            /^summary:/ { printf "  %-14s %8d %8d %8d\n", name, $col["I1mr"] / n, $col["D1mr"] / n, $col["D1mw"] / n }' "$f"
+    done
+fi
 if ((${#ANCHOR_BINS[@]})); then
     read -r _ ag _ <<<"${results[0]}"
     read -r _ pp _ <<<"${results[1]}"
