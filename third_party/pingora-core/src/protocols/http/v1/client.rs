@@ -278,9 +278,10 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                let mut slots = uninit_header_slots();
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut slots);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -893,14 +894,15 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'h, 'buf>(
+    resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],
+    slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, slots) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -985,6 +987,37 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    /// A head of `MAX_HEADERS` fields parses into the uninitialized slots, every field as
+    /// sent; one more field is refused.
+    #[tokio::test]
+    async fn read_response_with_max_headers() {
+        init_log();
+        let head = |n: usize| {
+            let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..n {
+                head.extend_from_slice(format!("X-Field-{i}: value-{i}\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            head
+        };
+        let input = head(MAX_HEADERS);
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let res = http_stream.read_response().await;
+        assert_eq!(input.len(), res.unwrap());
+        let headers = &http_stream.resp_header().unwrap().headers;
+        assert_eq!(MAX_HEADERS, headers.len());
+        for i in [0, MAX_HEADERS / 2, MAX_HEADERS - 1] {
+            assert_eq!(headers[format!("x-field-{i}")], format!("value-{i}"));
+        }
+
+        let input = head(MAX_HEADERS + 1);
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let res = http_stream.read_response().await;
+        assert_eq!(&InvalidHTTPHeader, res.unwrap_err().etype());
     }
 
     #[tokio::test]

@@ -340,9 +340,12 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                #[cfg(not(feature = "patched_http1"))]
+                let mut slots = uninit_header_slots();
+                #[cfg(feature = "patched_http1")]
+                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut slots);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -1807,24 +1810,40 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     }
 }
 
+// The patched parser fills initialized slots; httparse's own takes uninitialized ones.
+#[cfg(not(feature = "patched_http1"))]
+type HeaderSlot<'buf> = std::mem::MaybeUninit<httparse::Header<'buf>>;
+#[cfg(feature = "patched_http1")]
+type HeaderSlot<'buf> = httparse::Header<'buf>;
+
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+fn parse_req_buffer<'h, 'buf>(
+    req: &mut httparse::Request<'h, 'buf>,
     buf: &'buf [u8],
+    slots: &'h mut [HeaderSlot<'buf>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        slots: &'h mut [HeaderSlot<'buf>],
+    ) -> Result<usize> {
+        req.headers = slots;
         req.parse_unchecked(buf)
     }
 
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        slots: &'h mut [HeaderSlot<'buf>],
+    ) -> Result<usize> {
+        req.parse_with_uninit_headers(buf, slots)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, slots) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1891,6 +1910,37 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    /// A head of `MAX_HEADERS` fields parses into the uninitialized slots, every field as
+    /// sent; one more field is refused.
+    #[tokio::test]
+    async fn read_request_with_max_headers() {
+        init_log();
+        let head = |n: usize| {
+            let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+            for i in 0..n {
+                head.extend_from_slice(format!("X-Field-{i}: value-{i}\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            head
+        };
+        let input = head(MAX_HEADERS);
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let res = http_stream.read_request().await;
+        assert_eq!(input.len(), res.unwrap().unwrap());
+        let headers = &http_stream.req_header().headers;
+        assert_eq!(MAX_HEADERS, headers.len());
+        for i in [0, MAX_HEADERS / 2, MAX_HEADERS - 1] {
+            assert_eq!(headers[format!("x-field-{i}")], format!("value-{i}"));
+        }
+
+        let input = head(MAX_HEADERS + 1);
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let res = http_stream.read_request().await;
+        assert_eq!(&InvalidHTTPHeader, res.unwrap_err().etype());
     }
 
     #[cfg(feature = "patched_http1")]
