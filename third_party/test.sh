@@ -35,7 +35,7 @@ PY
             done
         } >>"$SCRATCH/$crate/Cargo.toml"
     fi
-    # pingora-core: its HTTP tests, which cover every patched path there and run on mock I/O;
+    # pingora-core: its HTTP tests, on mock I/O (patches 2, 9, 13 and 14 are under test there);
     # its connector and TLS tests want the Internet and key files the crate does not ship.
     features=() filter=()
     if [[ $crate == pingora-core ]]; then
