@@ -5,24 +5,41 @@
 #   bench/ab.sh A_BINARY B_BINARY            the public route (configs/a-public.yaml)
 #   CONFIG=bench/configs/b-hs256.yaml AUTH_HEADER="Authorization: Bearer ..." bench/ab.sh A B
 #   ROUNDS=7 DURATION=6 bench/ab.sh A B      (defaults: 5 rounds of 5 s, 32 connections)
+#   bench/ab.sh A A                          an A/A run: how far apart two copies of one binary read
 #
 # Both run with one worker in front of the same one-worker nginx upstream; each round runs wrk
 # (-t1) against A then B (the order alternates between rounds, so drift in the machine's other
 # load falls on both). CPU per request is the proxy's utime + stime over the round (all its
 # threads, /proc/PID/stat) divided by the requests wrk completed. Prints every round, the
 # medians and B ÷ A. Needs nginx and wrk (bench/run.sh installs them).
+#
+# Two things keep one run from carrying a bias that holds for all its rounds (two runs of the
+# same kind of pair once read 0.824 and 1.137, bench/ANALYSIS.md):
+#   FRESH=1 (default) starts A and B afresh every round, so each round draws a new address-space
+#     layout and allocator state instead of the whole run living with one draw;
+#   PIN=1 (default, two or more cores) runs the proxies on core 0 and nginx and wrk on core 1, so
+#     where the scheduler puts the proxy next to its peers is the same for both sides.
+# FRESH=0 PIN=0 gives the old behaviour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-[[ $# -eq 2 ]] || { sed -n 2,14p "$0" >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n 2,22p "$0" >&2; exit 2; }
 A=$(realpath "$1")
 B=$(realpath "$2")
 CONFIG=${CONFIG:-bench/configs/a-public.yaml}
 AUTH_HEADER=${AUTH_HEADER:-}
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
+WARM=${WARM:-2} # s of wrk before a process's first measured round (not counted)
 CONNECTIONS=${CONNECTIONS:-32}
 REQ_PATH=/api/bench/items/?page=1
+FRESH=${FRESH:-1}
+PIN=${PIN:-1}
+(($(nproc) >= 2)) && taskset -c 0,1 true 2>/dev/null || PIN=0
+# Command prefixes that pin to core 0 or 1 (empty when PIN=0). Prefixes, not a function: a
+# function run with & would put a subshell between $! and the proxy whose CPU is read.
+CORE0=() CORE1=()
+[[ $PIN == 1 ]] && CORE0=(taskset -c 0) CORE1=(taskset -c 1)
 for bin in nginx wrk curl python3; do
     command -v "$bin" >/dev/null || { echo "ab.sh: $bin is missing" >&2; exit 1; }
 done
@@ -54,36 +71,42 @@ UP=$(free_port)
 # shellcheck source=bench/upstream-nginx.sh
 source "$ROOT/bench/upstream-nginx.sh"
 write_upstream_nginx_conf "$OUT/nginx" "$UP"
-nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log" &
+"${CORE1[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log" &
 PIDS+=($!)
 
 declare -A PORT PID
-for side in A B; do
-    bin=${!side}
+# start SIDE: a new process of that side's binary, answering 200 before it returns.
+start() {
+    local side=$1 bin=${!1} admin
     PORT[$side]=$(free_port)
     admin=$(free_port)
     BENCH_LISTEN=127.0.0.1:${PORT[$side]} BENCH_ADMIN=127.0.0.1:$admin BENCH_UPSTREAM=127.0.0.1:$UP \
-        RUST_LOG=warn "$bin" --config "$CONFIG" >"$OUT/$side.log" 2>&1 &
+        RUST_LOG=warn "${CORE0[@]}" "$bin" --config "$CONFIG" >>"$OUT/$side.log" 2>&1 &
     PID[$side]=$!
     PIDS+=($!)
-done
-for side in A B; do wait_http "${PORT[$side]}"; done
+    wait_http "${PORT[$side]}"
+}
+stop() {
+    kill "${PID[$1]}" 2>/dev/null || true
+    wait "${PID[$1]}" 2>/dev/null || true
+}
+for side in A B; do start "$side"; done
 
 hdr=()
 [[ -n $AUTH_HEADER ]] && hdr=(-H "$AUTH_HEADER")
-# run SIDE ROUND: prints "req/s cpu_us_per_req"
+# run SIDE ROUND [SECONDS]: prints "req/s cpu_us_per_req"
 run() {
-    local side=$1 round=$2 t0 t1 out reqs
+    local side=$1 round=$2 d=${3:-$DURATION} t0 t1 out reqs
     t0=$(ticks "${PID[$side]}")
-    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:${PORT[$side]}$REQ_PATH")
+    out=$("${CORE1[@]}" wrk -t1 -c"$CONNECTIONS" -d"${d}s" "${hdr[@]}" "http://127.0.0.1:${PORT[$side]}$REQ_PATH")
     t1=$(ticks "${PID[$side]}")
     echo "$out" >"$OUT/wrk-$side-$round.txt"
     reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
     grep -q 'Non-2xx' <<<"$out" && { echo "ab.sh: non-2xx answers from $side (see $OUT)" >&2; exit 1; }
-    awk -v r="$reqs" -v d="$DURATION" -v t=$((t1 - t0)) -v hz="$CLK_TCK" \
+    awk -v r="$reqs" -v d="$d" -v t=$((t1 - t0)) -v hz="$CLK_TCK" \
         'BEGIN { printf "%.0f %.2f\n", r / d, t / hz * 1e6 / r }'
 }
-for side in A B; do run "$side" warm >/dev/null; done
+for side in A B; do run "$side" warm "$WARM" >/dev/null; done
 
 printf "%-6s %-4s %10s %12s\n" round side "req/s" "CPU µs/req"
 : >"$OUT/rounds.txt"
@@ -91,6 +114,11 @@ for round in $(seq 1 "$ROUNDS"); do
     order=(A B)
     ((round % 2 == 0)) && order=(B A)
     for side in "${order[@]}"; do
+        if [[ $FRESH == 1 && $round -gt 1 ]]; then
+            stop "$side"
+            start "$side"
+            run "$side" "warm-$round" "$WARM" >/dev/null
+        fi
         read -r rps cpu < <(run "$side" "$round")
         printf "%-6s %-4s %10s %12s\n" "$round" "$side" "$rps" "$cpu"
         echo "$side $rps $cpu" >>"$OUT/rounds.txt"
@@ -104,6 +132,7 @@ done
 echo
 echo "A: $A"
 echo "B: $B"
+echo "FRESH=$FRESH PIN=$PIN, $ROUNDS rounds of ${DURATION} s, -c$CONNECTIONS"
 awk -v ra="$RPS_A" -v rb="$RPS_B" -v ca="$CPU_A" -v cb="$CPU_B" 'BEGIN {
     printf "median req/s        A %8.0f  B %8.0f  B÷A %.3f\n", ra, rb, rb / ra
     printf "median CPU µs/req   A %8.2f  B %8.2f  B÷A %.3f\n", ca, cb, cb / ca }'
