@@ -11,12 +11,16 @@
 #
 # Environment: DURATION (s, default 10), ROUNDS (3), CONNECTIONS (32), WARMUP (s, default 2;
 # 0 skips the warm-up), BENCH_NOTE (a sentence added to RESULTS.md), TARGETS (space-separated
-# subset of target names, default all; `jwt-verify` selects the verification timer; a subset
+# subset of target names, default all; `jwt-verify` selects the verification timer, `authgate`
+# every authgate scenario; a subset
 # run writes bench/out/RESULTS-subset.md, not bench/RESULTS.md), RESULTS_FILE (where to write
 # the results instead), MEM_KEYS / MEM_TOKENS (memory probe sizes), UNCACHED_TOKENS (distinct
 # tokens per uncached scenario, 5000), SEARCH_CONNECTIONS (64), SEARCH_DELAY_MS (200),
 # VERIFY_BATCHES (7) / VERIFY_BATCH_MS (200) (the JWT verification timer), PROXY_THREADS (1:
-# worker threads of every proxy; a full run with 2 writes bench/RESULTS-threads2.md).
+# worker threads of every proxy; a full run with 2 writes bench/RESULTS-threads2.md),
+# AUTHGATE_BIN (the authgate binary the scenarios run, default the one built), PGO_BIN (an
+# authgate from bench/pgo.sh: adds ag-public-pgo, ag-hs256-pgo, ag-all-pgo), PIN (default 1 with
+# one worker: the proxy under test on core 0, wrk and the upstreams on core 1; 0 to not pin).
 #
 # It installs what is missing with apt (nginx-light, haproxy, wrk, redis-server, procps, curl),
 # builds the release binaries, starts on loopback only: an nginx upstream serving a small fixed
@@ -33,7 +37,7 @@ for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
         --no-build) BUILD=0 ;;
-        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -70,7 +74,7 @@ INTROSPECTION_CLIENT="authgate:bench-introspection-secret"
 REQ_PATH="/api/bench/items/?page=1"
 SEARCH_CHECK_PATH="/api/products/search/?q=yoga+mat&delay_ms=$SEARCH_DELAY_MS"
 # Whether a target (or `jwt-verify`) is part of this run.
-wanted() { [[ -z ${TARGETS:-} || " $TARGETS " == *" $1 "* ]]; }
+wanted() { [[ -z ${TARGETS:-} || " $TARGETS " == *" $1 "* || ($1 == ag-* && " $TARGETS " == *" authgate "*) ]]; }
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -90,6 +94,7 @@ need redis-cli redis-tools
 need pgrep procps
 need curl curl
 need getconf libc-bin
+need taskset util-linux
 if ((${#missing[@]})); then
     log "installing ${missing[*]} with apt"
     $SUDO apt-get update -qq
@@ -119,6 +124,12 @@ if [[ $BUILD == 1 ]]; then
     cargo build "${profile_flag[@]}" --locked --manifest-path "$ROOT/bench/pingora-stock/Cargo.toml" \
         --target-dir "$TARGET_DIR"
 fi
+# AUTHGATE_BIN: another authgate binary to run the scenarios with (bench/pgo.sh trains on it).
+AUTHGATE_BIN=${AUTHGATE_BIN:-$BIN/authgate}
+[[ -x $AUTHGATE_BIN ]] || die "$AUTHGATE_BIN is missing"
+# PGO_BIN: an authgate built by bench/pgo.sh; adds the *-pgo targets (three scenarios on it).
+PGO_BIN=${PGO_BIN:-}
+[[ -z $PGO_BIN || -x $PGO_BIN ]] || die "PGO_BIN $PGO_BIN is missing"
 for b in authgate upstream-mock pingora-plain pingora-tuned pingora-floor authgate-memory authgate-verify; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing (build first, or drop --no-build)"
 done
@@ -188,12 +199,28 @@ wait_http() {
     die "$name did not answer on 127.0.0.1:$port within 15 s"
 }
 
+# ---------------------------------------------------------------- pinning
+# With one worker per proxy, the proxy under test runs alone on core 0 and everything that
+# serves or drives it (upstream nginx, upstream-mock, redis, wrk) on core 1, so where the
+# scheduler puts each proxy next to its peers is the same for every target. Unpinned ab.sh runs
+# once carried a bias of up to ±15 % for a whole run, and placement was one suspected cause
+# (bench/ANALYSIS.md). PIN=0 turns it off; a two-worker run is not pinned.
+PIN=${PIN:-$([[ $PROXY_THREADS == 1 ]] && (($(nproc) >= 2)) && echo 1 || echo 0)}
+CORE_PROXY=() CORE_PEER=()
+if [[ $PIN == 1 ]] && ! taskset -c 0,1 true 2>/dev/null; then
+    log "cores 0 and 1 cannot both be used here (taskset): not pinning"
+    PIN=0
+fi
+if [[ $PIN == 1 ]]; then
+    CORE_PROXY=(taskset -c 0) CORE_PEER=(taskset -c 1)
+fi
+
 # ---------------------------------------------------------------- upstream nginx
 free_port UP_PORT
 # shellcheck source=bench/upstream-nginx.sh
 source "$ROOT/bench/upstream-nginx.sh"
 write_upstream_nginx_conf "$RUN/nginx-upstream" "$UP_PORT"
-nginx -p "$RUN/nginx-upstream" -c "$RUN/nginx-upstream/nginx.conf" -e "$RUN/nginx-upstream/error.log" \
+"${CORE_PEER[@]}" nginx -p "$RUN/nginx-upstream" -c "$RUN/nginx-upstream/nginx.conf" -e "$RUN/nginx-upstream/error.log" \
     >"$RUN/nginx-upstream/stdout.log" 2>&1 &
 UP_PID=$!
 PIDS+=("$UP_PID")
@@ -203,7 +230,7 @@ for p in $(pgrep -P "$UP_PID" || true); do PIDS+=("$p"); done
 
 # ---------------------------------------------------------------- upstream-mock, redis
 free_port MOCK_PORT
-RUST_LOG=warn "$BIN/upstream-mock" --listen "127.0.0.1:$MOCK_PORT" --jwt-secret "$JWT_SECRET_VALUE" \
+RUST_LOG=warn "${CORE_PEER[@]}" "$BIN/upstream-mock" --listen "127.0.0.1:$MOCK_PORT" --jwt-secret "$JWT_SECRET_VALUE" \
     --introspection-client "$INTROSPECTION_CLIENT" --keys-dir "$ROOT/upstream-mock/keys" \
     --access-ttl 7200 >"$RUN/upstream-mock.log" 2>&1 &
 MOCK_PID=$!
@@ -212,7 +239,7 @@ wait_http "upstream-mock" "$MOCK_PORT" "$MOCK_PID" "$RUN/upstream-mock.log"
 
 free_port REDIS_PORT
 mkdir -p "$RUN/redis"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+"${CORE_PEER[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
     --dir "$RUN/redis" --logfile "$RUN/redis/redis.log" &
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
@@ -310,7 +337,7 @@ http {
     }
 }
 EOF
-nginx -p "$RUN/nginx-proxy" -c "$RUN/nginx-proxy/nginx.conf" -e "$RUN/nginx-proxy/error.log" \
+"${CORE_PROXY[@]}" nginx -p "$RUN/nginx-proxy" -c "$RUN/nginx-proxy/nginx.conf" -e "$RUN/nginx-proxy/error.log" \
     >"$RUN/nginx-proxy/stdout.log" 2>&1 &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
@@ -388,7 +415,7 @@ if ! haproxy -c -q -f "$RUN/haproxy.cfg" >"$RUN/haproxy-check.log" 2>&1; then
 elif [[ $HAPROXY_JWT == 0 ]]; then
     HAPROXY_NOTE="haproxy $HAPROXY_VERSION is built without OpenSSL, so it has no jwt_verify; the HAProxy row only checks that a bearer token is present plus the stick-table limit."
 fi
-haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
+"${CORE_PROXY[@]}" haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
 HAPROXY_PID=$!
 PIDS+=("$HAPROXY_PID")
 wait_http "haproxy" "$HAPROXY_PORT" "$HAPROXY_PID" "$RUN/haproxy.log"
@@ -397,7 +424,7 @@ wait_http "haproxy" "$HAPROXY_PORT" "$HAPROXY_PID" "$RUN/haproxy.log"
 # BASE_PID.
 start_baseline() {
     free_port BASE_PORT
-    "$BIN/$1" --listen "127.0.0.1:$BASE_PORT" --upstream "127.0.0.1:$UP_PORT" --threads "$PROXY_THREADS" \
+    "${CORE_PROXY[@]}" "$BIN/$1" --listen "127.0.0.1:$BASE_PORT" --upstream "127.0.0.1:$UP_PORT" --threads "$PROXY_THREADS" \
         >"$RUN/$1.log" 2>&1 &
     BASE_PID=$!
     PIDS+=("$BASE_PID")
@@ -429,6 +456,11 @@ SCENARIOS=(
     "ag-search-uncached:g-search-uncached.yaml:warn"
     "ag-search-cached:g-search-cached.yaml:warn"
 )
+PGO_TARGETS=()
+if [[ -n $PGO_BIN ]]; then
+    PGO_TARGETS=(ag-public-pgo ag-hs256-pgo ag-all-pgo)
+    SCENARIOS+=("ag-public-pgo:a-public.yaml:warn" "ag-hs256-pgo:b-hs256.yaml:warn" "ag-all-pgo:f-all.yaml:info")
+fi
 declare -A PORT PIDOF HEADER DESC ADMIN PATHOF CONNS
 for s in "${SCENARIOS[@]}"; do
     IFS=: read -r name cfg level <<<"$s"
@@ -436,6 +468,8 @@ for s in "${SCENARIOS[@]}"; do
     free_port port
     free_port admin
     errlog=$RUN/$name.log
+    bin=$AUTHGATE_BIN
+    [[ $name == *-pgo ]] && bin=$PGO_BIN
     # The access log of the "all" scenario is written in full by the smoke run (to check it), and
     # thrown away by measuring runs (it would be hundreds of MB; /dev/null still pays formatting).
     if [[ $name == ag-all* && $SMOKE == 0 ]]; then errlog=/dev/null; fi
@@ -443,9 +477,9 @@ for s in "${SCENARIOS[@]}"; do
     ag_env=(BENCH_LISTEN="127.0.0.1:$port" BENCH_ADMIN="127.0.0.1:$admin" BENCH_UPSTREAM="127.0.0.1:$UP_PORT" BENCH_THREADS="$PROXY_THREADS"
         BENCH_MOCK="127.0.0.1:$MOCK_PORT" BENCH_REDIS="127.0.0.1:$REDIS_PORT"
         JWT_SECRET="$JWT_SECRET_VALUE" INTROSPECTION_SECRET="${INTROSPECTION_CLIENT#*:}")
-    env "${ag_env[@]}" "$BIN/authgate" check --config "$ROOT/bench/configs/$cfg" >"$RUN/$name.check.txt" 2>&1 \
+    env "${ag_env[@]}" "$bin" check --config "$ROOT/bench/configs/$cfg" >"$RUN/$name.check.txt" 2>&1 \
         || die "authgate check of bench/configs/$cfg: $(cat "$RUN/$name.check.txt")"
-    env "${ag_env[@]}" RUST_LOG="$level" "$BIN/authgate" --config "$ROOT/bench/configs/$cfg" 2>"$errlog" >/dev/null &
+    "${CORE_PROXY[@]}" env "${ag_env[@]}" RUST_LOG="$level" "$bin" --config "$ROOT/bench/configs/$cfg" 2>"$errlog" >/dev/null &
     pid=$!
     PIDS+=("$pid")
     PORT[$name]=$port
@@ -471,6 +505,8 @@ HEADER[ag-rs256]=$TOKEN_RS256
 HEADER[ag-opaque]=$TOKEN_OPAQUE
 HEADER[ag-all]=$TOKEN_HS256
 HEADER[ag-all-nolog]=$TOKEN_HS256
+HEADER[ag-hs256-pgo]=$TOKEN_HS256
+HEADER[ag-all-pgo]=$TOKEN_HS256
 # The uncached scenarios are checked (2xx, forged 401) with their first token; wrk cycles them all.
 [[ -s $TOKENS_RS256_FILE ]] && HEADER[ag-rs256-uncached]=$(head -1 "$TOKENS_RS256_FILE")
 [[ -s $TOKENS_OPAQUE_FILE ]] && HEADER[ag-opaque-uncached]=$(head -1 "$TOKENS_OPAQUE_FILE")
@@ -498,19 +534,27 @@ DESC[ag-rs256]="authgate (c) RS256 JWT (cached) + local limit"
 DESC[ag-opaque]="authgate (d) opaque token, tier-1 cache + local limit"
 DESC[ag-all]="authgate (f) JWT + local + shared limit, upstream assertion, metrics, access log"
 DESC[ag-all-nolog]="authgate (f) without the access log (RUST_LOG=warn): what the log costs"
+DESC[ag-public-pgo]="ag-public on the PGO build (bench/pgo.sh)"
+DESC[ag-hs256-pgo]="ag-hs256 on the PGO build"
+DESC[ag-all-pgo]="ag-all on the PGO build"
 DESC[ag-rs256-uncached]="authgate (c) RS256 JWT, a different token every request (cache of 1) + local limit"
 DESC[ag-opaque-uncached]="authgate (d) opaque token, a different token every request: introspection each time + local limit"
 DESC[ag-search-uncached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, no response cache (-c$SEARCH_CONNECTIONS)"
 DESC[ag-search-cached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, response cache ttl 60s (-c$SEARCH_CONNECTIONS)"
 
 ALL_TARGETS=(direct nginx haproxy-jwt pingora-plain pingora-tuned pingora-floor ag-public ag-local-limit ag-shared-limit ag-hs256 ag-hs256-assertion ag-hs256-ten-issuers ag-rs256
-    ag-opaque ag-all ag-all-nolog ag-rs256-uncached ag-opaque-uncached ag-search-uncached ag-search-cached)
+    ag-opaque ag-all ag-all-nolog ag-rs256-uncached ag-opaque-uncached ag-search-uncached ag-search-cached "${PGO_TARGETS[@]}")
 VERIFY=1
 if [[ -n ${TARGETS:-} ]]; then
     RUN_TARGETS=()
     VERIFY=0
     for t in $TARGETS; do
         if [[ $t == jwt-verify ]]; then VERIFY=1; continue; fi
+        # `authgate`: every authgate scenario on AUTHGATE_BIN (what bench/pgo.sh trains on).
+        if [[ $t == authgate ]]; then
+            for s in "${SCENARIOS[@]}"; do [[ ${s%%:*} == *-pgo ]] || RUN_TARGETS+=("${s%%:*}"); done
+            continue
+        fi
         [[ -n ${DESC[$t]:-} ]] || die "unknown target $t"
         RUN_TARGETS+=("$t")
     done
@@ -640,7 +684,7 @@ run_wrk() {
         # the cached and the uncached target the same draw.
         ag-search-*) args=(-- "r${round}n${RANDOM}${RANDOM}" "$((round + 1))" "$SEARCH_DELAY_MS") ;;
     esac
-    timeout $((dur + 30)) wrk -t"$WRK_THREADS" -c"${CONNS[$t]:-$CONNECTIONS}" -d"${dur}s" --latency "${h[@]}" \
+    timeout $((dur + 30)) "${CORE_PEER[@]}" wrk -t"$WRK_THREADS" -c"${CONNS[$t]:-$CONNECTIONS}" -d"${dur}s" --latency "${h[@]}" \
         "${script[@]}" "http://127.0.0.1:${PORT[$t]}${PATHOF[$t]:-$REQ_PATH}" "${args[@]}" >"$out" 2>&1
 }
 
@@ -832,7 +876,12 @@ for t in "${RUN_TARGETS[@]}"; do printf '%s\t%s\n' "$t" "${DESC[$t]}"; done >"$R
     echo "  figures are the median over rounds. Warm-up: ${WARMUP} s per target before round 1."
     echo "- Every proxy has $PROXY_THREADS worker thread(s) (nginx \`worker_processes $PROXY_THREADS\`, HAProxy \`nbthread $PROXY_THREADS\`,"
     echo "  pingora/authgate \`threads: $PROXY_THREADS\`). The upstream is an nginx with one worker answering a fixed"
-    echo "  ${#UP_BODY}-byte JSON body; wrk, the upstream and the proxy share the $(nproc) cores."
+    if [[ $PIN == 1 ]]; then
+        echo "  ${#UP_BODY}-byte JSON body. Pinned (PIN=1): the proxy under test on core 0; wrk, the upstream,"
+        echo "  upstream-mock and redis on core 1 (so \"direct\" has wrk and the upstream on one core)."
+    else
+        echo "  ${#UP_BODY}-byte JSON body; wrk, the upstream and the proxy share the $(nproc) cores (not pinned)."
+    fi
     echo "- CPU µs/req: utime+stime of the proxy process (all threads; nginx: master + worker) from"
     echo "  \`/proc/<pid>/stat\` over the wrk run, divided by the requests wrk counted (CLK_TCK $CLK_TCK)."
     echo "- authgate logs at RUST_LOG=warn in (a)-(e), info in (f) (access log on, written to"
@@ -908,11 +957,16 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
         v=$(verdict "$3" "$2" "$5")
         echo "| $1 | ${2:-n/a} | $4 | $v |"
     }
-    row "authgate public CPU/req ÷ pingora-plain CPU/req" "$(ratio "${M_CPU[ag-public]:-}" "${M_CPU[pingora-plain]:-}")" max "≤ 0.85" 0.85
-    row "authgate HS256+local limit+metrics CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-hs256]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.0" 1.0
-    row "authgate HS256+local limit+metrics req/s ÷ HAProxy-jwt req/s" "$(ratio "${M_RPS[ag-hs256]:-}" "${M_RPS[haproxy-jwt]:-}")" min "≥ 1.0" 1.0
-    row "authgate HS256+local limit+metrics p99 ÷ HAProxy-jwt p99" "$(ratio "${M_P99[ag-hs256]:-}" "${M_P99[haproxy-jwt]:-}")" max "≤ 1.0" 1.0
-    row "authgate everything on (f) CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-all]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.3" 1.3
+    # headline_rows LABEL_PREFIX TARGET_SUFFIX: the five headline budgets, for one build.
+    headline_rows() {
+        local p=$1 x=$2
+        row "${p}authgate public CPU/req ÷ pingora-plain CPU/req" "$(ratio "${M_CPU[ag-public$x]:-}" "${M_CPU[pingora-plain]:-}")" max "≤ 0.85" 0.85
+        row "${p}authgate HS256+local limit+metrics CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-hs256$x]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.0" 1.0
+        row "${p}authgate HS256+local limit+metrics req/s ÷ HAProxy-jwt req/s" "$(ratio "${M_RPS[ag-hs256$x]:-}" "${M_RPS[haproxy-jwt]:-}")" min "≥ 1.0" 1.0
+        row "${p}authgate HS256+local limit+metrics p99 ÷ HAProxy-jwt p99" "$(ratio "${M_P99[ag-hs256$x]:-}" "${M_P99[haproxy-jwt]:-}")" max "≤ 1.0" 1.0
+        row "${p}authgate everything on (f) CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-all$x]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.3" 1.3
+    }
+    headline_rows "" ""
     row "cached RS256 CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-rs256]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10
     row "cached opaque CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-opaque]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10
     row "HS256 with upstream assertions CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-hs256-assertion]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.05" 1.05
@@ -926,6 +980,21 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
     row "shared limit: Redis script calls per request (issue 22)" \
         "$(awk -v v="${M_RSCR[ag-shared-limit]:-}" 'BEGIN { if (v != "") printf "%.4f", v }')" max "≤ 0.10" 0.10
     echo
+    if ((${#PGO_TARGETS[@]})); then
+        echo "The same budgets with authgate built by \`bench/pgo.sh\` (profile-guided, trained on these"
+        echo "scenarios; the anchors are not PGO builds, the rows above are the plain release build):"
+        echo
+        echo "| budget | measured | limit | verdict |"
+        echo "|---|---:|---:|---|"
+        headline_rows "PGO: " -pgo
+        echo
+        echo "| PGO build ÷ plain build, CPU/req | value |"
+        echo "|---|---:|"
+        for t in ag-public ag-hs256 ag-all; do
+            echo "| $t | $(ratio "${M_CPU[$t-pgo]:-}" "${M_CPU[$t]:-}") |"
+        done
+        echo
+    fi
     echo "Context (no budget):"
     echo
     echo "| ratio | value |"
