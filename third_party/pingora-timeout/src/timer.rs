@@ -56,7 +56,11 @@ impl From<u128> for Time {
 
 impl From<Duration> for Time {
     fn from(d: Duration) -> Self {
-        Time(round_to(d.as_millis(), RESOLUTION_MS as u128))
+        // Whole milliseconds rounded up, not truncated: the clock thread fires a slot once its
+        // truncated clock reaches it, so a truncated deadline on a slot boundary (1010.4 ms ->
+        // 1010) could fire up to 1 ms before the duration asked for.
+        let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+        Time(round_to(ms, RESOLUTION_MS as u128))
     }
 }
 
@@ -268,6 +272,29 @@ mod tests {
         assert!(!t.not_after(129));
         assert!(t.not_after(130));
         assert!(t.not_after(131));
+    }
+
+    #[test]
+    fn test_time_from_duration_never_early() {
+        // A deadline just past a slot boundary belongs to the next slot.
+        let t: Time = Duration::from_micros(1_010_400).into();
+        assert_eq!(t, Time(1020));
+        assert!(!t.not_after(1010));
+        // Whole milliseconds are unchanged.
+        let t: Time = Duration::from_millis(1010).into();
+        assert_eq!(t, Time(1010));
+        let t: Time = Duration::from_nanos(1_009_000_001).into();
+        assert_eq!(t, Time(1010));
+        // The clock thread fires a slot when its truncated clock reaches it: never before the
+        // deadline, for any deadline within a few slots.
+        for us in 1..50_000u64 {
+            let deadline = Duration::from_micros(us);
+            let Time(slot) = deadline.into();
+            assert!(
+                Duration::from_millis(slot as u64) >= deadline,
+                "{us} us -> {slot} ms"
+            );
+        }
     }
 
     #[tokio::test]
