@@ -11,14 +11,15 @@
 # (bench/ANALYSIS.md); PGO lays hot code out together and cold code (errors, reloads) apart.
 #
 # How: both builds use their own target dir and an explicit --target, so RUSTFLAGS reach the
-# crates of the binary and not build scripts or proc macros. Training runs bench/run.sh --no-build
-# with AUTHGATE_BIN set to the instrumented binary and TARGETS=authgate (every authgate scenario:
-# public, local and shared limits, HS256 (plain, assertion, ten issuers), RS256, opaque,
-# everything on, the uncached paths and the search mix), a few seconds each (PGO_SECONDS).
-# The release binaries bench/run.sh needs besides authgate (upstream-mock, the anchors, the
-# probes) must already be built (bench/run.sh builds them). llvm-profdata comes from rustup's
-# llvm-tools component, which matches the toolchain's LLVM (Debian's llvm is older: its
-# llvm-profdata cannot read this rustc's profiles).
+# crates of the binary and not build scripts or proc macros. Training is bench/pgo-train.sh:
+# every configuration in bench/configs (public, local and shared limits, HS256 plain, with
+# assertions and with ten issuers, RS256, opaque, everything on with and without the access
+# log, the uncached paths and the search cache) behind upstream-mock, a few seconds each
+# (PGO_SECONDS), and the rejections of bad tokens. It needs the release upstream-mock (built
+# here when missing), wrk, redis-server and curl, not the benchmark's anchors; bench/run.sh
+# measures the result against nginx, which training never saw. llvm-profdata comes from
+# rustup's llvm-tools component, which matches the toolchain's LLVM (Debian's llvm is older:
+# its llvm-profdata cannot read this rustc's profiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,7 +27,7 @@ GEN=1
 for arg in "$@"; do
     case "$arg" in
         --no-gen) GEN=0 ;;
-        -h | --help) sed -n 2,20p "$0"; exit 0 ;;
+        -h | --help) sed -n 2,21p "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -54,13 +55,13 @@ if [[ $GEN == 1 ]]; then
     mkdir -p "$WORK/raw"
     RUSTFLAGS="-Cprofile-generate=$WORK/raw" cargo build --release --locked -p authgate \
         --target "$TRIPLE" --target-dir "$GEN_DIR" >&2
-    log "training on the bench scenarios, $PGO_SECONDS s each"
-    # %m: one file per binary, merged in place by every process that runs it.
-    LLVM_PROFILE_FILE="$WORK/raw/authgate-%m.profraw" \
-        AUTHGATE_BIN="$GEN_DIR/$TRIPLE/release/authgate" \
-        TARGETS=authgate \
-        DURATION=$PGO_SECONDS ROUNDS=1 WARMUP=0 UNCACHED_TOKENS=1000 RESULTS_FILE="$WORK/RESULTS-training.md" \
-        bench/run.sh --no-build >&2 || die "training run (bench/run.sh)"
+    if [[ ! -x $TARGET_DIR/release/upstream-mock ]]; then
+        log "building the release upstream-mock (the trainer's upstream and IdP)"
+        cargo build --release --locked -p upstream-mock >&2
+    fi
+    log "training, $PGO_SECONDS s per configuration"
+    MOCK_BIN=$TARGET_DIR/release/upstream-mock PGO_SECONDS=$PGO_SECONDS \
+        bench/pgo-train.sh "$GEN_DIR/$TRIPLE/release/authgate" "$WORK/raw" >&2 || die "training (bench/pgo-train.sh)"
 fi
 compgen -G "$WORK/raw/*.profraw" >/dev/null || die "no profile in $WORK/raw (did the instrumented processes exit cleanly?)"
 "$PROFDATA" merge -o "$WORK/authgate.profdata" "$WORK"/raw/*.profraw >&2
