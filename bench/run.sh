@@ -19,7 +19,7 @@
 # VERIFY_BATCHES (7) / VERIFY_BATCH_MS (200) (the JWT verification timer), PROXY_THREADS (1:
 # worker threads of every proxy; a full run with 2 writes bench/RESULTS-threads2.md),
 # AUTHGATE_BIN (the authgate binary the scenarios run, default the one built), PGO_BIN (an
-# authgate from bench/pgo.sh: adds ag-public-pgo, ag-hs256-pgo, ag-all-pgo), PIN (default 1 with
+# authgate from bench/pgo.sh: adds ag-{public,hs256,rs256,opaque,all}-pgo), PIN (default 1 with
 # one worker: the proxy under test on core 0, wrk and the upstreams on core 1; 0 to not pin).
 #
 # It installs what is missing with apt (nginx-light, haproxy, wrk, redis-server, procps, curl),
@@ -124,10 +124,10 @@ if [[ $BUILD == 1 ]]; then
     cargo build "${profile_flag[@]}" --locked --manifest-path "$ROOT/bench/pingora-stock/Cargo.toml" \
         --target-dir "$TARGET_DIR"
 fi
-# AUTHGATE_BIN: another authgate binary to run the scenarios with (bench/pgo.sh trains on it).
+# AUTHGATE_BIN: another authgate binary to run the scenarios with.
 AUTHGATE_BIN=${AUTHGATE_BIN:-$BIN/authgate}
 [[ -x $AUTHGATE_BIN ]] || die "$AUTHGATE_BIN is missing"
-# PGO_BIN: an authgate built by bench/pgo.sh; adds the *-pgo targets (three scenarios on it).
+# PGO_BIN: an authgate built by bench/pgo.sh; adds the *-pgo targets (five scenarios on it).
 PGO_BIN=${PGO_BIN:-}
 [[ -z $PGO_BIN || -x $PGO_BIN ]] || die "PGO_BIN $PGO_BIN is missing"
 for b in authgate upstream-mock pingora-plain pingora-tuned pingora-floor authgate-memory authgate-verify; do
@@ -458,8 +458,9 @@ SCENARIOS=(
 )
 PGO_TARGETS=()
 if [[ -n $PGO_BIN ]]; then
-    PGO_TARGETS=(ag-public-pgo ag-hs256-pgo ag-all-pgo)
-    SCENARIOS+=("ag-public-pgo:a-public.yaml:warn" "ag-hs256-pgo:b-hs256.yaml:warn" "ag-all-pgo:f-all.yaml:info")
+    PGO_TARGETS=(ag-public-pgo ag-hs256-pgo ag-rs256-pgo ag-opaque-pgo ag-all-pgo)
+    SCENARIOS+=("ag-public-pgo:a-public.yaml:warn" "ag-hs256-pgo:b-hs256.yaml:warn" "ag-rs256-pgo:c-rs256.yaml:warn"
+        "ag-opaque-pgo:d-opaque.yaml:warn" "ag-all-pgo:f-all.yaml:info")
 fi
 declare -A PORT PIDOF HEADER DESC ADMIN PATHOF CONNS
 for s in "${SCENARIOS[@]}"; do
@@ -507,6 +508,8 @@ HEADER[ag-all]=$TOKEN_HS256
 HEADER[ag-all-nolog]=$TOKEN_HS256
 HEADER[ag-hs256-pgo]=$TOKEN_HS256
 HEADER[ag-all-pgo]=$TOKEN_HS256
+HEADER[ag-rs256-pgo]=$TOKEN_RS256
+HEADER[ag-opaque-pgo]=$TOKEN_OPAQUE
 # The uncached scenarios are checked (2xx, forged 401) with their first token; wrk cycles them all.
 [[ -s $TOKENS_RS256_FILE ]] && HEADER[ag-rs256-uncached]=$(head -1 "$TOKENS_RS256_FILE")
 [[ -s $TOKENS_OPAQUE_FILE ]] && HEADER[ag-opaque-uncached]=$(head -1 "$TOKENS_OPAQUE_FILE")
@@ -537,6 +540,8 @@ DESC[ag-all-nolog]="authgate (f) without the access log (RUST_LOG=warn): what th
 DESC[ag-public-pgo]="ag-public on the PGO build (bench/pgo.sh)"
 DESC[ag-hs256-pgo]="ag-hs256 on the PGO build"
 DESC[ag-all-pgo]="ag-all on the PGO build"
+DESC[ag-rs256-pgo]="ag-rs256 on the PGO build"
+DESC[ag-opaque-pgo]="ag-opaque on the PGO build"
 DESC[ag-rs256-uncached]="authgate (c) RS256 JWT, a different token every request (cache of 1) + local limit"
 DESC[ag-opaque-uncached]="authgate (d) opaque token, a different token every request: introspection each time + local limit"
 DESC[ag-search-uncached]="authgate (g) search mix, upstream-mock at ${SEARCH_DELAY_MS} ms, no response cache (-c$SEARCH_CONNECTIONS)"
@@ -550,7 +555,7 @@ if [[ -n ${TARGETS:-} ]]; then
     VERIFY=0
     for t in $TARGETS; do
         if [[ $t == jwt-verify ]]; then VERIFY=1; continue; fi
-        # `authgate`: every authgate scenario on AUTHGATE_BIN (what bench/pgo.sh trains on).
+        # `authgate`: every authgate scenario on AUTHGATE_BIN.
         if [[ $t == authgate ]]; then
             for s in "${SCENARIOS[@]}"; do [[ ${s%%:*} == *-pgo ]] || RUN_TARGETS+=("${s%%:*}"); done
             continue
@@ -772,9 +777,17 @@ if [[ $WARMUP -gt 0 ]]; then
     for t in "${RUN_TARGETS[@]}"; do run_wrk "$t" 0 "$WARMUP" "$RUN/warmup-$t.txt" || die "warm-up of $t"; done
 fi
 
+# Odd rounds run the targets in the table's order, even rounds in reverse: the pairs a budget
+# compares sit minutes apart in a round, and a drift of the host over a round then weighs on
+# both sides alike.
 for round in $(seq 1 "$ROUNDS"); do
     log "round $round of $ROUNDS"
-    for t in "${RUN_TARGETS[@]}"; do measure "$t" "$round"; done
+    order=("${RUN_TARGETS[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((i = ${#RUN_TARGETS[@]} - 1; i >= 0; i--)); do order+=("${RUN_TARGETS[i]}"); done
+    fi
+    for t in "${order[@]}"; do measure "$t" "$round"; done
 done
 
 # The access log of the "all" scenario must have been written when it was kept.
@@ -872,8 +885,10 @@ for t in "${RUN_TARGETS[@]}"; do printf '%s\t%s\n' "$t" "${DESC[$t]}"; done >"$R
     echo "  except: the uncached token targets, \`-s bench/wrk/tokens.lua\` cycling $UNCACHED_TOKENS distinct tokens;"
     echo "  the search targets (g), \`-c$SEARCH_CONNECTIONS -s bench/wrk/search.lua\` against upstream-mock's"
     echo "  \`/api/products/search/\` held ${SEARCH_DELAY_MS} ms."
-    echo "- $ROUNDS round(s), interleaved: each round runs every target once, in the order of the table;"
-    echo "  figures are the median over rounds. Warm-up: ${WARMUP} s per target before round 1."
+    echo "- $ROUNDS round(s), interleaved: each round runs every target once, odd rounds in the order of the"
+    echo "  table, even rounds in reverse; figures are the median over rounds. Warm-up: ${WARMUP} s per target"
+    echo "  before round 1. A budget's \"measured\" is the ratio of the two medians (its verdict); \"per-round"
+    echo "  median\" is the median of the ratios within each round, a check that pairs each round with itself."
     echo "- Every proxy has $PROXY_THREADS worker thread(s) (nginx \`worker_processes $PROXY_THREADS\`, HAProxy \`nbthread $PROXY_THREADS\`,"
     echo "  pingora/authgate \`threads: $PROXY_THREADS\`). The upstream is an nginx with one worker answering a fixed"
     if [[ $PIN == 1 ]]; then
@@ -946,31 +961,54 @@ verdict() {
     }'
 }
 ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print ""; else printf "%.3f", a / b }'; }
+# paired COLUMN A B: the median over rounds of A's value ÷ B's in the same round (COLUMN of raw.tsv:
+# rps, p99_ms or cpu_us), a check on the ratio of medians that pairs each round with itself.
+paired() {
+    awk -F'\t' -v col="$1" -v a="$2" -v b="$3" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
+        $1 == a { va[$2] = $c } $1 == b { vb[$2] = $c }
+        END {
+            n = 0
+            for (r in va) if ((r in vb) && vb[r] + 0 > 0) x[++n] = va[r] / vb[r]
+            if (n == 0) exit
+            for (i = 2; i <= n; i++) { v = x[i]; for (j = i - 1; j >= 1 && x[j] > v; j--) x[j + 1] = x[j]; x[j + 1] = v }
+            printf "%.3f", (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
+        }' "$RAW"
+}
 
 {
     echo "## Ratios against the budgets of issue 23 (same run)"
     echo
-    echo "| budget | measured | limit | verdict |"
-    echo "|---|---:|---:|---|"
-    row() { # label measured kind limit-text limit
+    echo "| budget | measured | limit | verdict | per-round median |"
+    echo "|---|---:|---:|---|---:|"
+    row() { # label measured kind limit-text limit [per-round median]
         local v
         v=$(verdict "$3" "$2" "$5")
-        echo "| $1 | ${2:-n/a} | $4 | $v |"
+        echo "| $1 | ${2:-n/a} | $4 | $v | ${6:-} |"
     }
     # headline_rows LABEL_PREFIX TARGET_SUFFIX: the five headline budgets, for one build.
     headline_rows() {
         local p=$1 x=$2
-        row "${p}authgate public CPU/req ÷ pingora-plain CPU/req" "$(ratio "${M_CPU[ag-public$x]:-}" "${M_CPU[pingora-plain]:-}")" max "≤ 0.85" 0.85
-        row "${p}authgate HS256+local limit+metrics CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-hs256$x]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.0" 1.0
-        row "${p}authgate HS256+local limit+metrics req/s ÷ HAProxy-jwt req/s" "$(ratio "${M_RPS[ag-hs256$x]:-}" "${M_RPS[haproxy-jwt]:-}")" min "≥ 1.0" 1.0
-        row "${p}authgate HS256+local limit+metrics p99 ÷ HAProxy-jwt p99" "$(ratio "${M_P99[ag-hs256$x]:-}" "${M_P99[haproxy-jwt]:-}")" max "≤ 1.0" 1.0
-        row "${p}authgate everything on (f) CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-all$x]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.3" 1.3
+        row "${p}authgate public CPU/req ÷ pingora-plain CPU/req" "$(ratio "${M_CPU[ag-public$x]:-}" "${M_CPU[pingora-plain]:-}")" max "≤ 0.85" 0.85 \
+            "$(paired cpu_us "ag-public$x" pingora-plain)"
+        row "${p}authgate HS256+local limit+metrics CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-hs256$x]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.0" 1.0 \
+            "$(paired cpu_us "ag-hs256$x" haproxy-jwt)"
+        row "${p}authgate HS256+local limit+metrics req/s ÷ HAProxy-jwt req/s" "$(ratio "${M_RPS[ag-hs256$x]:-}" "${M_RPS[haproxy-jwt]:-}")" min "≥ 1.0" 1.0 \
+            "$(paired rps "ag-hs256$x" haproxy-jwt)"
+        row "${p}authgate HS256+local limit+metrics p99 ÷ HAProxy-jwt p99" "$(ratio "${M_P99[ag-hs256$x]:-}" "${M_P99[haproxy-jwt]:-}")" max "≤ 1.0" 1.0 \
+            "$(paired p99_ms "ag-hs256$x" haproxy-jwt)"
+        row "${p}authgate everything on (f) CPU/req ÷ HAProxy-jwt CPU/req" "$(ratio "${M_CPU[ag-all$x]:-}" "${M_CPU[haproxy-jwt]:-}")" max "≤ 1.3" 1.3 \
+            "$(paired cpu_us "ag-all$x" haproxy-jwt)"
     }
     headline_rows "" ""
-    row "cached RS256 CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-rs256]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10
-    row "cached opaque CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-opaque]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10
-    row "HS256 with upstream assertions CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-hs256-assertion]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.05" 1.05
-    row "ten issuers on a route CPU/req ÷ one issuer CPU/req" "$(ratio "${M_CPU[ag-hs256-ten-issuers]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.05" 1.05
+    row "cached RS256 CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-rs256]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10 \
+        "$(paired cpu_us ag-rs256 ag-hs256)"
+    row "cached opaque CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-opaque]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.10" 1.10 \
+        "$(paired cpu_us ag-opaque ag-hs256)"
+    row "HS256 with upstream assertions CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-hs256-assertion]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.05" 1.05 \
+        "$(paired cpu_us ag-hs256-assertion ag-hs256)"
+    row "ten issuers on a route CPU/req ÷ one issuer CPU/req" "$(ratio "${M_CPU[ag-hs256-ten-issuers]:-}" "${M_CPU[ag-hs256]:-}")" max "≤ 1.05" 1.05 \
+        "$(paired cpu_us ag-hs256-ten-issuers ag-hs256)"
     row "shared limit req/s ÷ local limit req/s" "$(ratio "${M_RPS[ag-shared-limit]:-}" "${M_RPS[ag-local-limit]:-}")" min "≥ 0.50" 0.50
     # Two decimals: wrk does not count the up to $CONNECTIONS requests in flight when it stops.
     row "shared limit: Redis requests per request (EVAL/EVALSHA; each is one round trip)" \
@@ -981,16 +1019,21 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
         "$(awk -v v="${M_RSCR[ag-shared-limit]:-}" 'BEGIN { if (v != "") printf "%.4f", v }')" max "≤ 0.10" 0.10
     echo
     if ((${#PGO_TARGETS[@]})); then
-        echo "The same budgets with authgate built by \`bench/pgo.sh\` (profile-guided, trained on these"
-        echo "scenarios; the anchors are not PGO builds, the rows above are the plain release build):"
+        echo "The same budgets with authgate built by \`bench/pgo.sh\` (profile-guided, trained by"
+        echo "\`bench/pgo-train.sh\` behind upstream-mock, not on these runs; the anchors are not PGO builds,"
+        echo "the rows above are the plain release build):"
         echo
-        echo "| budget | measured | limit | verdict |"
-        echo "|---|---:|---:|---|"
+        echo "| budget | measured | limit | verdict | per-round median |"
+        echo "|---|---:|---:|---|---:|"
         headline_rows "PGO: " -pgo
+        row "PGO: cached RS256 CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-rs256-pgo]:-}" "${M_CPU[ag-hs256-pgo]:-}")" max "≤ 1.10" 1.10 \
+            "$(paired cpu_us ag-rs256-pgo ag-hs256-pgo)"
+        row "PGO: cached opaque CPU/req ÷ HS256 CPU/req" "$(ratio "${M_CPU[ag-opaque-pgo]:-}" "${M_CPU[ag-hs256-pgo]:-}")" max "≤ 1.10" 1.10 \
+            "$(paired cpu_us ag-opaque-pgo ag-hs256-pgo)"
         echo
         echo "| PGO build ÷ plain build, CPU/req | value |"
         echo "|---|---:|"
-        for t in ag-public ag-hs256 ag-all; do
+        for t in ag-public ag-hs256 ag-rs256 ag-opaque ag-all; do
             echo "| $t | $(ratio "${M_CPU[$t-pgo]:-}" "${M_CPU[$t]:-}") |"
         done
         echo
