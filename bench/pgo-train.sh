@@ -3,24 +3,28 @@
 #
 #   bench/pgo-train.sh AUTHGATE_BIN PROFILE_DIR
 #
-# needs only upstream-mock (MOCK_BIN, default target/release/upstream-mock), wrk, redis-server,
-# redis-cli and curl, so it also runs where bench/run.sh's nginx, HAProxy and stock-pingora
-# builds are not at hand (a container's build stage, say).
+# needs only upstream-mock (MOCK_BIN, default target/release/upstream-mock), nginx, wrk,
+# redis-server, redis-cli and curl (Debian packages), not bench/run.sh's HAProxy and stock-pingora
+# builds, so it also runs where only the workspace is built (a container's build stage, say).
 #
-# upstream-mock is both the upstream and the IdP (JWKS keys, RFC 7662 introspection). Every
-# configuration in bench/configs runs for PGO_SECONDS (3 s) under wrk, with its token (HS256,
-# RS256, opaque, or UNCACHED_TOKENS (300) distinct RS256 and opaque tokens for the uncached
-# ones), followed by REJECT_SECONDS (1 s) each of the rejections an edge sees (no token, a forged token,
-# an expired one, a token for another issuer). The rejections are trained on purpose: code that
-# never runs in training is optimised for size, and a flood of bad tokens must not find authgate
-# on its slow path. Each authgate is stopped with SIGTERM and waited for, which is when it
-# writes its profile (LLVM_PROFILE_FILE=PROFILE_DIR/authgate-%m.profraw).
+# upstream-mock is the IdP (JWKS keys, RFC 7662 introspection) and one of two upstreams; the
+# other is an nginx of the trainer's own. They answer in the two shapes backends use: hyper's
+# lowercase field names, and nginx's (and gunicorn's) capitalised ones with `Connection:
+# keep-alive`. Code for a shape never trained is laid out as cold (TRAIN_UPSTREAMS, default
+# "nginx mock", picks them). Every configuration in bench/configs runs for PGO_SECONDS (3 s) per
+# upstream under wrk, with its token (HS256, RS256, opaque, or UNCACHED_TOKENS (300) distinct
+# RS256 and opaque tokens for the uncached ones). Behind auth, REJECT_SECONDS (1 s) each of the
+# rejections an edge sees follow, once (they never reach an upstream): no token, a forged
+# token, an expired one, and one that is not a JWT. They are trained on purpose: code that
+# never runs in training is optimised for size, and a flood of bad tokens must not find
+# authgate on its slowest path. Each authgate is stopped with SIGTERM and waited for, which is
+# when it writes its profile (LLVM_PROFILE_FILE=PROFILE_DIR/authgate-%m.profraw).
 #
 # Every process it starts is stopped on exit; every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-[[ $# == 2 ]] || { sed -n 2,17p "$0" >&2; exit 2; }
+[[ $# == 2 ]] || { sed -n 2,23p "$0" >&2; exit 2; }
 AG=$1
 PROFILE_DIR=$2
 MOCK_BIN=${MOCK_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/upstream-mock}
@@ -31,8 +35,9 @@ REJECT_SECONDS=${REJECT_SECONDS:-1}
 REQUIRE_PROFILE=${REQUIRE_PROFILE:-1}
 log() { printf '[pgo-train %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
-for tool in wrk redis-server redis-cli curl; do
-    command -v "$tool" >/dev/null || die "$tool is not installed (apt: wrk redis-server redis-tools curl)"
+TRAIN_UPSTREAMS=${TRAIN_UPSTREAMS:-nginx mock}
+for tool in nginx wrk redis-server redis-cli curl; do
+    command -v "$tool" >/dev/null || die "$tool is not installed (apt: nginx-light wrk redis-server redis-tools curl)"
 done
 [[ -x $AG ]] || die "$AG is missing"
 [[ -x $MOCK_BIN ]] || die "$MOCK_BIN is missing (cargo build --release -p upstream-mock)"
@@ -91,6 +96,34 @@ RUST_LOG=warn "$MOCK_BIN" --listen "127.0.0.1:$MOCK_PORT" --jwt-secret "$JWT_SEC
 PIDS+=($!)
 wait_http upstream-mock "$MOCK_PORT" "$!" "$RUN/upstream-mock.log"
 
+free_port NGINX_PORT
+mkdir -p "$RUN/nginx/tmp"
+cat >"$RUN/nginx/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $RUN/nginx/nginx.pid;
+error_log $RUN/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $RUN/nginx/tmp;
+    proxy_temp_path $RUN/nginx/tmp;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            default_type application/json;
+            add_header Cache-Control "private, no-store";
+            return 200 '{"id":42,"username":"alice","email":"alice@example.com","groups":["staff"]}';
+        }
+    }
+}
+CONF
+nginx -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" -e "$RUN/nginx/error.log" >"$RUN/nginx/stdout.log" 2>&1 &
+PIDS+=($!)
+wait_http nginx "$NGINX_PORT" "$!" "$RUN/nginx/error.log"
+for p in $(pgrep -P "${PIDS[-1]}" || true); do PIDS+=("$p"); done
+
 free_port REDIS_PORT
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
     --dir "$RUN" --logfile "$RUN/redis.log" &
@@ -139,15 +172,28 @@ expect() {
     [[ $got == "$want" ]] || die "$url answered $got, not $want"
 }
 
-# scenario CONFIG RUST_LOG KIND: KIND says what the route is trained with.
+# scenario CONFIG RUST_LOG KIND: KIND says what the route is trained with; once per upstream.
 scenario() {
-    local cfg=$1 level=$2 kind=$3 port admin pid url
+    local up rejections=1
+    for up in $TRAIN_UPSTREAMS; do
+        case $up in
+            nginx) scenario_on "127.0.0.1:$NGINX_PORT" "$rejections" "$@" ;;
+            mock) scenario_on "127.0.0.1:$MOCK_PORT" "$rejections" "$@" ;;
+            *) die "TRAIN_UPSTREAMS: unknown upstream $up (nginx, mock)" ;;
+        esac
+        rejections=0
+    done
+}
+
+# scenario_on UPSTREAM REJECTIONS(0/1) CONFIG RUST_LOG KIND
+scenario_on() {
+    local upstream=$1 rejections=$2 cfg=$3 level=$4 kind=$5 port admin pid url
     free_port port
     free_port admin
     url="http://127.0.0.1:$port$AUTH_PATH"
     [[ $kind == public || $kind == search ]] && url="http://127.0.0.1:$port$PUBLIC_PATH"
-    log "$cfg ($kind)"
-    env BENCH_LISTEN="127.0.0.1:$port" BENCH_ADMIN="127.0.0.1:$admin" BENCH_UPSTREAM="127.0.0.1:$MOCK_PORT" \
+    log "$cfg ($kind, upstream $upstream)"
+    env BENCH_LISTEN="127.0.0.1:$port" BENCH_ADMIN="127.0.0.1:$admin" BENCH_UPSTREAM="$upstream" \
         BENCH_THREADS=1 BENCH_MOCK="127.0.0.1:$MOCK_PORT" BENCH_REDIS="127.0.0.1:$REDIS_PORT" \
         JWT_SECRET="$JWT_SECRET_VALUE" INTROSPECTION_SECRET="${INTROSPECTION_CLIENT#*:}" RUST_LOG="$level" \
         LLVM_PROFILE_FILE="$PROFILE_DIR/authgate-%m.profraw" \
@@ -178,7 +224,7 @@ scenario() {
     esac
     # The accepted traffic must have been accepted throughout (no 401, 429 or 5xx trained).
     ! grep -q 'Non-2xx' "$RUN/wrk.out" || die "$cfg: $(grep 'Non-2xx' "$RUN/wrk.out")"
-    if [[ $kind != public && $kind != search ]]; then
+    if [[ $rejections == 1 && $kind != public && $kind != search ]]; then
         local bad
         for bad in "" "$HS256_FORGED" "$HS256_EXPIRED" not-a-token; do
             expect 401 "$url" ${bad:+-H "Authorization: Bearer $bad"}
