@@ -592,6 +592,18 @@ cpu_ticks() {
     done
     echo "$total"
 }
+# stime alone: the kernel's share (loopback TCP, wake-ups of the peers), for the user/system split.
+sys_ticks() {
+    local total=0 p s f
+    for p in "$@"; do
+        [[ -r /proc/$p/stat ]] || continue
+        s=$(<"/proc/$p/stat")
+        s=${s##*) }
+        read -r -a f <<<"$s"
+        total=$((total + f[12]))
+    done
+    echo "$total"
+}
 CLK_TCK=$(getconf CLK_TCK)
 
 # One request before measuring: must be 2xx.
@@ -670,7 +682,7 @@ busy_others() {
 
 # to_ms VALUE: "512.00us" / "1.20ms" / "1.01s" -> milliseconds
 RAW=$RUN/raw.tsv
-printf 'target\tround\trps\tp50_ms\tp99_ms\tcpu_us\trequests\tnon2xx\tsock_err\tredis_cmds\tredis_scripts\tbusy\tredis_reads\tother_cores\n' >"$RAW"
+printf 'target\tround\trps\tp50_ms\tp99_ms\tcpu_us\trequests\tnon2xx\tsock_err\tredis_cmds\tredis_scripts\tbusy\tredis_reads\tother_cores\tsys_us\n' >"$RAW"
 
 run_wrk() {
     local t=$1 round=$2 dur=$3 out=$4
@@ -705,7 +717,7 @@ CACHESTATS=$RUN/cachestats.tsv
 printf 'target\tround\tseries\tdelta\trequests\n' >"$CACHESTATS"
 
 measure() {
-    local t=$1 round=$2 out pids c0 c1 r0 r1 m0 m1 o0 o1 busy
+    local t=$1 round=$2 out pids c0 c1 k0 k1 r0 r1 m0 m1 o0 o1 busy
     out=$RUN/wrk-$t-r$round.txt
     pids=$(pids_of "$t")
     busy=$(busy_others)
@@ -715,6 +727,8 @@ measure() {
     cache_counters "$t" >"$RUN/.counters0"
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $pids)
+    # shellcheck disable=SC2086
+    k0=$(sys_ticks $pids)
     # A limiter key lives only until its bucket is full again: read its size while wrk runs.
     if [[ $t == ag-shared-limit ]]; then
         (sleep 1; redis_key_bytes 'bench-e:rl:*' >"$RUN/redis-bytes-limiter-key.txt") &
@@ -722,6 +736,8 @@ measure() {
     run_wrk "$t" "$round" "$DURATION" "$out" || die "wrk against $t failed: $(tail -5 "$out")"
     # shellcheck disable=SC2086
     c1=$(cpu_ticks $pids)
+    # shellcheck disable=SC2086
+    k1=$(sys_ticks $pids)
     cache_counters "$t" >"$RUN/.counters1"
     our_ticks o1
     m1=$(machine_ticks)
@@ -730,7 +746,7 @@ measure() {
         redis-cli -p "$REDIS_PORT" info commandstats >"$RUN/redis-commandstats-after-$t-r$round.txt" 2>&1 || true
     fi
     busy=$((busy + $(busy_others)))
-    awk -v t="$t" -v round="$round" -v ticks=$((c1 - c0)) -v hz="$CLK_TCK" -v r0="$r0" -v r1="$r1" -v busy="$busy" \
+    awk -v t="$t" -v round="$round" -v ticks=$((c1 - c0)) -v kticks=$((k1 - k0)) -v hz="$CLK_TCK" -v r0="$r0" -v r1="$r1" -v busy="$busy" \
         -v other=$(((m1 - m0) - (o1 - o0))) -v dur="$DURATION" '
         function ms(v) {
             if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
@@ -751,8 +767,9 @@ measure() {
             rs = reqs > 0 ? (b[2] - a[2]) / reqs : 0
             rr = reqs > 0 ? (b[3] - a[3]) / reqs : 0
             oc = other / hz / dur
-            printf "%s\t%d\t%.0f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%.3f\t%.3f\t%d\t%.3f\t%.2f\n",
-                t, round, rps, p50, p99, cpu, reqs, non2xx + 0, serr + 0, rc, rs, busy, rr, oc
+            sys = reqs > 0 ? kticks * 1e6 / hz / reqs : 0
+            printf "%s\t%d\t%.0f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%.3f\t%.3f\t%d\t%.3f\t%.2f\t%.2f\n",
+                t, round, rps, p50, p99, cpu, reqs, non2xx + 0, serr + 0, rc, rs, busy, rr, oc, sys
         }' "$out" >>"$RAW"
     local line
     line=$(tail -1 "$RAW")
@@ -1038,6 +1055,24 @@ paired() {
         done
         echo
     fi
+    # Where the CPU goes: the proxy's own code (user) or the kernel (loopback TCP, waking the
+    # peers it writes to), medians of the per-round split.
+    echo "User and system CPU per request (µs, medians over rounds):"
+    echo
+    echo "| target | user | system | CPU |"
+    echo "|---|---:|---:|---:|"
+    awk -F'\t' '
+        function median(s,   n, a, i, j, x) {
+            n = split(s, a, " ")
+            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        NR > 1 && $1 ~ /^(haproxy-jwt|pingora-plain|pingora-floor|ag-public|ag-hs256|ag-all)(-pgo)?$/ {
+            if (!($1 in seen)) { seen[$1] = 1; order[++no] = $1 }
+            u[$1] = u[$1] " " ($6 - $15); k[$1] = k[$1] " " $15; c[$1] = c[$1] " " $6
+        }
+        END { for (i = 1; i <= no; i++) { t = order[i]; printf "| %s | %.2f | %.2f | %.2f |\n", t, median(u[t]), median(k[t]), median(c[t]) } }' "$RAW"
+    echo
     echo "Context (no budget):"
     echo
     echo "| ratio | value |"
