@@ -1037,7 +1037,7 @@ paired() {
     echo
     if ((${#PGO_TARGETS[@]})); then
         echo "The same budgets with authgate built by \`bench/pgo.sh\` (profile-guided, trained by"
-        echo "\`bench/pgo-train.sh\` behind upstream-mock, not on these runs; the anchors are not PGO builds,"
+        echo "\`bench/pgo-train.sh\` behind its own nginx and upstream-mock, not on these runs; the anchors are not PGO builds,"
         echo "the rows above are the plain release build):"
         echo
         echo "| budget | measured | limit | verdict | per-round median |"
