@@ -52,7 +52,8 @@ cleanup() {
     sleep 0.2
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$RUN"
+    # On failure the logs stay for a look (the authgate, nginx and redis logs, wrk's last report).
+    if [[ $rc == 0 ]]; then rm -rf "$RUN"; else log "logs kept in $RUN"; fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -234,7 +235,9 @@ scenario_on() {
     kill -TERM "$pid"
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && die "authgate ($cfg) did not exit within 10 s of SIGTERM"
-    wait "$pid" || die "authgate ($cfg) exited with $? (see its log)"
+    local rc=0
+    wait "$pid" || rc=$?
+    ((rc == 0)) || die "authgate ($cfg) exited with $rc (see $RUN/$cfg.log)"
 }
 
 scenario a-public.yaml warn public
