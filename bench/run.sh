@@ -76,6 +76,13 @@ SEARCH_CHECK_PATH="/api/products/search/?q=yoga+mat&delay_ms=$SEARCH_DELAY_MS"
 # Whether a target (or `jwt-verify`) is part of this run.
 wanted() { [[ -z ${TARGETS:-} || " $TARGETS " == *" $1 "* || ($1 == ag-* && " $TARGETS " == *" authgate "*) ]]; }
 
+# median(S): the median of the space-separated numbers in S, for the awk programs below.
+AWK_MEDIAN='
+    function median(s,   n, a, i, j, x) {
+        n = split(s, a, " ")
+        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }'
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
 
@@ -924,12 +931,7 @@ for t in "${RUN_TARGETS[@]}"; do printf '%s\t%s\n' "$t" "${DESC[$t]}"; done >"$R
     echo
     echo "| target | what | req/s | p50 ms | p99 ms | CPU µs/req |"
     echo "|---|---|---:|---:|---:|---:|"
-    awk -F'\t' '
-        function median(s,   n, a, i, j, x) {
-            n = split(s, a, " ")
-            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
+    awk -F'\t' "$AWK_MEDIAN"'
         FNR == NR { desc[$1] = $2; order[++no] = $1; next }
         FNR > 1 { rps[$1] = rps[$1] " " $3; p50[$1] = p50[$1] " " $4; p99[$1] = p99[$1] " " $5; cpu[$1] = cpu[$1] " " $6 }
         END {
@@ -951,12 +953,7 @@ while IFS=$'\t' read -r t rps cpu rc rs rr p50 p99; do
     M_RRD[$t]=$rr
     M_P50[$t]=$p50
     M_P99[$t]=$p99
-done < <(awk -F'\t' '
-    function median(s,   n, a, i, j, x) {
-        n = split(s, a, " ")
-        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
-        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+done < <(awk -F'\t' "$AWK_MEDIAN"'
     NR > 1 { if (!($1 in seen)) { seen[$1] = 1; order[++no] = $1 }
              rps[$1] = rps[$1] " " $3; cpu[$1] = cpu[$1] " " $6; rc[$1] = rc[$1] " " $10; rs[$1] = rs[$1] " " $11; rr[$1] = rr[$1] " " $13
              p50[$1] = p50[$1] " " $4; p99[$1] = p99[$1] " " $5 }
@@ -981,15 +978,12 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b +
 # paired COLUMN A B: the median over rounds of A's value ÷ B's in the same round (COLUMN of raw.tsv:
 # rps, p99_ms or cpu_us), a check on the ratio of medians that pairs each round with itself.
 paired() {
-    awk -F'\t' -v col="$1" -v a="$2" -v b="$3" '
+    awk -F'\t' -v col="$1" -v a="$2" -v b="$3" "$AWK_MEDIAN"'
         NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
         $1 == a { va[$2] = $c } $1 == b { vb[$2] = $c }
         END {
-            n = 0
-            for (r in va) if ((r in vb) && vb[r] + 0 > 0) x[++n] = va[r] / vb[r]
-            if (n == 0) exit
-            for (i = 2; i <= n; i++) { v = x[i]; for (j = i - 1; j >= 1 && x[j] > v; j--) x[j + 1] = x[j]; x[j + 1] = v }
-            printf "%.3f", (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
+            for (r in va) if ((r in vb) && vb[r] + 0 > 0) x = x " " va[r] / vb[r]
+            if (x != "") printf "%.3f", median(x)
         }' "$RAW"
 }
 
@@ -1061,12 +1055,7 @@ paired() {
     echo
     echo "| target | user | system | CPU |"
     echo "|---|---:|---:|---:|"
-    awk -F'\t' '
-        function median(s,   n, a, i, j, x) {
-            n = split(s, a, " ")
-            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
+    awk -F'\t' "$AWK_MEDIAN"'
         NR > 1 && $1 ~ /^(haproxy-jwt|pingora-plain|pingora-floor|ag-public|ag-hs256|ag-all)(-pgo)?$/ {
             if (!($1 in seen)) { seen[$1] = 1; order[++no] = $1 }
             u[$1] = u[$1] " " ($6 - $15); k[$1] = k[$1] " " $15; c[$1] = c[$1] " " $6
@@ -1210,12 +1199,7 @@ paired() {
         echo
         # Mean latency from Little's law (closed loop: every connection always has one request out).
         mean_ms() {
-            awk -F'\t' -v t="$1" -v c="$SEARCH_CONNECTIONS" -v d="$DURATION" '
-                function median(s,   n, a, i, j, x) {
-                    n = split(s, a, " ")
-                    for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
-                    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-                }
+            awk -F'\t' -v t="$1" -v c="$SEARCH_CONNECTIONS" -v d="$DURATION" "$AWK_MEDIAN"'
                 NR > 1 && $1 == t && $7 > 0 { v = v " " c * d * 1000 / $7 }
                 END { if (v != "") printf "%.1f", median(v) }' "$RAW"
         }
