@@ -32,7 +32,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 WARM=${WARM:-2} # s of wrk before a process's first measured round (not counted)
 CONNECTIONS=${CONNECTIONS:-32}
-REQ_PATH=/api/bench/items/?page=1
+REQ_PATH="/api/bench/items/?page=1"
 FRESH=${FRESH:-1}
 PIN=${PIN:-1}
 (($(nproc) >= 2)) && taskset -c 0,1 true 2>/dev/null || PIN=0
@@ -40,34 +40,34 @@ PIN=${PIN:-1}
 # function run with & would put a subshell between $! and the proxy whose CPU is read.
 CORE0=() CORE1=()
 [[ $PIN == 1 ]] && CORE0=(taskset -c 0) CORE1=(taskset -c 1)
-for bin in nginx wrk curl python3; do
+for bin in nginx wrk curl; do
     command -v "$bin" >/dev/null || { echo "ab.sh: $bin is missing" >&2; exit 1; }
 done
 
 OUT=$ROOT/bench/out/ab-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
+die() { echo "ab.sh: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+trap stop_pids EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # port
+# Until the request a round sends answers 200 (an authgate with JWKS keys may answer 401
+# until its keys are in); fails at once if the process exits.
+wait_200() { # port pid log
     local h=()
     [[ -n $AUTH_HEADER ]] && h=(-H "$AUTH_HEADER")
+    wait_http "port $1" "$1" "$2" "$3" 30
     for _ in $(seq 1 300); do
         [[ $(curl -s -o /dev/null -w '%{http_code}' "${h[@]}" --max-time 1 "http://127.0.0.1:$1$REQ_PATH") == 200 ]] && return 0
+        kill -0 "$2" 2>/dev/null || die "the process on port $1 exited (see $3)"
         sleep 0.1
     done
-    echo "ab.sh: no 200 from port $1 within 30 s (see $OUT)" >&2
-    exit 1
+    die "no 200 from port $1 within 30 s (see $OUT)"
 }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 CLK_TCK=$(getconf CLK_TCK)
 
-UP=$(free_port)
+free_port UP
 # shellcheck source=bench/upstream-nginx.sh
 source "$ROOT/bench/upstream-nginx.sh"
 write_upstream_nginx_conf "$OUT/nginx" "$UP"
@@ -78,13 +78,13 @@ declare -A PORT PID
 # start SIDE: a new process of that side's binary, answering 200 before it returns.
 start() {
     local side=$1 bin=${!1} admin
-    PORT[$side]=$(free_port)
-    admin=$(free_port)
+    free_port "PORT[$side]"
+    free_port admin
     BENCH_LISTEN=127.0.0.1:${PORT[$side]} BENCH_ADMIN=127.0.0.1:$admin BENCH_UPSTREAM=127.0.0.1:$UP \
         RUST_LOG=warn "${CORE0[@]}" "$bin" --config "$CONFIG" >>"$OUT/$side.log" 2>&1 &
     PID[$side]=$!
     PIDS+=($!)
-    wait_http "${PORT[$side]}"
+    wait_200 "${PORT[$side]}" "${PID[$side]}" "$OUT/$side.log"
 }
 stop() {
     kill "${PID[$1]}" 2>/dev/null || true

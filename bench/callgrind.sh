@@ -43,30 +43,22 @@ done
 
 OUT=$ROOT/bench/out/callgrind-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
-PIDS=()
+die() { echo "callgrind.sh: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    stop_pids
     [[ -f $OUT/nginx/nginx.pid ]] && kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # port
-    for _ in $(seq 1 300); do
-        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" && return 0
-        sleep 0.1
-    done
-    echo "callgrind.sh: nothing answered on port $1 within 30 s" >&2
-    exit 1
-}
-
-UP=$(free_port)
+free_port UP
 # shellcheck source=bench/upstream-nginx.sh
 source "$ROOT/bench/upstream-nginx.sh"
 write_upstream_nginx_conf "$OUT/nginx" "$UP"
 nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log" &
 PIDS+=($!)
-wait_http "$UP"
+wait_http "upstream nginx" "$UP" "$!" "$OUT/nginx/error.log" 30
 
 # measure NAME PORT PID: zero, send REQUESTS requests, dump; prints instructions per request.
 measure() {
@@ -87,21 +79,21 @@ measure() {
 }
 
 results=()
-AG=$(free_port)
-ADMIN=$(free_port)
+free_port AG
+free_port ADMIN
 BENCH_LISTEN=127.0.0.1:$AG BENCH_ADMIN=127.0.0.1:$ADMIN BENCH_UPSTREAM=127.0.0.1:$UP RUST_LOG=$AUTHGATE_LOG \
     valgrind --tool=callgrind --callgrind-out-file="$OUT/authgate.%p" \
     "$AUTHGATE" --config "$CONFIG" >"$OUT/log-authgate.txt" 2>&1 &
 PIDS+=($!)
-wait_http "$AG"
+wait_http authgate "$AG" "$!" "$OUT/log-authgate.txt" 30
 results+=("$(measure authgate "$AG" "${PIDS[1]}")")
 for base in "${ANCHOR_BINS[@]}"; do
-    port=$(free_port)
+    free_port port
     valgrind --tool=callgrind --callgrind-out-file="$OUT/$base.%p" \
         "target/release/$base" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP" --threads 1 \
         >"$OUT/log-$base.txt" 2>&1 &
     PIDS+=($!)
-    wait_http "$port"
+    wait_http "$base" "$port" "$!" "$OUT/log-$base.txt" 30
     results+=("$(measure "$base" "$port" "${PIDS[-1]}")")
 done
 

@@ -44,14 +44,12 @@ done
 mkdir -p "$PROFILE_DIR"
 RUN=$(mktemp -d)
 
-PIDS=()
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 cleanup() {
-    local rc=$? p
+    local rc=$?
     trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.2
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_pids
     # On failure the logs stay for a look (the authgate, nginx and redis logs, wrk's last report).
     if [[ $rc == 0 ]]; then rm -rf "$RUN"; else log "logs kept in $RUN"; fi
     exit "$rc"
@@ -59,29 +57,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-NEXT_PORT=$((31000 + RANDOM % 4000))
-free_port() {
-    local p
-    for _ in $(seq 1 500); do
-        p=$NEXT_PORT
-        NEXT_PORT=$((NEXT_PORT + 1))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            printf -v "$1" '%s' "$p"
-            return 0
-        fi
-    done
-    die "no free loopback port"
-}
-wait_http() {
-    local name=$1 port=$2 pid=$3 logf=$4
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$logf" >&2 || true; die "$name exited during start-up"; }
-        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "$name did not answer on 127.0.0.1:$port within 15 s"
-}
 
 JWT_SECRET_VALUE="bench-hs256-secret-0123456789abcdef"
 INTROSPECTION_CLIENT="authgate:bench-introspection-secret"

@@ -158,53 +158,17 @@ rm -rf "$RUN"
 mkdir -p "$RUN"
 log "run folder: ${RUN#"$ROOT"/}"
 
-PIDS=()
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 cleanup() {
-    local rc=$? p
+    local rc=$?
     trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 1 30); do
-        local alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_pids
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# Loopback ports below the ephemeral range, checked free, never handed out twice.
-# `free_port VAR` sets VAR (not a subshell, so the bookkeeping survives).
-NEXT_PORT=$((20000 + RANDOM % 8000))
-free_port() {
-    local p
-    for _ in $(seq 1 500); do
-        p=$NEXT_PORT
-        NEXT_PORT=$((NEXT_PORT + 1))
-        ((NEXT_PORT > 31000)) && NEXT_PORT=20000
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            printf -v "$1" '%s' "$p"
-            return 0
-        fi
-    done
-    die "no free loopback port"
-}
-
-# Waits (bounded) until an HTTP server answers anything on the port.
-wait_http() {
-    local name=$1 port=$2 pid=$3 logf=$4
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$logf" >&2 || true; die "$name exited during start-up"; }
-        if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    tail -20 "$logf" >&2 || true
-    die "$name did not answer on 127.0.0.1:$port within 15 s"
-}
 
 # ---------------------------------------------------------------- pinning
 # With one worker per proxy, the proxy under test runs alone on core 0 and everything that
