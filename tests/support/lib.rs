@@ -194,18 +194,33 @@ impl Drop for Proc {
         self.kill();
         if std::thread::panicking() {
             let out = self.output();
-            let tail: String = out
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            eprintln!("---- last lines of {} ----\n{tail}\n----", self.name);
+            eprintln!(
+                "---- last lines of {} ----\n{}\n----",
+                self.name,
+                log_tail(&out)
+            );
         }
     }
+}
+
+/// The last 40 lines of a log that are not access-log lines, then its last 5 lines: under
+/// load, access lines would push out what the process said about itself.
+fn log_tail(out: &str) -> String {
+    fn last<'a>(lines: impl DoubleEndedIterator<Item = &'a str>, n: usize) -> Vec<&'a str> {
+        let mut v: Vec<&str> = lines.rev().take(n).collect();
+        v.reverse();
+        v
+    }
+    let own = last(
+        out.lines().filter(|l| !l.contains(r#""kind":"access""#)),
+        40,
+    );
+    let end = last(out.lines(), 5);
+    format!(
+        "{}\n-- (the last 5 lines, access log included) --\n{}",
+        own.join("\n"),
+        end.join("\n")
+    )
 }
 
 /// upstream-mock on a free port.
