@@ -263,6 +263,125 @@ fn sentinel_every_use_then_a_failover_under_load() {
     );
 }
 
+/// A master that freezes instead of dying (a stopped process, a paused VM: the kernel still
+/// accepts connections, nothing answers). Each gateway must give up on it everywhere, the
+/// revocation listener included, and subscribe on the promoted replica. Whether a listener
+/// ever tries the frozen node again depends on when its follower hears of the failover; the
+/// bound on that wait is tested in `auth::revoke` against a node that never answers.
+#[test]
+fn sentinel_a_frozen_master_then_a_failover() {
+    let s = RedisSentinel::start();
+    let mock = Mock::start("m");
+    let yaml = config(&mock, &s.yaml());
+    let a = Gateway::start(&yaml, &env());
+    let b = Gateway::start(&yaml, &env());
+    for gw in [&a, &b] {
+        wait_until(
+            "both listeners to subscribe",
+            Duration::from_secs(10),
+            || gw.proc.output().contains(SUBSCRIBED),
+        );
+    }
+    assert_revocation_reaches(&a, &b, 30, "before-freeze");
+
+    s.master.proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    wait_until(
+        "the sentinels to promote the replica",
+        Duration::from_secs(20),
+        || s.master_port() == Some(s.replica.port),
+    );
+    wait_until(
+        "both gateways to write to the promoted replica",
+        Duration::from_secs(15),
+        || {
+            let before = keys_on(s.replica.port, "authgate:rl:team:*").len();
+            let stamp = format!("{}-{}", now(), before);
+            get(&a, "/echo/team/x", None, Some(&format!("fa-{stamp}"))) == 200
+                && get(&b, "/echo/team/x", None, Some(&format!("fb-{stamp}"))) == 200
+                && keys_on(s.replica.port, "authgate:rl:team:*").len() >= before + 2
+        },
+    );
+    // Each listener lost the frozen subscription, said so, and subscribed on the new master
+    // (a listener still waiting on the frozen node never would).
+    let on_new_master = format!(r#""node":"127.0.0.1:{}""#, s.replica.port);
+    for gw in [&a, &b] {
+        wait_until(
+            "the listener to subscribe on the promoted replica",
+            Duration::from_secs(15),
+            || {
+                gw.proc
+                    .output()
+                    .lines()
+                    .any(|l| l.contains(SUBSCRIBED) && l.contains(&on_new_master))
+            },
+        );
+        assert!(
+            gw.proc.output().contains(NOT_SUBSCRIBED),
+            "the gap is logged"
+        );
+    }
+    assert_revocation_reaches(&b, &a, 31, "after-freeze");
+    assert_revocation_reaches(&a, &b, 32, "after-freeze-back");
+}
+
+const SUBSCRIBED: &str = "revocation events: subscribed";
+const NOT_SUBSCRIBED: &str = "revocation events: not subscribed";
+
+/// A replica whose Redis user may not subscribe (Redis 7 gives an ACL user no channels unless
+/// told, `acl-pubsub-default resetchannels`) never hears revocation events. It must not trust
+/// its local token cache then: a token revoked through another replica is refused on its
+/// next request, found from the stored revocation.
+#[test]
+fn a_replica_that_cannot_subscribe_checks_every_identity_with_redis() {
+    let r = Redis::start_acl();
+    let pass = format!(">{ACL_PASS}");
+    acl_cli(
+        r.port,
+        &[
+            "ACL",
+            "SETUSER",
+            "nosub",
+            "on",
+            &pass,
+            "~*",
+            "+@all",
+            "resetchannels",
+        ],
+    );
+    let mock = Mock::start("m");
+    let redis_as = |user: &str| {
+        format!(
+            r#"url: "redis://127.0.0.1:{}", username: {user}, password_env: REDIS_PASSWORD"#,
+            r.port
+        )
+    };
+    let a = Gateway::start(&config(&mock, &redis_as("nosub")), &env());
+    let b = Gateway::start(&config(&mock, &redis_as(ACL_USER)), &env());
+    wait_until(
+        "a to find it may not subscribe",
+        Duration::from_secs(10),
+        || a.proc.output().contains(NOT_SUBSCRIBED),
+    );
+    wait_until("b to subscribe", Duration::from_secs(10), || {
+        b.proc.output().contains(SUBSCRIBED)
+    });
+    let t = token(40, "no-events");
+    assert_eq!(get(&a, "/echo/me", Some(&t), None), 200);
+    assert_eq!(get(&a, "/echo/me", Some(&t), None), 200);
+    let logout = client()
+        .post(b.url("/echo/logout/"))
+        .bearer_auth(&t)
+        .send()
+        .expect("logout");
+    assert_eq!(logout.status(), 200);
+    assert_eq!(
+        get(&a, "/echo/me", Some(&t), None),
+        401,
+        "refused at once, from the stored revocation (no event can reach a)"
+    );
+    assert!(!a.proc.output().contains(SUBSCRIBED), "a never subscribed");
+}
+
 #[test]
 fn cluster_every_use_across_slots_then_a_master_lost_under_load() {
     let mut cluster = RedisCluster::start();

@@ -54,6 +54,8 @@ impl Replica {
         )
         .expect("authenticator");
         state.commit(&auth.cache, config.auth.revocation_ttl);
+        // As if its event listener were subscribed (the MemoryTier delivers no events).
+        auth.revocations.subscribed(LISTENER, false);
         Replica { config, auth }
     }
 
@@ -206,6 +208,58 @@ async fn a_subject_revocation_refuses_tokens_issued_before_it_everywhere() {
     assert_eq!(
         subject(&c.bearer(&jwt(S1, 10, now_s() - 5)).await),
         Some("10")
+    );
+}
+
+/// The id the replicas here listen under.
+const LISTENER: u64 = u64::MAX;
+
+#[tokio::test]
+async fn in_a_gap_in_revocation_events_a_cached_identity_is_checked_again() {
+    let tier = tier();
+    let (a, b) = (Replica::new(S1, &tier), Replica::new(S1, &tier));
+    let t = jwt(S1, 7, now_s());
+    assert_eq!(b.bearer(&t).await.tier, Some(Tier::Miss));
+    assert_eq!(b.bearer(&t).await.tier, Some(Tier::Local));
+    // b stops hearing events; a revocation made meanwhile only reaches the shared keys.
+    b.auth.revocations.unsubscribed(LISTENER);
+    let r = token_revocation(&t);
+    assert_eq!(a.auth.revocations.revoke(r, Some(&*tier)).await, Reach::All);
+    let d = b.bearer(&t).await;
+    assert_eq!(
+        (d.denial, d.tier),
+        (Some(Denial::Revoked), Some(Tier::Miss)),
+        "not served from b's cache while b hears no events"
+    );
+    // Another token still passes in the gap, checked with the shared tier each time.
+    let other = jwt(S1, 8, now_s());
+    assert_eq!(subject(&b.bearer(&other).await), Some("8"));
+    assert_eq!(b.bearer(&other).await.tier, Some(Tier::Redis));
+}
+
+#[tokio::test]
+async fn an_identity_whose_revocation_check_went_unanswered_is_not_cached() {
+    let tier = tier();
+    let (a, b) = (Replica::new(S1, &tier), Replica::new(S1, &tier));
+    let t = jwt(S1, 7, now_s());
+    tier.set_down(true);
+    // The Redis-down rule: it passes on what a knows, but is not remembered.
+    assert_eq!(subject(&a.bearer(&t).await), Some("7"));
+    let d = a.bearer(&t).await;
+    assert_eq!((subject(&d), d.tier), (Some("7"), Some(Tier::Miss)));
+    tier.set_down(false);
+    // Revoked through b, whose event a never hears (the MemoryTier sends none).
+    assert_eq!(
+        b.auth
+            .revocations
+            .revoke(token_revocation(&t), Some(&*tier))
+            .await,
+        Reach::All
+    );
+    assert_eq!(
+        a.bearer(&t).await.denial,
+        Some(Denial::Revoked),
+        "found in the shared keys, not passed from a cache"
     );
 }
 

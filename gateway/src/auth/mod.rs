@@ -31,7 +31,7 @@ use introspect::{IntrospectionFailure, Introspector};
 use jwks::JwksStore;
 use jwt::{is_jwt_shaped, JwtFailure, JwtVerifier};
 use prometheus::IntCounter;
-use revoke::Revocations;
+use revoke::{Revocations, SharedCheck};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -1092,8 +1092,11 @@ impl Authenticator {
                 (i, Ok(p), tier)
             }
         };
+        // With a shared tier, a cached identity is trusted only while revocation events are
+        // heard; in a gap it is checked with Redis again (a refusal is always kept).
+        let trust_local = self.shared.is_none() || self.revocations.events_current();
         match self.cache.get_local_stamped(&hash) {
-            Some((Entry::Valid(p), fp)) => {
+            Some((Entry::Valid(p), fp)) if trust_local => {
                 // Made by a provider of this route, as it is configured now (keys, claims
                 // rules, API key list, JWKS key set): anything else is a miss.
                 if let Some(i) = index_of(&p).filter(|&i| self.fingerprint(i) == fp) {
@@ -1120,21 +1123,26 @@ impl Authenticator {
             self.cache.count_redis(usable.is_some());
             if let Some((i, p, fp, left)) = usable {
                 // This replica may have started after a revocation it never heard of.
-                if self.revocations.revoked_in_shared(shared, &hash, &p).await {
+                let check = self.revocations.revoked_in_shared(shared, &hash, &p).await;
+                if check == SharedCheck::Revoked {
                     return (i, Err(revoked()), Tier::Redis);
                 }
                 let p = Arc::new(p);
                 // The local copy lives no longer than the Redis entry has left.
-                self.cache
-                    .put_local_within(hash, Entry::Valid(p.clone()), fp, left);
+                if check == SharedCheck::NotRevoked {
+                    self.cache
+                        .put_local_within(hash, Entry::Valid(p.clone()), fp, left);
+                }
                 return checked(i, p, Tier::Redis);
             }
         }
         let (provider, result) = self.verify(presented, hash, candidates).await;
         match &result {
             Ok(p) => {
+                let mut check = SharedCheck::NotRevoked;
                 if let Some(shared) = self.shared.as_deref() {
-                    if self.revocations.revoked_in_shared(shared, &hash, p).await {
+                    check = self.revocations.revoked_in_shared(shared, &hash, p).await;
+                    if check == SharedCheck::Revoked {
                         return (provider, Err(revoked()), Tier::Miss);
                     }
                 }
@@ -1142,7 +1150,9 @@ impl Authenticator {
                     return (provider, Err(revoked()), Tier::Miss);
                 }
                 let fp = self.fingerprint(provider);
-                self.cache.put_local(hash, Entry::Valid(p.clone()), fp);
+                if check == SharedCheck::NotRevoked {
+                    self.cache.put_local(hash, Entry::Valid(p.clone()), fp);
+                }
                 if let Some(shared) = self.shared.as_deref() {
                     self.cache.put_shared(shared, &hash, p, &fp).await;
                 }

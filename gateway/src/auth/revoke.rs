@@ -7,7 +7,7 @@ use crate::redis_link::{RedisLink, RedisOp};
 use crate::tier::SharedTier;
 use arc_swap::ArcSwapOption;
 use moka::sync::Cache;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -78,7 +78,25 @@ pub struct Revocations {
     outbox: std::sync::Mutex<std::collections::VecDeque<Revocation>>,
     /// One flush at a time: the request that revoked and the retry task may both try.
     flushing: tokio::sync::Mutex<()>,
+    /// The event listener subscribed now (0: none). While none is, revocations made on other
+    /// replicas may be missed, so a locally cached identity is not trusted (see
+    /// [`Revocations::events_current`]).
+    listener: AtomicU64,
 }
+
+/// What the shared tier says about an identity just verified or read from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedCheck {
+    Revoked,
+    NotRevoked,
+    /// Redis did not answer. The identity may pass (the Redis-down rule: what this replica
+    /// knows is all it can enforce) but must not be cached here: a revocation stored
+    /// meanwhile would otherwise be ignored for as long as the entry lives.
+    Unknown,
+}
+
+/// Listener ids: never 0, never reused.
+static NEXT_LISTENER: AtomicU64 = AtomicU64::new(1);
 
 /// How far a revocation has reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +132,30 @@ impl Revocations {
             default_ttl_ms: std::sync::atomic::AtomicU64::new(DEFAULT_TTL.as_millis() as u64),
             outbox: std::sync::Mutex::new(std::collections::VecDeque::new()),
             flushing: tokio::sync::Mutex::new(()),
+            listener: AtomicU64::new(0),
         }
+    }
+
+    /// Whether this replica hears every revocation event now: a listener is subscribed, and
+    /// the token cache was cleared when it subscribed (anything missed before is gone).
+    pub fn events_current(&self) -> bool {
+        self.listener.load(Ordering::Acquire) != 0
+    }
+
+    /// Listener `id` subscribed. The cache is cleared first, then the flag is set: a cached
+    /// identity is never trusted on the strength of a gap.
+    pub(crate) fn subscribed(&self, id: u64, clear: bool) {
+        if clear {
+            self.clear_cache();
+        }
+        self.listener.store(id, Ordering::Release);
+    }
+
+    /// Listener `id` lost its subscription (a newer listener's, after a reload, is kept).
+    pub(crate) fn unsubscribed(&self, id: u64) {
+        let _ = self
+            .listener
+            .compare_exchange(id, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Revocations not yet confirmed by Redis.
@@ -236,16 +277,16 @@ impl Revocations {
         }
     }
 
-    /// For an identity just verified (not from a cache): whether another replica revoked it
-    /// before this one started listening. One round trip.
+    /// For an identity not from the local cache: whether another replica revoked it before
+    /// this one was listening. One round trip.
     pub async fn revoked_in_shared(
         &self,
         shared: &dyn SharedTier,
         hash: &TokenHash,
         p: &Principal,
-    ) -> bool {
+    ) -> SharedCheck {
         let Some(found) = shared.revocations(hash, p.jti.as_deref(), &p.subject).await else {
-            return false;
+            return SharedCheck::Unknown;
         };
         let (token_revoked, jti_revoked, subject_nbf) =
             (found.token, found.jti, found.subject_not_before_ms);
@@ -266,7 +307,11 @@ impl Revocations {
                 ttl_ms: self.default_ttl().as_millis() as u64,
             });
         }
-        token_revoked || jti_revoked || subject_revoked
+        if token_revoked || jti_revoked || subject_revoked {
+            SharedCheck::Revoked
+        } else {
+            SharedCheck::NotRevoked
+        }
     }
 
     pub fn subject_now(subject: &str, ttl: Duration) -> Revocation {
@@ -298,76 +343,207 @@ pub async fn retry_outbox(link: Weak<RedisLink>, revocations: Weak<Revocations>)
     }
 }
 
-/// How often the subscription is pinged, and how long a ping may take: a connection that a
-/// NAT or a failover silently dropped is noticed within about this.
+/// How often the subscription is pinged, and how long a ping, a connection or a `SUBSCRIBE`
+/// may take: a connection that a NAT or a failover silently dropped, or a node that accepts
+/// and never answers, is noticed within about this.
 const LIVENESS: Duration = Duration::from_secs(2);
+
+/// Why the listener is not subscribed (logged once per gap, never with a secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gap {
+    NoNode,
+    Connect,
+    ConnectTimedOut,
+    Subscribe,
+    SubscribeTimedOut,
+    Ended,
+    PingUnanswered,
+}
+
+impl Gap {
+    fn as_str(self) -> &'static str {
+        match self {
+            Gap::NoNode => "no node to subscribe on",
+            Gap::Connect => "cannot connect",
+            Gap::ConnectTimedOut => "connecting went unanswered",
+            Gap::Subscribe => "SUBSCRIBE failed",
+            Gap::SubscribeTimedOut => "SUBSCRIBE went unanswered",
+            Gap::Ended => "the connection closed",
+            Gap::PingUnanswered => "the subscription stopped answering",
+        }
+    }
+}
+
+/// Opens the subscription on `client`'s node, each step bounded by `within`. Unbounded, a
+/// node that accepts connections and never answers (a stopped process, a paused VM) would
+/// hold the listener for good: it would never move to the master a failover promotes, and
+/// revocations made there would never reach this replica's token cache.
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    within: Duration,
+) -> Result<redis::aio::PubSub, Gap> {
+    let mut pubsub = match tokio::time::timeout(within, client.get_async_pubsub()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(Gap::Connect),
+        Err(_) => return Err(Gap::ConnectTimedOut),
+    };
+    match tokio::time::timeout(within, pubsub.subscribe(channel)).await {
+        Ok(Ok(())) => Ok(pubsub),
+        Ok(Err(_)) => Err(Gap::Subscribe),
+        Err(_) => Err(Gap::SubscribeTimedOut),
+    }
+}
 
 /// Listens on `<prefix>events` and applies what other replicas revoke, reconnecting as
 /// needed. The subscription is pinged every [`LIVENESS`]; a ping that fails or goes
-/// unanswered ends it. After any gap the local token cache is cleared: events may have been
-/// missed.
+/// unanswered ends it. Each subscription starts by clearing the local token cache (events may
+/// have been missed before it), and while there is none the local cache is not trusted
+/// ([`Revocations::events_current`]): every identity is checked with Redis instead.
 pub async fn listen(link: Weak<RedisLink>, revocations: Weak<Revocations>) {
+    listen_every(link, revocations, LIVENESS).await
+}
+
+async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liveness: Duration) {
     use futures_util::StreamExt;
+    let id = NEXT_LISTENER.fetch_add(1, Ordering::Relaxed);
     let mut first = true;
+    // The gap being waited out, if any: logged when it starts, not on every retry.
+    let mut gap: Option<Gap> = None;
     loop {
         let Some(l) = link.upgrade() else { return };
         let channel = format!("{}events", l.prefix);
         let client = l.pubsub_client();
         drop(l);
-        let subscribed = match client {
-            Some(c) => c.get_async_pubsub().await,
-            None => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "no node to subscribe on",
-            ))),
+        let node = client
+            .as_ref()
+            .map(|c| c.get_connection_info().addr().to_string());
+        let subscribed = match &client {
+            Some(c) => subscribe(c, &channel, liveness).await,
+            None => Err(Gap::NoNode),
         };
-        match subscribed {
-            Ok(mut pubsub) => {
-                if pubsub.subscribe(&channel).await.is_ok() {
-                    if !first {
-                        if let Some(r) = revocations.upgrade() {
-                            r.clear_cache();
-                        }
-                        tracing::info!("revocation events: resubscribed; token cache cleared");
-                    }
-                    let (mut sink, mut stream) = pubsub.split();
-                    let mut ping = tokio::time::interval(LIVENESS);
-                    ping.tick().await;
-                    loop {
-                        tokio::select! {
-                            msg = stream.next() => {
-                                let Some(msg) = msg else { break };
-                                let Some(r) = revocations.upgrade() else {
-                                    return;
-                                };
-                                let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                                match serde_json::from_slice::<Revocation>(&payload) {
-                                    Ok(event) => r.apply(&event),
-                                    Err(_) => tracing::warn!("ignoring a malformed revocation event"),
-                                }
+        let ended = match subscribed {
+            Ok(pubsub) => {
+                let Some(r) = revocations.upgrade() else {
+                    return;
+                };
+                // Cleared on every subscription, the first included: what was cached before
+                // it (at start-up, or under a previous link) was not covered by events.
+                r.subscribed(id, true);
+                drop(r);
+                tracing::info!(
+                    node = node.as_deref().unwrap_or("-"),
+                    "revocation events: subscribed"
+                );
+                gap = None;
+                let (mut sink, mut stream) = pubsub.split();
+                let mut ping = tokio::time::interval(liveness);
+                ping.tick().await;
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => {
+                            let Some(msg) = msg else { break Gap::Ended };
+                            let Some(r) = revocations.upgrade() else {
+                                return;
+                            };
+                            let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                            match serde_json::from_slice::<Revocation>(&payload) {
+                                Ok(event) => r.apply(&event),
+                                Err(_) => tracing::warn!("ignoring a malformed revocation event"),
                             }
-                            _ = ping.tick() => {
-                                let alive = tokio::time::timeout(LIVENESS, sink.ping::<redis::Value>()).await;
-                                if !matches!(alive, Ok(Ok(_))) {
-                                    tracing::warn!("revocation events: the subscription stopped answering; reconnecting");
-                                    if let Some(l) = link.upgrade() {
-                                        l.count_error(RedisOp::Subscribe);
-                                    }
-                                    break;
+                        }
+                        _ = ping.tick() => {
+                            // A reload replaced the link: its own listener takes over.
+                            if link.strong_count() == 0 {
+                                if let Some(r) = revocations.upgrade() {
+                                    r.unsubscribed(id);
                                 }
+                                return;
+                            }
+                            let alive = tokio::time::timeout(liveness, sink.ping::<redis::Value>()).await;
+                            if !matches!(alive, Ok(Ok(_))) {
+                                break Gap::PingUnanswered;
                             }
                         }
                     }
                 }
             }
-            Err(_) => {
-                if let Some(l) = link.upgrade() {
-                    l.count_error(RedisOp::Subscribe);
-                }
-            }
+            Err(why) => why,
+        };
+        if let Some(r) = revocations.upgrade() {
+            r.unsubscribed(id);
         }
-        // Gone or never there: whatever arrives later, the cache is stale from here.
+        if let Some(l) = link.upgrade() {
+            l.count_error(RedisOp::Subscribe);
+        }
+        // At start-up a sentinel follower may not have found the master yet: no gap to report.
+        let starting = first && ended == Gap::NoNode;
+        if gap.is_none() && !starting {
+            tracing::warn!(
+                node = node.as_deref().unwrap_or("-"),
+                reason = ended.as_str(),
+                "revocation events: not subscribed; retrying (meanwhile identities are checked with Redis, not the local cache)"
+            );
+        }
+        gap = Some(ended);
         first = false;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(liveness / 2).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that accepts connections and never answers (what a stopped redis-server or a
+    /// paused VM looks like from here) holds each connection it accepts.
+    async fn frozen_node() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                open.push(s);
+            }
+        });
+        (addr, held)
+    }
+
+    #[tokio::test]
+    async fn subscribing_on_a_node_that_never_answers_gives_up_in_time() {
+        let (addr, held) = frozen_node().await;
+        let client = redis::Client::open(format!("redis://{addr}")).expect("url");
+        let within = Duration::from_millis(200);
+        let started = Instant::now();
+        // The outer bound only keeps a regression from hanging the test run.
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            subscribe(&client, "p:events", within),
+        )
+        .await
+        .expect("subscribe() must bound its own wait");
+        let gap = r
+            .err()
+            .expect("a node that never answers is no subscription");
+        assert!(
+            matches!(gap, Gap::ConnectTimedOut | Gap::SubscribeTimedOut),
+            "{gap:?}"
+        );
+        // Connecting and subscribing are bounded separately: at most two waits.
+        assert!(started.elapsed() < within * 3, "{:?}", started.elapsed());
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_gap_at_once() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+        let r = subscribe(&client, "p:events", Duration::from_secs(5)).await;
+        assert_eq!(r.err(), Some(Gap::Connect));
     }
 }
