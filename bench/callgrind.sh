@@ -125,8 +125,8 @@ fi
 read -r _ _ agf <<<"${results[0]}"
 echo "heaviest inclusive entries in authgate (instructions per request):"
 callgrind_annotate --inclusive=yes "$agf" 2>/dev/null | sed 's/,//g' |
-    awk -v n="$REQUESTS" '$1 ~ /^[0-9]+$/ && $0 ~ /(authgate::|pingora_|http::header|memcpy|mi_)/ {
+    awk -v n="$REQUESTS" 'shown < 30 && $1 ~ /^[0-9]+$/ && $0 ~ /(authgate::|pingora_|http::header|memcpy|mi_)/ {
         line = $0; sub(/^ *[0-9]+ \([ 0-9.]+%\) +/, "", line); sub(/ \[.*$/, "", line); sub(/^[^:]*:/, "", line);
-        printf "  %7d  %s\n", $1 / n, substr(line, 1, 110) }' | head -30
+        printf "  %7d  %s\n", $1 / n, substr(line, 1, 110); shown++ }'
 echo
 echo "profiles: $OUT"
