@@ -1092,14 +1092,21 @@ impl Authenticator {
                 (i, Ok(p), tier)
             }
         };
-        // With a shared tier, a cached identity is trusted only while revocation events are
-        // heard; in a gap it is checked with Redis again (a refusal is always kept).
-        let trust_local = self.shared.is_none() || self.revocations.events_current();
         match self.cache.get_local_stamped(&hash) {
-            Some((Entry::Valid(p), fp)) if trust_local => {
+            Some((Entry::Valid(p), fp)) => {
                 // Made by a provider of this route, as it is configured now (keys, claims
                 // rules, API key list, JWKS key set): anything else is a miss.
                 if let Some(i) = index_of(&p).filter(|&i| self.fingerprint(i) == fp) {
+                    // While revocation events are not heard (a gap, or a Redis user that may
+                    // not subscribe), the copy is only as good as what Redis says of it now.
+                    if let Some(shared) = self.shared.as_deref() {
+                        if !self.revocations.events_current()
+                            && self.revocations.revoked_in_shared(shared, &hash, &p).await
+                                == SharedCheck::Revoked
+                        {
+                            return (i, Err(revoked()), Tier::Local);
+                        }
+                    }
                     self.cache.count_local(true);
                     return checked(i, p, Tier::Local);
                 }
@@ -1129,10 +1136,12 @@ impl Authenticator {
                 }
                 let p = Arc::new(p);
                 // The local copy lives no longer than the Redis entry has left.
-                if check == SharedCheck::NotRevoked {
-                    self.cache
-                        .put_local_within(hash, Entry::Valid(p.clone()), fp, left);
-                }
+                self.cache.put_local_within(
+                    hash,
+                    Entry::Valid(p.clone()),
+                    fp,
+                    left.min(check.local_ttl_cap()),
+                );
                 return checked(i, p, Tier::Redis);
             }
         }
@@ -1150,9 +1159,12 @@ impl Authenticator {
                     return (provider, Err(revoked()), Tier::Miss);
                 }
                 let fp = self.fingerprint(provider);
-                if check == SharedCheck::NotRevoked {
-                    self.cache.put_local(hash, Entry::Valid(p.clone()), fp);
-                }
+                self.cache.put_local_within(
+                    hash,
+                    Entry::Valid(p.clone()),
+                    fp,
+                    check.local_ttl_cap(),
+                );
                 if let Some(shared) = self.shared.as_deref() {
                     self.cache.put_shared(shared, &hash, p, &fp).await;
                 }

@@ -90,9 +90,27 @@ pub enum SharedCheck {
     Revoked,
     NotRevoked,
     /// Redis did not answer. The identity may pass (the Redis-down rule: what this replica
-    /// knows is all it can enforce) but must not be cached here: a revocation stored
-    /// meanwhile would otherwise be ignored for as long as the entry lives.
+    /// knows is all it can enforce), but it is cached here only until Redis would be asked
+    /// again ([`UNCHECKED_TTL`]): for as long as the entry lives, a revocation stored
+    /// meanwhile (and never heard as an event) would otherwise be ignored.
     Unknown,
+}
+
+/// How long an identity whose revocation check went unanswered stays in the local cache: the
+/// time a failing kind of Redis command is skipped before it is tried again. Long enough that
+/// an outage does not send every request of a token back to its provider (an introspection
+/// endpoint, say), short enough that a revocation is honoured about a second after Redis is
+/// back.
+pub const UNCHECKED_TTL: Duration = crate::redis_link::BREAKER_OPEN;
+
+impl SharedCheck {
+    /// The most a local copy of the identity may live, by what was found.
+    pub fn local_ttl_cap(self) -> Duration {
+        match self {
+            SharedCheck::Unknown => UNCHECKED_TTL,
+            SharedCheck::NotRevoked | SharedCheck::Revoked => Duration::MAX,
+        }
+    }
 }
 
 /// Listener ids: never 0, never reused.

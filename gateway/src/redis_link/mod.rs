@@ -28,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// After a failure, Redis is not asked again for this long.
-const BREAKER_OPEN: Duration = Duration::from_secs(1);
+pub const BREAKER_OPEN: Duration = Duration::from_secs(1);
 
 /// What a Redis command was for: the `op` label of `authgate_redis_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
