@@ -58,6 +58,11 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 WARMUP=${WARMUP:-2}
 WRK_THREADS=1
+# PERF=1: a cpu-clock profile (kernel included) of each proxy during each measured round, in
+# the run folder as perf-TARGET-rROUND.data; bench/perf-table.sh RUN_FOLDER compares them.
+# The sampling costs the proxy CPU: a PERF=1 run's CPU figures are not for the budgets.
+PERF=${PERF:-0}
+PERF_FREQ=${PERF_FREQ:-4000}
 # Worker threads of every proxy (nginx, HAProxy, pingora, authgate); wrk and the upstream keep
 # one each and share the machine's cores with them.
 PROXY_THREADS=${PROXY_THREADS:-1}
@@ -102,6 +107,7 @@ need pgrep procps
 need curl curl
 need getconf libc-bin
 need taskset util-linux
+[[ $PERF == 1 ]] && need perf linux-perf
 if ((${#missing[@]})); then
     log "installing ${missing[*]} with apt"
     $SUDO apt-get update -qq
@@ -704,7 +710,26 @@ measure() {
     if [[ $t == ag-shared-limit ]]; then
         (sleep 1; redis_key_bytes 'bench-e:rl:*' >"$RUN/redis-bytes-limiter-key.txt") &
     fi
+    local perf_pids=() plist
+    if [[ $PERF == 1 ]]; then
+        # shellcheck disable=SC2086
+        plist=$(echo $pids | tr ' ' ,)
+        "${CORE_PEER[@]}" perf record -q -e cpu-clock -F "$PERF_FREQ" -g -p "$plist" \
+            -o "$RUN/perf-$t-r$round.data" -- sleep "$DURATION" >"$RUN/perf-$t-r$round.log" 2>&1 &
+        perf_pids+=($!)
+        # Wake-ups the proxy starts (sched_waking fires in the waker), context switches, and
+        # system calls: counted, not sampled.
+        "${CORE_PEER[@]}" perf stat -x, -e sched:sched_waking,sched:sched_switch,raw_syscalls:sys_enter -p "$plist" \
+            -o "$RUN/perf-$t-r$round.stat" -- sleep "$DURATION" >>"$RUN/perf-$t-r$round.log" 2>&1 &
+        perf_pids+=($!)
+        # And whom it wakes (the wakee's command name).
+        "${CORE_PEER[@]}" perf record -q -e sched:sched_waking -p "$plist" \
+            -o "$RUN/perf-$t-r$round.wakes" -- sleep "$DURATION" >>"$RUN/perf-$t-r$round.log" 2>&1 &
+        perf_pids+=($!)
+    fi
     run_wrk "$t" "$round" "$DURATION" "$out" || die "wrk against $t failed: $(tail -5 "$out")"
+    local p
+    for p in "${perf_pids[@]}"; do wait "$p" || log "perf on $t failed (see $RUN/perf-$t-r$round.log)"; done
     # shellcheck disable=SC2086
     c1=$(cpu_ticks $pids)
     # shellcheck disable=SC2086
