@@ -491,11 +491,13 @@ async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liv
         if let Some(r) = revocations.upgrade() {
             r.unsubscribed(id);
         }
-        if let Some(l) = link.upgrade() {
-            l.count_error(RedisOp::Subscribe);
-        }
         // At start-up a sentinel follower may not have found the master yet: no gap to report.
         let starting = first && ended == Gap::NoNode;
+        if !starting {
+            if let Some(l) = link.upgrade() {
+                l.count_error(RedisOp::Subscribe);
+            }
+        }
         if gap.is_none() && !starting {
             tracing::warn!(
                 node = node.as_deref().unwrap_or("-"),
