@@ -266,6 +266,33 @@ async fn an_identity_whose_revocation_check_went_unanswered_is_cached_only_until
     );
 }
 
+/// What a replica learns from the shared keys it keeps, whatever the kind of revocation: a
+/// later check that Redis cannot answer does not let the identity through again.
+#[tokio::test]
+async fn a_revocation_found_in_the_shared_keys_is_kept_locally() {
+    let tier = tier();
+    let (a, b) = (Replica::new(S1, &tier), Replica::new(S1, &tier));
+    let iat = now_s();
+    let t = jwt(S1, 7, iat);
+    assert_eq!(b.bearer(&t).await.tier, Some(Tier::Miss));
+    b.auth.revocations.unsubscribed(LISTENER);
+    let by_jti = Revocation::Jti {
+        id: format!("j7-{iat}"),
+        ttl_ms: 60_000,
+    };
+    assert_eq!(
+        a.auth.revocations.revoke(by_jti, Some(&*tier)).await,
+        Reach::All
+    );
+    assert_eq!(b.bearer(&t).await.denial, Some(Denial::Revoked));
+    tier.set_down(true);
+    assert_eq!(
+        b.bearer(&t).await.denial,
+        Some(Denial::Revoked),
+        "still refused with Redis gone"
+    );
+}
+
 #[tokio::test]
 async fn with_the_shared_tier_down_tokens_verify_and_revocations_wait_for_it() {
     let tier = tier();

@@ -316,6 +316,13 @@ impl Revocations {
                 ttl_ms,
             });
         }
+        // Kept here too: a later check that Redis cannot answer must not let it through.
+        if let (true, Some(jti)) = (jti_revoked, p.jti.as_ref()) {
+            self.apply(&Revocation::Jti {
+                id: jti.clone(),
+                ttl_ms,
+            });
+        }
         let subject_revoked =
             subject_nbf.is_some_and(|nbf| issued_ms(p).is_none_or(|iat| iat < nbf));
         if let Some(nbf) = subject_nbf {
