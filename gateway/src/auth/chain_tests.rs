@@ -55,7 +55,7 @@ impl Replica {
         .expect("authenticator");
         state.commit(&auth.cache, config.auth.revocation_ttl);
         // As if its event listener were subscribed (the MemoryTier delivers no events).
-        auth.revocations.subscribed(LISTENER, false);
+        auth.revocations.subscribed(LISTENER);
         Replica { config, auth }
     }
 

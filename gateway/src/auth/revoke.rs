@@ -162,10 +162,8 @@ impl Revocations {
 
     /// Listener `id` subscribed. The cache is cleared first, then the flag is set: a cached
     /// identity is never trusted on the strength of a gap.
-    pub(crate) fn subscribed(&self, id: u64, clear: bool) {
-        if clear {
-            self.clear_cache();
-        }
+    pub(crate) fn subscribed(&self, id: u64) {
+        self.clear_cache();
         self.listener.store(id, Ordering::Release);
     }
 
@@ -426,10 +424,6 @@ async fn subscribe(
 /// have been missed before it), and while there is none the local cache is not trusted
 /// ([`Revocations::events_current`]): every identity is checked with Redis instead.
 pub async fn listen(link: Weak<RedisLink>, revocations: Weak<Revocations>) {
-    listen_every(link, revocations, LIVENESS).await
-}
-
-async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liveness: Duration) {
     use futures_util::StreamExt;
     let id = NEXT_LISTENER.fetch_add(1, Ordering::Relaxed);
     let mut first = true;
@@ -444,7 +438,7 @@ async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liv
             .as_ref()
             .map(|c| c.get_connection_info().addr().to_string());
         let subscribed = match &client {
-            Some(c) => subscribe(c, &channel, liveness).await,
+            Some(c) => subscribe(c, &channel, LIVENESS).await,
             None => Err(Gap::NoNode),
         };
         let ended = match subscribed {
@@ -454,7 +448,7 @@ async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liv
                 };
                 // Cleared on every subscription, the first included: what was cached before
                 // it (at start-up, or under a previous link) was not covered by events.
-                r.subscribed(id, true);
+                r.subscribed(id);
                 drop(r);
                 tracing::info!(
                     node = node.as_deref().unwrap_or("-"),
@@ -462,7 +456,7 @@ async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liv
                 );
                 gap = None;
                 let (mut sink, mut stream) = pubsub.split();
-                let mut ping = tokio::time::interval(liveness);
+                let mut ping = tokio::time::interval(LIVENESS);
                 ping.tick().await;
                 loop {
                     tokio::select! {
@@ -471,8 +465,7 @@ async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liv
                             let Some(r) = revocations.upgrade() else {
                                 return;
                             };
-                            let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                            match serde_json::from_slice::<Revocation>(&payload) {
+                            match serde_json::from_slice::<Revocation>(msg.get_payload_bytes()) {
                                 Ok(event) => r.apply(&event),
                                 Err(_) => tracing::warn!("ignoring a malformed revocation event"),
                             }
@@ -485,7 +478,7 @@ async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liv
                                 }
                                 return;
                             }
-                            let alive = tokio::time::timeout(liveness, sink.ping::<redis::Value>()).await;
+                            let alive = tokio::time::timeout(LIVENESS, sink.ping::<redis::Value>()).await;
                             if !matches!(alive, Ok(Ok(_))) {
                                 break Gap::PingUnanswered;
                             }
@@ -514,7 +507,7 @@ async fn listen_every(link: Weak<RedisLink>, revocations: Weak<Revocations>, liv
         }
         gap = Some(ended);
         first = false;
-        tokio::time::sleep(liveness / 2).await;
+        tokio::time::sleep(LIVENESS / 2).await;
     }
 }
 
