@@ -82,18 +82,45 @@ fn assert_exact_shared_burst(gateways: &[&Gateway], team: &str) {
     );
 }
 
+/// The status of a logout (a `revokes_token` route) with `token`.
+fn logout(gw: &Gateway, token: &str) -> u16 {
+    client()
+        .post(gw.url("/echo/logout/"))
+        .bearer_auth(token)
+        .send()
+        .expect("logout")
+        .status()
+        .as_u16()
+}
+
+/// Waits for the sentinels to promote the replica, then (within `writes_within`) for both
+/// gateways to write to it: two new buckets, one per gateway, show up on the new master.
+fn wait_for_the_promotion(s: &RedisSentinel, a: &Gateway, b: &Gateway, writes_within: Duration) {
+    wait_until(
+        "the sentinels to promote the replica",
+        Duration::from_secs(20),
+        || s.master_port() == Some(s.replica.port),
+    );
+    wait_until(
+        "both gateways to write to the promoted replica",
+        writes_within,
+        || {
+            let before = keys_on(s.replica.port, "authgate:rl:team:*").len();
+            let stamp = format!("{}-{}", now(), before);
+            get(a, "/echo/team/x", None, Some(&format!("a-{stamp}"))) == 200
+                && get(b, "/echo/team/x", None, Some(&format!("b-{stamp}"))) == 200
+                && keys_on(s.replica.port, "authgate:rl:team:*").len() >= before + 2
+        },
+    );
+}
+
 /// A token is cached on `reader` (its first use), revoked through `writer`; `reader` refuses
 /// it soon after, which only the revocation event (or the revocation key) can tell it.
 fn assert_revocation_reaches(writer: &Gateway, reader: &Gateway, uid: u64, jti: &str) {
     let t = token(uid, jti);
     assert_eq!(get(reader, "/echo/me", Some(&t), None), 200);
     assert_eq!(get(reader, "/echo/me", Some(&t), None), 200, "now cached");
-    let r = client()
-        .post(writer.url("/echo/logout/"))
-        .bearer_auth(&t)
-        .send()
-        .expect("logout");
-    assert_eq!(r.status(), 200, "logout of {jti}");
+    assert_eq!(logout(writer, &t), 200, "logout of {jti}");
     assert_eq!(get(writer, "/echo/me", Some(&t), None), 401);
     wait_until(
         &format!("{jti}, revoked on one gateway, to be refused by the other"),
@@ -215,23 +242,7 @@ fn sentinel_every_use_then_a_failover_under_load() {
         401,
         "applied here at once"
     );
-    wait_until(
-        "the sentinels to promote the replica",
-        Duration::from_secs(20),
-        || s.master_port() == Some(s.replica.port),
-    );
-    wait_until(
-        "both gateways to write to the promoted replica",
-        Duration::from_secs(10),
-        || {
-            // Two new buckets, one per gateway: both show up on the new master.
-            let before = keys_on(s.replica.port, "authgate:rl:team:*").len();
-            let stamp = format!("{}-{}", now(), before);
-            get(&a, "/echo/team/x", None, Some(&format!("a-{stamp}"))) == 200
-                && get(&b, "/echo/team/x", None, Some(&format!("b-{stamp}"))) == 200
-                && keys_on(s.replica.port, "authgate:rl:team:*").len() >= before + 2
-        },
-    );
+    wait_for_the_promotion(&s, &a, &b, Duration::from_secs(10));
     let seen = load.finish();
     // Throughout: answers by the rules (the local fallback allowed these), never an error.
     assert_eq!(
@@ -285,22 +296,7 @@ fn sentinel_a_frozen_master_then_a_failover() {
     assert_revocation_reaches(&a, &b, 30, "before-freeze");
 
     s.master.proc.signal(nix::sys::signal::Signal::SIGSTOP);
-    wait_until(
-        "the sentinels to promote the replica",
-        Duration::from_secs(20),
-        || s.master_port() == Some(s.replica.port),
-    );
-    wait_until(
-        "both gateways to write to the promoted replica",
-        Duration::from_secs(15),
-        || {
-            let before = keys_on(s.replica.port, "authgate:rl:team:*").len();
-            let stamp = format!("{}-{}", now(), before);
-            get(&a, "/echo/team/x", None, Some(&format!("fa-{stamp}"))) == 200
-                && get(&b, "/echo/team/x", None, Some(&format!("fb-{stamp}"))) == 200
-                && keys_on(s.replica.port, "authgate:rl:team:*").len() >= before + 2
-        },
-    );
+    wait_for_the_promotion(&s, &a, &b, Duration::from_secs(15));
     // Each listener lost the frozen subscription, said so, and subscribed on the new master
     // (a listener still waiting on the frozen node never would).
     let on_new_master = format!(r#""node":"127.0.0.1:{}""#, s.replica.port);
@@ -368,12 +364,7 @@ fn a_replica_that_cannot_subscribe_checks_every_identity_with_redis() {
     let t = token(40, "no-events");
     assert_eq!(get(&a, "/echo/me", Some(&t), None), 200);
     assert_eq!(get(&a, "/echo/me", Some(&t), None), 200);
-    let logout = client()
-        .post(b.url("/echo/logout/"))
-        .bearer_auth(&t)
-        .send()
-        .expect("logout");
-    assert_eq!(logout.status(), 200);
+    assert_eq!(logout(&b, &t), 200);
     assert_eq!(
         get(&a, "/echo/me", Some(&t), None),
         401,
