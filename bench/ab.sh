@@ -6,6 +6,9 @@
 #   CONFIG=bench/configs/b-hs256.yaml AUTH_HEADER="Authorization: Bearer ..." bench/ab.sh A B
 #   ROUNDS=7 DURATION=6 bench/ab.sh A B      (defaults: 5 rounds of 5 s, 32 connections)
 #   bench/ab.sh A A                          an A/A run: how far apart two copies of one binary read
+#   LOG_LEVEL=info REDIS=1 CONFIG=bench/configs/f-all.yaml AUTH_HEADER=... bench/ab.sh A B
+#                                            everything on: the access log (to /dev/null) and a
+#                                            redis-server of its own on the peers' core
 #
 # Both run with one worker in front of the same one-worker nginx upstream; each round runs wrk
 # (-t1) against A then B (the order alternates between rounds, so drift in the machine's other
@@ -23,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-[[ $# -eq 2 ]] || { sed -n 2,22p "$0" >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n 2,25p "$0" >&2; exit 2; }
 A=$(realpath "$1")
 B=$(realpath "$2")
 CONFIG=${CONFIG:-bench/configs/a-public.yaml}
@@ -34,6 +37,8 @@ WARM=${WARM:-2} # s of wrk before a process's first measured round (not counted)
 CONNECTIONS=${CONNECTIONS:-32}
 REQ_PATH="/api/bench/items/?page=1"
 FRESH=${FRESH:-1}
+LOG_LEVEL=${LOG_LEVEL:-warn} # info turns the access log on; its lines go to /dev/null
+REDIS=${REDIS:-0}
 PIN=${PIN:-1}
 (($(nproc) >= 2)) && taskset -c 0,1 true 2>/dev/null || PIN=0
 # Command prefixes that pin to core 0 or 1 (empty when PIN=0). Prefixes, not a function: a
@@ -74,14 +79,33 @@ write_upstream_nginx_conf "$OUT/nginx" "$UP"
 "${CORE1[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/error.log" &
 PIDS+=($!)
 
+if [[ $REDIS == 1 ]]; then
+    command -v redis-server >/dev/null || die "REDIS=1 needs redis-server"
+    free_port REDIS_PORT
+    "${CORE1[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        >"$OUT/redis.log" 2>&1 &
+    PIDS+=($!)
+    wait_redis() {
+        for _ in $(seq 1 100); do
+            redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+            sleep 0.1
+        done
+        die "redis-server did not answer on $REDIS_PORT (see $OUT/redis.log)"
+    }
+    wait_redis
+fi
+
 declare -A PORT PID
 # start SIDE: a new process of that side's binary, answering 200 before it returns.
 start() {
     local side=$1 bin=${!1} admin
     free_port "PORT[$side]"
     free_port admin
+    local log=$OUT/$side.log
+    [[ $LOG_LEVEL == warn ]] || log=/dev/null
     BENCH_LISTEN=127.0.0.1:${PORT[$side]} BENCH_ADMIN=127.0.0.1:$admin BENCH_UPSTREAM=127.0.0.1:$UP \
-        RUST_LOG=warn "${CORE0[@]}" "$bin" --config "$CONFIG" >>"$OUT/$side.log" 2>&1 &
+        BENCH_REDIS=127.0.0.1:${REDIS_PORT:-0} RUST_LOG=$LOG_LEVEL "${CORE0[@]}" "$bin" --config "$CONFIG" \
+        >>"$log" 2>&1 &
     PID[$side]=$!
     PIDS+=($!)
     wait_200 "${PORT[$side]}" "${PID[$side]}" "$OUT/$side.log"
