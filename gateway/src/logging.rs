@@ -55,7 +55,7 @@ pub fn start_writer(dropped: IntCounter) -> Result<(), String> {
     let (tx, rx) = sync_channel(lines);
     std::thread::Builder::new()
         .name("authgate-log".into())
-        .spawn(move || write_lines(rx))
+        .spawn(move || write_lines(rx, lines, std::io::stderr()))
         .map_err(|e| format!("cannot start the log writer: {e}"))?;
     let _ = QUEUE.set(Queue { tx, dropped });
     Ok(())
@@ -101,43 +101,64 @@ pub fn flush(timeout: Duration) {
 }
 
 /// How long the writer sleeps between looks at the queue while lines come, and at most
-/// while none do.
-const POLL_BUSY: Duration = Duration::from_millis(1);
-const POLL_IDLE: Duration = Duration::from_millis(20);
+/// while none do. Each look is a wake-up of the writer thread, and on a proxy's core that is
+/// two context switches: at 1 ms they cost the everything-on target about 1 µs per request
+/// (bench/ANALYSIS.md). At 10 ms a line waits at most that long, as with nginx's buffered
+/// `access_log ... flush=`, and the queue's 8192 lines still cover 800,000 lines a second.
+const POLL_BUSY: Duration = Duration::from_millis(10);
+const POLL_IDLE: Duration = Duration::from_millis(50);
 
-/// The writer thread: every waiting line (up to a batch), one write. It polls rather than
-/// blocks on the queue: a sender then never has a sleeping receiver to wake, so handing a line
-/// over costs a proxy thread no system call (a blocking `recv` made every line a futex wake,
-/// which doubled the everything-on target's CPU per request). Idle, it backs off to
-/// [`POLL_IDLE`].
-fn write_lines(rx: Receiver<Msg>) {
+/// The writer thread: each look writes every waiting line, in writes of about
+/// [`BATCH_BYTES`]. It polls rather than blocks on the queue: a sender then never has a
+/// sleeping receiver to wake, so handing a line over costs a proxy thread no system call (a
+/// blocking `recv` made every line a futex wake, which doubled the everything-on target's CPU
+/// per request). Idle, it backs off to [`POLL_IDLE`].
+fn write_lines(rx: Receiver<Msg>, capacity: usize, mut out: impl Write) {
     use std::sync::mpsc::TryRecvError;
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
     let mut waiting: Vec<SyncSender<()>> = Vec::new();
     let mut pause = POLL_BUSY;
+    let mut write = |batch: &mut Vec<u8>| {
+        let _ = out.write_all(batch);
+        batch.clear();
+    };
     loop {
         let mut gone = false;
-        while batch.len() < BATCH_BYTES {
+        let mut busy = false;
+        // At most a queue's worth per look, so a flood cannot keep a flush from its answer.
+        let mut full = true;
+        for _ in 0..capacity {
             match rx.try_recv() {
-                Ok(Msg::Line(l)) => batch.extend_from_slice(&l),
+                Ok(Msg::Line(l)) => {
+                    busy = true;
+                    batch.extend_from_slice(&l);
+                    if batch.len() >= BATCH_BYTES {
+                        write(&mut batch);
+                    }
+                }
                 Ok(Msg::Flush(done)) => waiting.push(done),
-                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Empty) => {
+                    full = false;
+                    break;
+                }
                 Err(TryRecvError::Disconnected) => {
                     gone = true;
+                    full = false;
                     break;
                 }
             }
         }
-        let busy = !batch.is_empty();
-        if busy {
-            let _ = std::io::stderr().lock().write_all(&batch);
-            batch.clear();
+        if !batch.is_empty() {
+            write(&mut batch);
         }
         for done in waiting.drain(..) {
             let _ = done.try_send(());
         }
         if gone {
             return;
+        }
+        if full {
+            continue;
         }
         pause = if busy {
             POLL_BUSY
@@ -167,16 +188,59 @@ impl Write for Handoff {
 mod tests {
     use super::*;
 
+    /// A sink the test can read while the writer owns it.
+    #[derive(Clone, Default)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
-    fn a_batch_holds_waiting_lines_and_flush_waits_for_them() {
+    fn a_flush_is_answered_after_every_line_sent_before_it_is_written() {
         let (tx, rx) = sync_channel(4);
-        let writer = std::thread::spawn(move || write_lines(rx));
+        let sink = Sink::default();
+        let out = sink.clone();
+        let writer = std::thread::spawn(move || write_lines(rx, 4, out));
         tx.send(Msg::Line(b"{}\n".to_vec())).expect("send");
         let (done_tx, done_rx) = sync_channel(1);
         tx.send(Msg::Flush(done_tx)).expect("send");
         done_rx
             .recv_timeout(Duration::from_secs(5))
             .expect("flush answered after the line");
+        assert_eq!(sink.0.lock().expect("sink").as_slice(), b"{}\n");
+        drop(tx);
+        writer.join().expect("writer ends with its queue");
+    }
+
+    #[test]
+    fn lines_past_one_batch_and_one_look_are_all_written_in_order() {
+        // A queue of 8 lines per look and lines of 1 KiB: 200 of them span three batches and
+        // many looks, sent from a thread that blocks whenever the queue is full.
+        let (tx, rx) = sync_channel(8);
+        let sink = Sink::default();
+        let out = sink.clone();
+        let writer = std::thread::spawn(move || write_lines(rx, 8, out));
+        let line = |i: usize| format!("{i:01023}\n").into_bytes();
+        for i in 0..200 {
+            tx.send(Msg::Line(line(i))).expect("send");
+        }
+        let (done_tx, done_rx) = sync_channel(1);
+        tx.send(Msg::Flush(done_tx)).expect("send");
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("flush answered");
+        let want: Vec<u8> = (0..200).flat_map(line).collect();
+        assert!(
+            *sink.0.lock().expect("sink") == want,
+            "every line, in order"
+        );
         drop(tx);
         writer.join().expect("writer ends with its queue");
     }
