@@ -85,14 +85,12 @@ if [[ $REDIS == 1 ]]; then
     "${CORE1[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
         >"$OUT/redis.log" 2>&1 &
     PIDS+=($!)
-    wait_redis() {
-        for _ in $(seq 1 100); do
-            redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
-            sleep 0.1
-        done
+    for _ in $(seq 1 100); do
+        redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.1
+    done
+    redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG ||
         die "redis-server did not answer on $REDIS_PORT (see $OUT/redis.log)"
-    }
-    wait_redis
 fi
 
 declare -A PORT PID
@@ -108,7 +106,7 @@ start() {
         >>"$log" 2>&1 &
     PID[$side]=$!
     PIDS+=($!)
-    wait_200 "${PORT[$side]}" "${PID[$side]}" "$OUT/$side.log"
+    wait_200 "${PORT[$side]}" "${PID[$side]}" "$log"
 }
 stop() {
     kill "${PID[$1]}" 2>/dev/null || true
